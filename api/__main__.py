@@ -1,0 +1,41 @@
+"""`python -m api [--host H] [--port P]`: serve the API with uvicorn."""
+
+from __future__ import annotations
+
+import argparse
+
+import uvicorn
+
+from api.app import create_app
+from broker.cli import run_main
+from broker.connection import open_broker
+from broker.publisher import OrderPublisher
+from broker.settings import Settings
+
+
+async def serve(settings: Settings, host: str, port: int) -> None:
+    # The broker is opened here rather than in the lifespan so that a start-up failure (no broker, a
+    # conflicting queue) ends the process with one line instead of uvicorn's lifespan traceback.
+    async with open_broker(settings) as broker:
+        app = create_app(settings, publisher=OrderPublisher(broker, settings))
+        config = uvicorn.Config(
+            app,
+            host=host,
+            port=port,
+            log_config=None,
+            timeout_keep_alive=5,
+            timeout_graceful_shutdown=10,
+        )
+        await uvicorn.Server(config).serve()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="python -m api", description="orderlane's HTTP API")
+    parser.add_argument("--host", default="127.0.0.1", help="interface to bind (default: %(default)s)")
+    parser.add_argument("--port", type=int, default=8000, help="port to bind (default: %(default)s)")
+    args = parser.parse_args()
+    return run_main("api", lambda settings: serve(settings, args.host, args.port))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

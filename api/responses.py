@@ -1,0 +1,30 @@
+"""JSON responses and the one place that maps an error to an HTTP status."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import orjson
+from starlette.responses import Response
+
+ERROR = "error"
+
+
+class JSONResponse(Response):
+    """Starlette's JSONResponse, encoded with orjson; anything orjson can't encode is written as str()."""
+
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content, default=str)
+
+
+def error_response(status_code: int, details: list[Any], headers: Mapping[str, str] | None = None) -> JSONResponse:
+    """The seed's error shape: `{"status": "error", "details": [...]}`."""
+    return JSONResponse({"status": ERROR, "details": details}, status_code=status_code, headers=headers)
+
+
+def problem(error_type: str, message: str) -> dict[str, str]:
+    """One entry of `details` for errors that are not pydantic's: a type to match on and a message to read."""
+    return {"type": error_type, "msg": message}

@@ -1,0 +1,33 @@
+"""What the API and the consumers share: settings, the order, priorities, topology, connection, publisher."""
+
+from broker.connection import Broker, open_broker
+from broker.errors import (
+    BrokerUnavailable,
+    ConfigurationError,
+    InvalidMessage,
+    OrderlaneError,
+    PublishError,
+    TopologyConflict,
+)
+from broker.messages import Order
+from broker.priority import Priority, prioritize
+from broker.publisher import OrderPublisher, Publisher, Receipt
+from broker.settings import Settings
+
+__all__ = [
+    "Broker",
+    "BrokerUnavailable",
+    "ConfigurationError",
+    "InvalidMessage",
+    "Order",
+    "OrderPublisher",
+    "OrderlaneError",
+    "Priority",
+    "PublishError",
+    "Publisher",
+    "Receipt",
+    "Settings",
+    "TopologyConflict",
+    "open_broker",
+    "prioritize",
+]

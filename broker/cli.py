@@ -1,0 +1,33 @@
+"""What both entry points do around their main coroutine: one line on a known failure, never a traceback."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from pydantic import ValidationError
+
+from broker.errors import OrderlaneError
+from broker.logs import configure_logging
+from broker.settings import Settings
+
+EXIT_FAILURE = 1
+
+
+def run_main(program: str, main: Callable[[Settings], Coroutine[Any, Any, None]]) -> int:
+    """Load the settings, set up logging and run `main`; a bad setting or a known failure is one line on stderr."""
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        problems = "; ".join(f"ORDERLANE_{'_'.join(map(str, e['loc'])).upper()}: {e['msg']}" for e in exc.errors())
+        print(f"{program}: error: invalid configuration: {problems}", file=sys.stderr)
+        return EXIT_FAILURE
+    configure_logging(settings)
+    try:
+        asyncio.run(main(settings))
+    except OrderlaneError as exc:
+        print(f"{program}: error: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    return 0

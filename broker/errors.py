@@ -1,0 +1,43 @@
+"""The errors orderlane raises across package boundaries.
+
+    OrderlaneError
+    ├── ConfigurationError  an option that cannot work (a handler that does not import, ...)
+    ├── BrokerUnavailable   the broker did not answer in time (startup budget spent, connection down)
+    ├── TopologyConflict    a queue exists with other arguments (the broker's 406 PRECONDITION_FAILED)
+    ├── PublishError        the broker did not take a message: nack, return (unroutable), timeout, channel down
+    └── InvalidMessage      a delivery whose body is not a valid order (never retried)
+
+Library exceptions (aio-pika, aiormq, pydantic) are translated into these where they are caught, with
+`raise ... from exc`, so callers never import aio-pika to handle a failure.
+"""
+
+from __future__ import annotations
+
+
+class OrderlaneError(Exception):
+    """Base of every error orderlane raises on purpose."""
+
+
+class ConfigurationError(OrderlaneError):
+    """An option or setting that cannot work, found at start-up."""
+
+
+class BrokerUnavailable(OrderlaneError):
+    """The broker could not be reached, or the connection is down right now."""
+
+
+class TopologyConflict(OrderlaneError):
+    """A queue exists on the broker with arguments other than the ones we declare."""
+
+    def __init__(self, queue: str, detail: str) -> None:
+        self.queue = queue
+        self.detail = detail
+        super().__init__(f"queue {queue!r} already exists with other arguments ({detail})")
+
+
+class PublishError(OrderlaneError):
+    """The broker did not confirm a message: it was nacked, returned, timed out or the channel was down."""
+
+
+class InvalidMessage(OrderlaneError):
+    """A delivery whose body is not a valid order; it is dead-lettered, never retried."""

@@ -1,0 +1,34 @@
+"""The wire contract: the order a client posts and a consumer receives."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+
+UserType = Literal["regular", "vip"]
+
+
+def _null_means_regular(value: Any) -> Any:
+    return "regular" if value is None else value
+
+
+class Order(BaseModel):
+    """An order: `priority` 0 is the most urgent, 9 the least (the seed's convention)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+    order_id: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._:-]+$")]
+    priority: Annotated[int, Field(ge=0, le=9)] = 5
+    items: Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1, max_length=100)]
+    user_type: Annotated[UserType, BeforeValidator(_null_means_regular)] = "regular"
+
+
+def encode_order(order: Order) -> bytes:
+    """The message body for an order: compact JSON, UTF-8."""
+    return order.model_dump_json().encode()
+
+
+def decode_order(body: bytes) -> Order:
+    """Parse and validate a message body; raises pydantic's ValidationError on anything but a valid order."""
+    return Order.model_validate_json(body)

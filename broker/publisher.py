@@ -1,0 +1,90 @@
+"""Publishing orders: persistent, mandatory, broker-confirmed, bounded in time."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Protocol
+
+import aio_pika
+import aiormq.exceptions
+
+from broker.connection import Broker
+from broker.errors import PublishError
+from broker.messages import Order, encode_order
+from broker.priority import Priority, prioritize
+from broker.settings import Settings
+
+PRIORITY_HEADER = "x-orderlane-priority"
+ATTEMPT_HEADER = "x-orderlane-attempt"
+CONTENT_TYPE = "application/json"
+
+
+@dataclass(frozen=True, slots=True)
+class Receipt:
+    """What the broker confirmed: the order is stored, persistent, in `queue`."""
+
+    order_id: str
+    priority: Priority
+    queue: str
+
+
+class Publisher(Protocol):
+    @property
+    def is_ready(self) -> bool:
+        """True while a publish can reach the broker."""
+        ...
+
+    async def publish(self, order: Order) -> Receipt:
+        """Return only once the broker confirmed the persistent message; raise PublishError otherwise."""
+        ...
+
+
+def build_message(order: Order, priority: Priority) -> aio_pika.Message:
+    return aio_pika.Message(
+        encode_order(order),
+        content_type=CONTENT_TYPE,
+        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+        message_id=order.order_id,
+        priority=priority.broker,
+        timestamp=datetime.now(UTC),
+        headers={PRIORITY_HEADER: priority.effective},
+    )
+
+
+_NOT_TAKEN = (
+    aiormq.exceptions.AMQPError,  # DeliveryError (nack), PublishError (returned), a closed channel or connection
+    aiormq.exceptions.ChannelInvalidStateError,
+    ConnectionError,
+    TimeoutError,
+)
+
+
+class OrderPublisher:
+    """Publishes to the work queue through the default exchange on a confirm channel opened with
+    `on_return_raises=True`, so an unroutable message is an error rather than a silent drop."""
+
+    def __init__(self, broker: Broker, settings: Settings) -> None:
+        self._broker = broker
+        self._channel = broker.channel
+        self._queue = settings.queue
+        self._vip_priority = settings.vip_priority
+        self._max_priority = settings.max_priority
+        self._timeout = settings.publish_timeout
+
+    @property
+    def is_ready(self) -> bool:
+        return self._broker.is_ready
+
+    async def publish(self, order: Order) -> Receipt:
+        priority = prioritize(order, vip_priority=self._vip_priority, max_priority=self._max_priority)
+        message = build_message(order, priority)
+        if self._channel.is_closed:
+            raise PublishError("the broker connection is down")
+        try:
+            async with asyncio.timeout(self._timeout):
+                await self._channel.default_exchange.publish(message, routing_key=self._queue, mandatory=True)
+        except _NOT_TAKEN as exc:
+            raise PublishError(f"the broker did not confirm order {order.order_id!r}: {exc!r}") from exc
+        return Receipt(order_id=order.order_id, priority=priority, queue=self._queue)

@@ -1,0 +1,42 @@
+"""Configuration shared by the API and the consumers, read once per entry point from `ORDERLANE_*`."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import AmqpDsn, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+QueueName = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9._:-]+$")]
+
+
+class Settings(BaseSettings):
+    """Every knob of orderlane; the README's configuration table lists the same fields."""
+
+    model_config = SettingsConfigDict(env_prefix="ORDERLANE_", frozen=True, extra="ignore")
+
+    amqp_url: AmqpDsn = AmqpDsn("amqp://guest:guest@127.0.0.1:5672/")
+    queue: QueueName = "orders"
+    max_priority: Annotated[int, Field(ge=1, le=255)] = 10
+    prefetch: Annotated[int, Field(ge=1, le=65535)] = 32
+    vip_priority: Annotated[int, Field(ge=0, le=9)] = 0
+
+    max_body_bytes: Annotated[int, Field(ge=1024)] = 64 * 1024
+    publish_timeout: Annotated[float, Field(gt=0)] = 5.0
+    retry_after_seconds: Annotated[int, Field(ge=1)] = 2
+    startup_timeout: Annotated[float, Field(ge=0)] = 30.0
+    shutdown_timeout: Annotated[float, Field(gt=0)] = 30.0
+    simulated_work_ms: Annotated[float, Field(ge=0)] = 0.0
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @property
+    def dead_letter_queue(self) -> str:
+        return f"{self.queue}.dlq"
+
+    @property
+    def redacted_amqp_url(self) -> str:
+        """The broker URL with its password masked: the only form of it that may be logged."""
+        url = self.amqp_url
+        if url.password is None:
+            return str(url)
+        return str(url).replace(f":{url.password}@", ":***@", 1)

@@ -1,0 +1,48 @@
+"""The built-in order processor, the handler `python -m consumers` runs unless told otherwise."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import logging
+
+from broker.errors import ConfigurationError
+from broker.messages import Order
+from consumers.delivery import Handler, current_delivery
+
+logger = logging.getLogger(__name__)
+
+
+class OrderProcessor:
+    """Logs one structured line per order after `work_seconds` of simulated work."""
+
+    def __init__(self, work_seconds: float = 0.0) -> None:
+        self._work_seconds = work_seconds
+
+    async def __call__(self, order: Order) -> None:
+        if self._work_seconds:
+            await asyncio.sleep(self._work_seconds)
+        delivery = current_delivery()
+        logger.info(
+            "order processed order_id=%s priority=%d attempt=%d user_type=%s items=%d",
+            order.order_id,
+            delivery.priority,
+            delivery.attempt,
+            order.user_type,
+            len(order.items),
+        )
+
+
+def load_handler(reference: str) -> Handler:
+    """Resolve `package.module:callable`, the form `--handler` takes (as uvicorn takes its app)."""
+    module_name, _, attribute = reference.partition(":")
+    if not module_name or not attribute:
+        raise ConfigurationError(f"handler {reference!r} is not of the form module:callable")
+    try:
+        handler = getattr(importlib.import_module(module_name), attribute)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigurationError(f"handler {reference!r} cannot be loaded: {exc}") from exc
+    if not callable(handler):
+        raise ConfigurationError(f"handler {reference!r} is not callable")
+    found: Handler = handler
+    return found

@@ -32,7 +32,10 @@ class TopologyConflict(OrderlaneError):
     def __init__(self, queue: str, detail: str) -> None:
         self.queue = queue
         self.detail = detail
-        super().__init__(f"queue {queue!r} already exists with other arguments ({detail})")
+        super().__init__(
+            f"queue {queue!r} already exists with other arguments: {detail}. "
+            "Delete the queue (its messages too) or set ORDERLANE_QUEUE to another name."
+        )
 
 
 class PublishError(OrderlaneError):

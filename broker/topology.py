@@ -40,7 +40,7 @@ def build_topology(settings: Settings) -> Topology:
     return Topology(work=work, dead_letter=dead_letter)
 
 
-_INEQUIVALENT_ARG = re.compile(r"inequivalent arg '([^']+)'")
+_INEQUIVALENT_ARG = re.compile(r"inequivalent arg '[^']+'")
 
 
 async def declare_queue(channel: AbstractRobustChannel, spec: QueueSpec) -> AbstractQueue:
@@ -50,8 +50,7 @@ async def declare_queue(channel: AbstractRobustChannel, spec: QueueSpec) -> Abst
     except aiormq.exceptions.ChannelPreconditionFailed as exc:
         reason = str(exc.args[0] if exc.args else exc)
         match = _INEQUIVALENT_ARG.search(reason)
-        detail = f"conflicting argument {match.group(1)!r}" if match else reason
-        raise TopologyConflict(spec.name, detail) from exc
+        raise TopologyConflict(spec.name, reason[match.start() :] if match else reason) from exc
 
 
 async def declare_topology(channel: AbstractRobustChannel, topology: Topology) -> AbstractQueue:

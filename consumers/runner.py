@@ -66,6 +66,7 @@ class Consumer:
         self._in_flight: set[asyncio.Task[object]] = set()
         self._idle = asyncio.Event()
         self._idle.set()
+        self._forced = asyncio.Event()
 
     @property
     def in_flight(self) -> int:
@@ -78,25 +79,33 @@ class Consumer:
         logger.info("consuming queue %r", self._queue.name)
 
     async def stop(self, grace_seconds: float) -> None:
-        """Stop taking messages, let in-flight handlers finish and settle for up to `grace_seconds`,
-        then cancel the rest (unacked, so the broker redelivers them)."""
+        """Stop taking messages, let in-flight handlers finish and settle for up to `grace_seconds` (or until
+        `force()`), then cancel the rest: unacked, so the broker redelivers them."""
         if self._tag is not None:
             try:
                 await self._queue.cancel(self._tag)
             except _SETTLE_ERRORS as exc:
                 logger.warning("could not cancel the consumer cleanly: %s", exc)
             self._tag = None
+        waiters = [asyncio.create_task(self._idle.wait()), asyncio.create_task(self._forced.wait())]
         try:
-            async with asyncio.timeout(grace_seconds):
-                await self._idle.wait()
-        except TimeoutError:
-            logger.warning("%d handlers still running after %.1fs; cancelling them", self.in_flight, grace_seconds)
-            self.abort()
+            await asyncio.wait(waiters, timeout=grace_seconds, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
+        if self._in_flight:
+            logger.warning("cancelling %d handlers still running", self.in_flight)
+            await self._abort()
 
-    def abort(self) -> None:
-        """Cancel every in-flight handler now; their messages stay unacked and come back."""
-        for task in tuple(self._in_flight):
+    def force(self) -> None:
+        """Make a pending or later `stop()` cancel in-flight handlers at once."""
+        self._forced.set()
+
+    async def _abort(self) -> None:
+        cancelled = tuple(self._in_flight)
+        for task in cancelled:
             task.cancel()
+        await asyncio.gather(*cancelled, return_exceptions=True)
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
         task = asyncio.current_task()
@@ -153,8 +162,8 @@ async def consume_until_stopped(settings: Settings, handler: Handler, *, prefetc
 
         def on_signal() -> None:
             if stop.is_set():
-                logger.warning("second signal: cancelling %d in-flight handlers", consumer.in_flight)
-                consumer.abort()
+                logger.warning("second signal: not waiting for %d in-flight handlers", consumer.in_flight)
+                consumer.force()
             stop.set()
 
         for signum in (signal.SIGTERM, signal.SIGINT):

@@ -1,0 +1,66 @@
+"""Broker-side helpers for tests: look at queues the way an operator would, on a connection of their own."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+import aio_pika
+from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
+
+DEFAULT_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
+
+
+def amqp_url() -> str:
+    return os.environ.get("ORDERLANE_AMQP_URL", DEFAULT_AMQP_URL)
+
+
+@asynccontextmanager
+async def operator_channel() -> AsyncIterator[AbstractChannel]:
+    """A plain (not robust) connection and confirm channel on which an unroutable publish raises."""
+    connection = await aio_pika.connect(amqp_url())
+    async with connection:
+        yield await connection.channel(on_return_raises=True)
+
+
+async def queue_depth(name: str) -> int:
+    """Ready messages in `name` (a passive declare, as the management UI would show)."""
+    async with operator_channel() as channel:
+        queue = await channel.declare_queue(name, passive=True)
+        count = queue.declaration_result.message_count
+        assert count is not None
+        return count
+
+
+async def drain(name: str) -> list[AbstractIncomingMessage]:
+    """Take every ready message out of `name` with basic.get, acking each."""
+    messages = []
+    async with operator_channel() as channel:
+        queue = await channel.declare_queue(name, passive=True)
+        while (message := await queue.get(fail=False)) is not None:
+            await message.ack()
+            messages.append(message)
+    return messages
+
+
+async def delete_queues(*names: str) -> None:
+    async with operator_channel() as channel:
+        for name in names:
+            await channel.queue_delete(name)
+
+
+async def wait_until(predicate: Callable[[], Awaitable[bool]], *, within: float = 30.0, what: str) -> None:
+    """Poll a broker-side condition (a queue depth, say) until it holds; fail after `within` seconds."""
+    async with asyncio.timeout(within):
+        while not await predicate():
+            await asyncio.sleep(0.05)
+    assert await predicate(), what
+
+
+async def publish_raw(queue: str, *messages: aio_pika.Message) -> None:
+    """Publish straight to a queue, bypassing the API: how garbage reaches a consumer."""
+    async with operator_channel() as channel:
+        for message in messages:
+            await channel.default_exchange.publish(message, routing_key=queue)

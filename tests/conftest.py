@@ -1,0 +1,72 @@
+"""Fixtures: the broker the suite runs against, settings with unique queue names, and cleanup."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import subprocess
+import uuid
+from collections.abc import AsyncIterator, Iterator
+
+import aio_pika
+import pytest
+
+from broker.connection import Broker, open_broker
+from broker.settings import Settings
+from tests.amqp import amqp_url, delete_queues
+
+
+async def _broker_answers(url: str) -> bool:
+    try:
+        connection = await aio_pika.connect(url, timeout=5)
+    except (TimeoutError, OSError, aio_pika.exceptions.AMQPError):
+        return False
+    await connection.close()
+    return True
+
+
+def _docker_works() -> bool:
+    docker = shutil.which("docker")
+    return docker is not None and subprocess.run([docker, "info"], capture_output=True, check=False).returncode == 0
+
+
+@pytest.fixture(scope="session", autouse=True)
+def rabbitmq() -> Iterator[str]:
+    """The broker at ORDERLANE_AMQP_URL; where none answers and Docker works, a RabbitMQ container."""
+    url = amqp_url()
+    if asyncio.run(_broker_answers(url)):
+        yield url
+        return
+    if not _docker_works():
+        pytest.exit(
+            f"no RabbitMQ answers at {url} and Docker is not available: start one "
+            "(`rabbitmq-server -detached`, or `docker compose up -d rabbitmq`) or set ORDERLANE_AMQP_URL",
+            returncode=3,
+        )
+    from testcontainers.rabbitmq import RabbitMqContainer  # only where Docker works
+
+    with RabbitMqContainer("rabbitmq:3.13-management") as container:
+        params = container.get_connection_params()
+        url = f"amqp://guest:guest@{params.host}:{params.port}/"
+        os.environ["ORDERLANE_AMQP_URL"] = url
+        yield url
+
+
+@pytest.fixture
+def queue_name() -> str:
+    return f"test-{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+async def settings(queue_name: str) -> AsyncIterator[Settings]:
+    """Settings on a queue of this test's own, deleted (with its dead-letter queue) afterwards."""
+    test_settings = Settings(amqp_url=amqp_url(), queue=queue_name, startup_timeout=10)
+    yield test_settings
+    await delete_queues(test_settings.queue, test_settings.dead_letter_queue)
+
+
+@pytest.fixture
+async def broker(settings: Settings) -> AsyncIterator[Broker]:
+    async with open_broker(settings) as opened:
+        yield opened

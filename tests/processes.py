@@ -1,0 +1,58 @@
+"""Run the real entry points (`python -m api`, `python -m consumers`) as child processes."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from pathlib import Path
+
+from broker.settings import Settings
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def environment(settings: Settings, **extra: str) -> dict[str, str]:
+    env = {key: value for key, value in os.environ.items() if not key.startswith("ORDERLANE_")}
+    env.update(
+        ORDERLANE_AMQP_URL=str(settings.amqp_url),
+        ORDERLANE_QUEUE=settings.queue,
+        ORDERLANE_STARTUP_TIMEOUT=str(settings.startup_timeout),
+        **extra,
+    )
+    return env
+
+
+async def start(module: str, *args: str, env: dict[str, str]) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        module,
+        *args,
+        cwd=PROJECT_ROOT,
+        env=env,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+
+
+async def run(module: str, *args: str, env: dict[str, str], within: float = 60) -> tuple[int, str]:
+    """Run to completion; return the exit code and everything written to stderr."""
+    process = await start(module, *args, env=env)
+    async with asyncio.timeout(within):
+        _, stderr = await process.communicate()
+    assert process.returncode is not None
+    return process.returncode, stderr.decode()
+
+
+async def read_until(process: asyncio.subprocess.Process, marker: str, count: int, lines: list[str]) -> None:
+    """Collect stderr lines into `lines` until `marker` has appeared `count` times."""
+    assert process.stderr is not None
+    seen = 0
+    while seen < count:
+        raw = await process.stderr.readline()
+        if not raw:
+            raise AssertionError(f"process ended before {count}x {marker!r}:\n" + "".join(lines))
+        line = raw.decode()
+        lines.append(line)
+        seen += marker in line

@@ -1,0 +1,128 @@
+"""The HTTP contract, through a recording publisher: statuses, bodies, and that nothing is published on errors."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+
+from api.app import create_app
+from broker.settings import Settings
+from tests.fakes import RecordingPublisher
+from tests.http import app_client
+
+ORDER: dict[str, Any] = {"order_id": "A-1", "priority": 3, "items": ["book"], "user_type": "vip"}
+
+
+@pytest.fixture
+def publisher() -> RecordingPublisher:
+    return RecordingPublisher()
+
+
+@pytest.fixture
+async def client(publisher: RecordingPublisher) -> AsyncIterator[httpx.AsyncClient]:
+    async with app_client(create_app(Settings(max_body_bytes=2048), publisher=publisher)) as http:
+        yield http
+
+
+async def test_accepts_an_order_with_its_effective_and_broker_priority(
+    client: httpx.AsyncClient, publisher: RecordingPublisher
+) -> None:
+    response = await client.post("/orders", json=ORDER)
+    assert response.status_code == 202
+    assert response.json() == {
+        "status": "accepted",
+        "order_id": "A-1",
+        "priority": 0,
+        "broker_priority": 10,
+        "queue": "orders",
+    }
+    assert [order.order_id for order in publisher.published] == ["A-1"]
+
+
+async def test_schema_violation_is_422_with_pydantic_details(
+    client: httpx.AsyncClient, publisher: RecordingPublisher
+) -> None:
+    response = await client.post("/orders", json={**ORDER, "priority": 12, "colour": "red"})
+    assert response.status_code == 422
+    body = response.json()
+    assert body["status"] == "error"
+    assert {(e["type"], tuple(e["loc"])) for e in body["details"]} == {
+        ("less_than_equal", ("priority",)),
+        ("extra_forbidden", ("colour",)),
+    }
+    assert publisher.published == []
+
+
+@pytest.mark.parametrize(
+    ("content", "headers", "status", "error_type"),
+    [
+        (b'{"order_id": "A-1", ', {"content-type": "application/json"}, 400, "json_invalid"),
+        (b"\xff\xfe not utf-8", {"content-type": "application/json"}, 400, "json_invalid"),
+        (b"", {"content-type": "application/json"}, 400, "json_invalid"),
+        (b'{"order_id": "A-1", "items": ["a"]}', {"content-type": "text/plain"}, 415, "unsupported_media_type"),
+        (b'{"order_id": "A-1", "items": ["a"]}', {}, 415, "unsupported_media_type"),
+        (b'{"items": ["' + b"a" * 3000 + b'"]}', {"content-type": "application/json"}, 413, "body_too_large"),
+        (b"[1, 2]", {"content-type": "application/json"}, 422, "model_type"),
+    ],
+)
+async def test_bad_input_gets_its_status_and_publishes_nothing(
+    client: httpx.AsyncClient,
+    publisher: RecordingPublisher,
+    content: bytes,
+    headers: dict[str, str],
+    status: int,
+    error_type: str,
+) -> None:
+    response = await client.post("/orders", content=content, headers=headers)
+    assert response.status_code == status
+    assert response.json()["status"] == "error"
+    assert error_type in {detail["type"] for detail in response.json()["details"]}
+    assert publisher.published == []
+
+
+async def test_body_over_the_limit_without_content_length_is_413(
+    client: httpx.AsyncClient, publisher: RecordingPublisher
+) -> None:
+    async def chunks() -> AsyncIterator[bytes]:
+        for _ in range(10):
+            yield b" " * 512
+
+    response = await client.post("/orders", content=chunks(), headers={"content-type": "application/json"})
+    assert response.status_code == 413
+    assert publisher.published == []
+
+
+async def test_json_with_charset_and_vendor_suffix_are_accepted(client: httpx.AsyncClient) -> None:
+    for content_type in ("application/json; charset=utf-8", "application/vnd.orderlane+json"):
+        response = await client.post(
+            "/orders", content=b'{"order_id": "x", "items": ["a"]}', headers={"content-type": content_type}
+        )
+        assert response.status_code == 202, content_type
+
+
+async def test_publish_failure_is_503_with_retry_after(
+    client: httpx.AsyncClient, publisher: RecordingPublisher
+) -> None:
+    publisher.ready = False
+    response = await client.post("/orders", json=ORDER)
+    assert response.status_code == 503
+    assert int(response.headers["retry-after"]) >= 1
+    assert response.json()["details"][0]["type"] == "broker_unavailable"
+
+
+async def test_health_and_readiness(client: httpx.AsyncClient, publisher: RecordingPublisher) -> None:
+    assert (await client.get("/healthz")).status_code == 200
+    assert (await client.get("/readyz")).status_code == 200
+    publisher.ready = False
+    assert (await client.get("/healthz")).status_code == 200
+    assert (await client.get("/readyz")).status_code == 503
+
+
+async def test_unknown_route_and_method_answer_json(client: httpx.AsyncClient) -> None:
+    missing = await client.get("/nope")
+    assert (missing.status_code, missing.json()["status"]) == (404, "error")
+    wrong_method = await client.get("/orders")
+    assert (wrong_method.status_code, wrong_method.json()["status"]) == (405, "error")

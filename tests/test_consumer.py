@@ -1,0 +1,151 @@
+"""The consumer against the real broker: what it acks, what it dead-letters, and that it never loops."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+import aio_pika
+import orjson
+
+from broker.connection import Broker
+from broker.messages import Order, encode_order
+from broker.settings import Settings
+from consumers.delivery import Delivery, current_delivery
+from consumers.runner import Consumer
+from tests.amqp import drain, publish_raw, queue_depth, wait_until
+
+Handler = Callable[[Order], Awaitable[None]]
+
+
+def order_message(order_id: str, **properties: object) -> aio_pika.Message:
+    order = Order(order_id=order_id, items=["a"])
+    return aio_pika.Message(encode_order(order), content_type="application/json", message_id=order_id, **properties)  # type: ignore[arg-type]
+
+
+@asynccontextmanager
+async def consuming(broker: Broker, handler: Handler, settings: Settings) -> AsyncIterator[Consumer]:
+    await broker.channel.set_qos(prefetch_count=1)
+    consumer = Consumer(broker.work_queue, handler, max_body_bytes=settings.max_body_bytes)
+    await consumer.start()
+    try:
+        yield consumer
+    finally:
+        await consumer.stop(grace_seconds=5)
+
+
+async def test_invalid_bodies_are_dead_lettered_and_the_consumer_goes_on(settings: Settings, broker: Broker) -> None:
+    garbage = [
+        aio_pika.Message(b"\x00\xff random bytes", content_type="application/json"),
+        aio_pika.Message(b'{"order_id": "x", "items": "not a list"}', content_type="application/json"),
+        aio_pika.Message(orjson.dumps({"order_id": "x", "items": ["a"]}), content_type="text/plain"),
+        aio_pika.Message(b'{"order_id": "x", "items": ["' + b"a" * (settings.max_body_bytes + 1) + b'"]}'),
+        aio_pika.Message(b"[" * 10_000 + b"]" * 10_000, content_type="application/json"),
+    ]
+    await publish_raw(settings.queue, *garbage, order_message("good-1"))
+    processed: list[str] = []
+    done = asyncio.Event()
+
+    async def record(order: Order) -> None:
+        processed.append(order.order_id)
+        done.set()
+
+    async with consuming(broker, record, settings):
+        async with asyncio.timeout(30):
+            await done.wait()
+        await wait_until(lambda: dead_letters_are(settings, len(garbage)), what="garbage in the DLQ")
+    assert processed == ["good-1"]
+    assert await queue_depth(settings.queue) == 0
+    dead = await drain(settings.dead_letter_queue)
+    assert sorted(m.body for m in dead) == sorted(m.body for m in garbage)
+
+
+async def dead_letters_are(settings: Settings, count: int) -> bool:
+    return await queue_depth(settings.dead_letter_queue) == count
+
+
+async def test_a_failing_handler_does_not_lose_the_message(settings: Settings, broker: Broker) -> None:
+    await publish_raw(settings.queue, order_message("boom"), order_message("fine"))
+    processed: list[str] = []
+    done = asyncio.Event()
+
+    async def fail_on_boom(order: Order) -> None:
+        if order.order_id == "boom":
+            raise RuntimeError("handler bug")
+        processed.append(order.order_id)
+        done.set()
+
+    async with consuming(broker, fail_on_boom, settings):
+        async with asyncio.timeout(30):
+            await done.wait()
+        await wait_until(lambda: dead_letters_are(settings, 1), what="the failed order in the DLQ")
+    assert processed == ["fine"]
+    [dead] = await drain(settings.dead_letter_queue)
+    assert dead.message_id == "boom"
+    assert Order.model_validate_json(dead.body).order_id == "boom"
+
+
+async def test_handler_sees_its_delivery(settings: Settings, broker: Broker) -> None:
+    await publish_raw(settings.queue, order_message("vip-1", headers={"x-orderlane-priority": 0}, priority=10))
+    seen: list[Delivery] = []
+    done = asyncio.Event()
+
+    async def remember(order: Order) -> None:
+        seen.append(current_delivery())
+        done.set()
+
+    async with consuming(broker, remember, settings):
+        async with asyncio.timeout(30):
+            await done.wait()
+    assert seen == [Delivery(order_id="vip-1", priority=0, attempt=1, redelivered=False)]
+
+
+async def test_stop_waits_for_in_flight_handlers_and_acks_them(settings: Settings, broker: Broker) -> None:
+    await publish_raw(settings.queue, *(order_message(f"slow-{n}") for n in range(5)))
+    started = asyncio.Event()
+    release = asyncio.Event()
+    finished: list[str] = []
+
+    async def slow(order: Order) -> None:
+        started.set()
+        await release.wait()
+        finished.append(order.order_id)
+
+    await broker.channel.set_qos(prefetch_count=1)
+    consumer = Consumer(broker.work_queue, slow, max_body_bytes=settings.max_body_bytes)
+    await consumer.start()
+    async with asyncio.timeout(30):
+        await started.wait()
+    stopping = asyncio.create_task(consumer.stop(grace_seconds=30))
+    await asyncio.sleep(0)
+    assert not stopping.done()  # still waiting for the handler
+    release.set()
+    await stopping
+    assert finished == ["slow-0"]
+    await broker.channel.close()  # anything unacked would go back to the queue now
+    await wait_until(lambda: depth_is(settings.queue, 4), what="the four untouched orders back in the queue")
+
+
+async def depth_is(queue: str, count: int) -> bool:
+    return await queue_depth(queue) == count
+
+
+async def test_stop_cancels_handlers_past_the_grace_period_without_acking(settings: Settings, broker: Broker) -> None:
+    await publish_raw(settings.queue, order_message("stuck"))
+    started = asyncio.Event()
+
+    async def stuck(order: Order) -> None:
+        started.set()
+        await asyncio.Event().wait()
+
+    await broker.channel.set_qos(prefetch_count=1)
+    consumer = Consumer(broker.work_queue, stuck, max_body_bytes=settings.max_body_bytes)
+    await consumer.start()
+    async with asyncio.timeout(30):
+        await started.wait()
+    await consumer.stop(grace_seconds=0.2)
+    assert consumer.in_flight == 0
+    await broker.channel.close()
+    await wait_until(lambda: depth_is(settings.queue, 1), what="the cancelled order back in the queue")
+    assert await queue_depth(settings.dead_letter_queue) == 0

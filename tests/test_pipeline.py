@@ -1,0 +1,65 @@
+"""End to end on the real broker: orders posted while no consumer runs come out by effective priority."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+
+from api.app import create_app
+from broker.connection import Broker, open_broker
+from broker.messages import Order
+from broker.priority import effective_priority
+from broker.publisher import OrderPublisher
+from broker.settings import Settings
+from consumers.runner import Consumer
+from tests.amqp import queue_depth
+from tests.http import app_client
+
+ORDER_COUNT = 200
+
+
+def mixed_orders(count: int) -> list[Order]:
+    rng = random.Random(20261128)
+    return [
+        Order(
+            order_id=f"o-{n:04d}",
+            priority=rng.randint(0, 9),
+            items=[f"item-{n}"],
+            user_type="vip" if rng.random() < 0.1 else "regular",
+        )
+        for n in range(count)
+    ]
+
+
+async def test_consumer_processes_by_effective_priority_fifo_within_a_level_exactly_once(
+    settings: Settings, broker: Broker
+) -> None:
+    orders = mixed_orders(ORDER_COUNT)
+    assert {o.user_type for o in orders} == {"vip", "regular"}
+    async with app_client(create_app(settings, publisher=OrderPublisher(broker, settings))) as client:
+        for order in orders:  # one at a time, so "FIFO within a level" means this order
+            response = await client.post(
+                "/orders", content=order.model_dump_json(), headers={"content-type": "application/json"}
+            )
+            assert response.status_code == 202
+    assert await queue_depth(settings.queue) == ORDER_COUNT
+
+    processed: list[str] = []
+    all_done = asyncio.Event()
+
+    async def record(order: Order) -> None:
+        processed.append(order.order_id)
+        if len(processed) == ORDER_COUNT:
+            all_done.set()
+
+    async with open_broker(settings) as consumer_broker:
+        await consumer_broker.channel.set_qos(prefetch_count=1)
+        consumer = Consumer(consumer_broker.work_queue, record, max_body_bytes=settings.max_body_bytes)
+        await consumer.start()
+        async with asyncio.timeout(60):
+            await all_done.wait()
+        await consumer.stop(grace_seconds=10)
+
+    by_priority = sorted(orders, key=lambda o: effective_priority(o, vip_priority=settings.vip_priority))
+    assert processed == [o.order_id for o in by_priority]
+    assert await queue_depth(settings.queue) == 0  # every one acked

@@ -1,0 +1,51 @@
+from __future__ import annotations
+
+import pytest
+
+from broker.messages import Order
+from broker.priority import Priority, broker_priority, effective_priority, prioritize
+
+
+def order(priority: int, user_type: str = "regular") -> Order:
+    return Order.model_validate({"order_id": "o-1", "priority": priority, "items": ["x"], "user_type": user_type})
+
+
+# The README's table, for the default ORDERLANE_MAX_PRIORITY=10: 0 is the most urgent and gets the top level.
+DEFAULT_TABLE = {0: 10, 1: 8, 2: 7, 3: 6, 4: 5, 5: 4, 6: 3, 7: 2, 8: 1, 9: 0}
+
+
+@pytest.mark.parametrize(("effective", "expected"), DEFAULT_TABLE.items())
+def test_broker_priority_table_at_default_max(effective: int, expected: int) -> None:
+    assert broker_priority(effective, max_priority=10) == expected
+
+
+@pytest.mark.parametrize("max_priority", [1, 2, 3, 5, 9, 10, 32, 255])
+def test_more_urgent_never_maps_lower_and_ends_reach_the_bounds(max_priority: int) -> None:
+    levels = [broker_priority(p, max_priority=max_priority) for p in range(10)]
+    assert levels == sorted(levels, reverse=True)
+    assert levels[0] == max_priority
+    assert levels[-1] == 0
+
+
+def test_enough_broker_levels_keep_every_api_level_distinct() -> None:
+    for max_priority in (9, 10, 255):
+        assert len({broker_priority(p, max_priority=max_priority) for p in range(10)}) == 10
+
+
+@pytest.mark.parametrize(
+    ("priority", "user_type", "vip_priority", "expected"),
+    [
+        (5, "regular", 0, 5),
+        (0, "regular", 0, 0),
+        (5, "vip", 0, 0),
+        (9, "vip", 2, 2),
+        (1, "vip", 2, 1),  # a VIP who asked for more urgency than the boost keeps it
+    ],
+)
+def test_effective_priority(priority: int, user_type: str, vip_priority: int, expected: int) -> None:
+    assert effective_priority(order(priority, user_type), vip_priority=vip_priority) == expected
+
+
+def test_prioritize_combines_the_vip_boost_and_the_broker_mapping() -> None:
+    assert prioritize(order(7, "vip"), vip_priority=0, max_priority=10) == Priority(effective=0, broker=10)
+    assert prioritize(order(7), vip_priority=0, max_priority=10) == Priority(effective=7, broker=2)

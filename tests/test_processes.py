@@ -1,0 +1,76 @@
+"""The entry points as users run them: graceful SIGTERM, one-line start-up errors."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+
+import pytest
+
+from broker.connection import Broker
+from broker.settings import Settings
+from broker.topology import build_topology
+from tests.amqp import delete_queues, operator_channel, publish_raw, queue_depth
+from tests.processes import environment, read_until, run, start
+from tests.test_consumer import order_message
+
+PROCESSED = "order processed"
+
+
+async def test_sigterm_mid_batch_finishes_in_flight_orders_and_loses_none(settings: Settings, broker: Broker) -> None:
+    total = 60
+    await publish_raw(settings.queue, *(order_message(f"t-{n:03d}") for n in range(total)))
+    consumer = await start("consumers", "--prefetch", "4", env=environment(settings, ORDERLANE_SIMULATED_WORK_MS="40"))
+    lines: list[str] = []
+    async with asyncio.timeout(60):
+        await read_until(consumer, PROCESSED, 8, lines)
+        consumer.send_signal(signal.SIGTERM)
+        assert consumer.stderr is not None
+        lines += (await consumer.stderr.read()).decode().splitlines(keepends=True)
+        assert await consumer.wait() == 0
+    processed = [line for line in lines if PROCESSED in line]
+    still_queued = await queue_depth(settings.queue)
+    assert 8 <= len(processed) < total, "SIGTERM should land mid-batch"
+    assert len(processed) + still_queued == total, "".join(lines)
+    assert len({line.split("order_id=")[1].split()[0] for line in processed}) == len(processed)
+
+
+async def test_topology_conflict_is_one_line_naming_queue_and_argument(settings: Settings) -> None:
+    arguments = {**build_topology(settings).work.arguments, "x-max-priority": 5}
+    async with operator_channel() as channel:
+        await channel.declare_queue(settings.queue, durable=True, arguments=arguments)
+    for module in ("consumers", "api"):
+        code, stderr = await run(module, env=environment(settings))
+        assert code == 1, stderr
+        assert "Traceback" not in stderr
+        [error] = [line for line in stderr.splitlines() if "error:" in line]
+        assert settings.queue in error and "x-max-priority" in error
+
+
+async def test_unreachable_broker_is_retried_with_backoff_then_a_clear_error(settings: Settings) -> None:
+    unreachable = settings.model_copy(update={"amqp_url": "amqp://guest:secret-pw@127.0.0.1:1/", "startup_timeout": 2})
+    code, stderr = await run("consumers", env=environment(unreachable))
+    assert code == 1
+    assert "Traceback" not in stderr
+    assert stderr.count("retrying in") >= 2
+    assert "no broker answered at amqp://guest:***@127.0.0.1:1/" in stderr
+    assert "secret-pw" not in stderr
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [("ORDERLANE_MAX_PRIORITY", "0"), ("ORDERLANE_PREFETCH", "lots")],
+)
+async def test_invalid_configuration_is_one_line(settings: Settings, variable: str, value: str) -> None:
+    code, stderr = await run("consumers", env=environment(settings, **{variable: value}))
+    assert code == 1
+    assert stderr.strip().splitlines() == [stderr.strip()]
+    assert variable in stderr
+
+
+async def test_handler_that_cannot_be_loaded_is_one_line(settings: Settings) -> None:
+    code, stderr = await run("consumers", "--handler", "tests.nowhere:handle", env=environment(settings))
+    assert code == 1
+    assert "Traceback" not in stderr
+    assert "tests.nowhere:handle" in stderr
+    await delete_queues(settings.queue)

@@ -1,0 +1,84 @@
+"""Publishing against the real broker: what lands on the wire, and that 202 means the broker has it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import aio_pika
+import pytest
+
+from api.app import create_app
+from broker.connection import Broker
+from broker.errors import PublishError
+from broker.messages import Order
+from broker.publisher import PRIORITY_HEADER, OrderPublisher
+from broker.settings import Settings
+from tests.amqp import delete_queues, drain, operator_channel, queue_depth
+from tests.http import app_client
+
+ORDER: dict[str, Any] = {"order_id": "wire-1", "priority": 6, "items": ["tea", "cup"], "user_type": None}
+
+
+async def test_202_means_a_persistent_confirmed_message_with_its_priority(settings: Settings) -> None:
+    async with app_client(create_app(settings)) as client:  # the lifespan owns the connection here
+        response = await client.post("/orders", json=ORDER)
+    assert response.status_code == 202
+    assert response.json()["broker_priority"] == 3
+    [message] = await drain(settings.queue)
+    assert message.delivery_mode == aio_pika.DeliveryMode.PERSISTENT
+    assert message.content_type == "application/json"
+    assert message.message_id == "wire-1"
+    assert message.priority == 3
+    assert message.timestamp is not None
+    assert message.headers[PRIORITY_HEADER] == 6
+    assert Order.model_validate_json(message.body) == Order.model_validate({**ORDER, "user_type": "regular"})
+
+
+@pytest.mark.parametrize(
+    ("content", "content_type"),
+    [
+        (b'{"order_id": "x", "items": []}', "application/json"),
+        (b"{not json", "application/json"),
+        (b'{"order_id": "x", "items": ["a"]}', "text/plain"),
+        (b'{"order_id": "x", "items": ["' + b"a" * 70_000 + b'"]}', "application/json"),
+    ],
+)
+async def test_bad_input_leaves_the_queue_untouched(
+    settings: Settings, broker: Broker, content: bytes, content_type: str
+) -> None:
+    async with app_client(create_app(settings, publisher=OrderPublisher(broker, settings))) as client:
+        response = await client.post("/orders", content=content, headers={"content-type": content_type})
+    assert 400 <= response.status_code < 500
+    assert await queue_depth(settings.queue) == 0
+
+
+async def test_unroutable_order_is_503_not_202(settings: Settings, broker: Broker) -> None:
+    """The mandatory flag: with the queue gone the broker returns the message, and that is an error."""
+    async with app_client(create_app(settings, publisher=OrderPublisher(broker, settings))) as client:
+        await delete_queues(settings.queue)
+        response = await client.post("/orders", json=ORDER)
+    assert response.status_code == 503
+    assert "retry-after" in response.headers
+
+
+async def test_nacked_order_raises_publish_error(settings: Settings, broker: Broker) -> None:
+    """A queue that refuses publishes (full, overflow reject-publish) makes the broker nack: no receipt."""
+    full = f"{settings.queue}.full"
+    async with operator_channel() as channel:
+        await channel.declare_queue(full, arguments={"x-max-length": 0, "x-overflow": "reject-publish"})
+    try:
+        publisher = OrderPublisher(broker, settings.model_copy(update={"queue": full}))
+        with pytest.raises(PublishError):
+            await publisher.publish(Order.model_validate(ORDER))
+    finally:
+        await delete_queues(full)
+
+
+async def test_closed_connection_is_503_and_not_ready(settings: Settings, broker: Broker) -> None:
+    async with app_client(create_app(settings, publisher=OrderPublisher(broker, settings))) as client:
+        assert (await client.get("/readyz")).status_code == 200
+        await broker.connection.close()
+        response = await client.post("/orders", json=ORDER)
+        assert response.status_code == 503
+        assert (await client.get("/readyz")).status_code == 503
+        assert (await client.get("/healthz")).status_code == 200

@@ -1,0 +1,45 @@
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from broker.settings import Settings
+
+
+def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("AMQP_URL", "QUEUE", "MAX_PRIORITY", "PREFETCH", "VIP_PRIORITY"):
+        monkeypatch.delenv(f"ORDERLANE_{name}", raising=False)
+    settings = Settings()
+    assert str(settings.amqp_url) == "amqp://guest:guest@127.0.0.1:5672/"
+    assert (settings.queue, settings.max_priority, settings.prefetch, settings.vip_priority) == ("orders", 10, 32, 0)
+    assert settings.dead_letter_queue == "orders.dlq"
+    assert settings.max_body_bytes == 64 * 1024
+
+
+def test_read_from_orderlane_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ORDERLANE_QUEUE", "shop")
+    monkeypatch.setenv("ORDERLANE_MAX_PRIORITY", "5")
+    monkeypatch.setenv("ORDERLANE_PREFETCH", "7")
+    monkeypatch.setenv("ORDERLANE_VIP_PRIORITY", "1")
+    settings = Settings()
+    assert (settings.queue, settings.max_priority, settings.prefetch, settings.vip_priority) == ("shop", 5, 7, 1)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("max_priority", 0), ("max_priority", 256), ("vip_priority", 10), ("prefetch", 0), ("queue", "a b")],
+)
+def test_rejects_out_of_range(field: str, value: object) -> None:
+    with pytest.raises(ValidationError):
+        Settings.model_validate({field: value})
+
+
+def test_max_priority_bounds_are_accepted() -> None:
+    assert Settings(max_priority=1).max_priority == 1
+    assert Settings(max_priority=255).max_priority == 255
+
+
+def test_redacted_url_hides_the_password() -> None:
+    settings = Settings(amqp_url="amqps://shop:s3cret@rabbit.example:5671/prod")
+    assert "s3cret" not in settings.redacted_amqp_url
+    assert settings.redacted_amqp_url == "amqps://shop:***@rabbit.example:5671/prod"

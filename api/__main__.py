@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import signal
+from types import FrameType
 
 import uvicorn
 
@@ -26,7 +28,16 @@ async def serve(settings: Settings, host: str, port: int) -> None:
             timeout_keep_alive=5,
             timeout_graceful_shutdown=10,
         )
+        # uvicorn shuts down gracefully on SIGTERM/SIGINT, then re-raises the signal under the handler that was
+        # in place before it started. With Python's defaults that kills the process before the broker
+        # connection is closed; with these no-ops, serve() returns and the process exits 0 after closing it.
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, _already_handled_by_uvicorn)
         await uvicorn.Server(config).serve()
+
+
+def _already_handled_by_uvicorn(signum: int, frame: FrameType | None) -> None:
+    """Stands in for the default action uvicorn re-raises after its graceful shutdown."""
 
 
 def main() -> int:

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 import aiormq.exceptions
 from aio_pika.abc import AbstractQueue, AbstractRobustChannel
+from pamqp.common import FieldTable
 
 from broker.errors import TopologyConflict
 from broker.settings import Settings
@@ -17,7 +18,7 @@ DEFAULT_EXCHANGE = ""
 @dataclass(frozen=True, slots=True)
 class QueueSpec:
     name: str
-    arguments: dict[str, str | int] = field(default_factory=dict)
+    arguments: FieldTable = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import socket
 
+import httpx
 import pytest
 
 from broker.connection import Broker
@@ -74,3 +76,36 @@ async def test_handler_that_cannot_be_loaded_is_one_line(settings: Settings) -> 
     assert "Traceback" not in stderr
     assert "tests.nowhere:handle" in stderr
     await delete_queues(settings.queue)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+async def test_curl_path_api_and_consumer_processes_end_to_end(settings: Settings) -> None:
+    """What the README's curl line does: a real uvicorn server, a real consumer, one order through both."""
+    port = free_port()
+    env = environment(settings)
+    consumer = await start("consumers", env=env)
+    api = await start("api", "--port", str(port), env=env)
+    consumer_lines: list[str] = []
+    api_lines: list[str] = []
+    try:
+        async with asyncio.timeout(60):
+            await read_until(api, "Uvicorn running", 1, api_lines)
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+                assert (await client.get("/readyz")).status_code == 200
+                order = {"order_id": "curl-1", "priority": 4, "items": ["book"], "user_type": "vip"}
+                response = await client.post("/orders", json=order)
+            assert response.status_code == 202, response.text
+            assert response.json()["priority"] == 0
+            await read_until(consumer, "order_id=curl-1", 1, consumer_lines)
+            assert "priority=0" in consumer_lines[-1]
+    finally:
+        for process in (api, consumer):
+            process.send_signal(signal.SIGTERM)
+    async with asyncio.timeout(30):
+        assert (await api.wait(), await consumer.wait()) == (0, 0)

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from pydantic import ValidationError
 
@@ -43,3 +45,9 @@ def test_redacted_url_hides_the_password() -> None:
     settings = Settings(amqp_url="amqps://shop:s3cret@rabbit.example:5671/prod")
     assert "s3cret" not in settings.redacted_amqp_url
     assert settings.redacted_amqp_url == "amqps://shop:***@rabbit.example:5671/prod"
+
+
+def test_readme_documents_every_setting() -> None:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    for name in Settings.model_fields:
+        assert f"`ORDERLANE_{name.upper()}`" in readme, name

@@ -6,7 +6,7 @@ import logging
 from dataclasses import dataclass
 
 from pydantic import ValidationError
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from api.responses import JSONResponse, error_response, problem
@@ -65,6 +65,8 @@ async def post_order(request: Request) -> Response:
     except BodyTooLarge:
         limit = state.settings.max_body_bytes
         return error_response(413, [problem("body_too_large", f"the body is larger than {limit} bytes")])
+    except ClientDisconnect:
+        return error_response(400, [problem("client_disconnect", "the client went away before sending the body")])
     try:
         order = Order.model_validate_json(body)
     except ValidationError as exc:

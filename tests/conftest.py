@@ -4,41 +4,25 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
-import subprocess
 import uuid
 from collections.abc import AsyncIterator, Iterator
 
-import aio_pika
 import pytest
 
 from broker.connection import Broker, open_broker
 from broker.settings import Settings
+from scripts.ensure_broker import answers, docker_works
 from tests.amqp import amqp_url, delete_queues
-
-
-async def _broker_answers(url: str) -> bool:
-    try:
-        connection = await aio_pika.connect(url, timeout=5)
-    except (TimeoutError, OSError, aio_pika.exceptions.AMQPError):
-        return False
-    await connection.close()
-    return True
-
-
-def _docker_works() -> bool:
-    docker = shutil.which("docker")
-    return docker is not None and subprocess.run([docker, "info"], capture_output=True, check=False).returncode == 0
 
 
 @pytest.fixture(scope="session", autouse=True)
 def rabbitmq() -> Iterator[str]:
     """The broker at ORDERLANE_AMQP_URL; where none answers and Docker works, a RabbitMQ container."""
     url = amqp_url()
-    if asyncio.run(_broker_answers(url)):
+    if asyncio.run(answers(url)):
         yield url
         return
-    if not _docker_works():
+    if not docker_works():
         pytest.exit(
             f"no RabbitMQ answers at {url} and Docker is not available: start one "
             "(`rabbitmq-server -detached`, or `docker compose up -d rabbitmq`) or set ORDERLANE_AMQP_URL",

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, MutableMapping
 from typing import Any
 
 import httpx
 import pytest
 
 from api.app import create_app
+from api.routes import Services
 from broker.settings import Settings
 from tests.fakes import RecordingPublisher
 from tests.http import app_client
@@ -126,3 +127,26 @@ async def test_unknown_route_and_method_answer_json(client: httpx.AsyncClient) -
     assert (missing.status_code, missing.json()["status"]) == (404, "error")
     wrong_method = await client.get("/orders")
     assert (wrong_method.status_code, wrong_method.json()["status"]) == (405, "error")
+
+
+async def test_client_that_disconnects_mid_body_is_not_a_server_error(publisher: RecordingPublisher) -> None:
+    app = create_app(Settings(), publisher=publisher)
+    sent: list[MutableMapping[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.disconnect"}
+
+    async def send(message: MutableMapping[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/orders",
+        "headers": [(b"content-type", b"application/json")],
+        "query_string": b"",
+        "state": {"services": Services(settings=Settings(), publisher=publisher)},
+    }
+    await app(scope, receive, send)
+    assert sent[0]["status"] == 400
+    assert publisher.published == []

@@ -3,36 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
 
 import aio_pika
 import orjson
 
 from broker.connection import Broker
-from broker.messages import Order, encode_order
+from broker.messages import Order
 from broker.settings import Settings
 from consumers.delivery import Delivery, current_delivery
-from consumers.runner import Consumer
 from tests.amqp import drain, publish_raw, queue_depth, wait_until
-
-Handler = Callable[[Order], Awaitable[None]]
-
-
-def order_message(order_id: str, **properties: object) -> aio_pika.Message:
-    order = Order(order_id=order_id, items=["a"])
-    return aio_pika.Message(encode_order(order), content_type="application/json", message_id=order_id, **properties)  # type: ignore[arg-type]
-
-
-@asynccontextmanager
-async def consuming(broker: Broker, handler: Handler, settings: Settings) -> AsyncIterator[Consumer]:
-    await broker.channel.set_qos(prefetch_count=1)
-    consumer = Consumer(broker.work_queue, handler, max_body_bytes=settings.max_body_bytes)
-    await consumer.start()
-    try:
-        yield consumer
-    finally:
-        await consumer.stop(grace_seconds=5)
+from tests.consuming import consuming, order_message, start_consumer
 
 
 async def test_invalid_bodies_are_dead_lettered_and_the_consumer_goes_on(settings: Settings, broker: Broker) -> None:
@@ -112,9 +92,7 @@ async def test_stop_waits_for_in_flight_handlers_and_acks_them(settings: Setting
         await release.wait()
         finished.append(order.order_id)
 
-    await broker.channel.set_qos(prefetch_count=1)
-    consumer = Consumer(broker.work_queue, slow, max_body_bytes=settings.max_body_bytes)
-    await consumer.start()
+    consumer = await start_consumer(broker, slow, settings)
     async with asyncio.timeout(30):
         await started.wait()
     stopping = asyncio.create_task(consumer.stop(grace_seconds=30))
@@ -139,9 +117,7 @@ async def test_stop_cancels_handlers_past_the_grace_period_without_acking(settin
         started.set()
         await asyncio.Event().wait()
 
-    await broker.channel.set_qos(prefetch_count=1)
-    consumer = Consumer(broker.work_queue, stuck, max_body_bytes=settings.max_body_bytes)
-    await consumer.start()
+    consumer = await start_consumer(broker, stuck, settings)
     async with asyncio.timeout(30):
         await started.wait()
     await consumer.stop(grace_seconds=0.2)

@@ -11,8 +11,8 @@ from broker.messages import Order
 from broker.priority import effective_priority
 from broker.publisher import OrderPublisher
 from broker.settings import Settings
-from consumers.runner import Consumer
 from tests.amqp import queue_depth
+from tests.consuming import consuming
 from tests.http import app_client
 
 ORDER_COUNT = 200
@@ -52,13 +52,9 @@ async def test_consumer_processes_by_effective_priority_fifo_within_a_level_exac
         if len(processed) == ORDER_COUNT:
             all_done.set()
 
-    async with open_broker(settings) as consumer_broker:
-        await consumer_broker.channel.set_qos(prefetch_count=1)
-        consumer = Consumer(consumer_broker.work_queue, record, max_body_bytes=settings.max_body_bytes)
-        await consumer.start()
+    async with open_broker(settings) as consumer_broker, consuming(consumer_broker, record, settings):
         async with asyncio.timeout(60):
             await all_done.wait()
-        await consumer.stop(grace_seconds=10)
 
     by_priority = sorted(orders, key=lambda o: effective_priority(o, vip_priority=settings.vip_priority))
     assert processed == [o.order_id for o in by_priority]

@@ -13,8 +13,8 @@ from broker.connection import Broker
 from broker.settings import Settings
 from broker.topology import build_topology
 from tests.amqp import delete_queues, operator_channel, publish_raw, queue_depth
+from tests.consuming import order_message
 from tests.processes import environment, read_until, run, start
-from tests.test_consumer import order_message
 
 PROCESSED = "order processed"
 

@@ -6,6 +6,7 @@ from broker.errors import (
     ConfigurationError,
     InvalidMessage,
     OrderlaneError,
+    PermanentFailure,
     PublishError,
     TopologyConflict,
 )
@@ -22,6 +23,7 @@ __all__ = [
     "Order",
     "OrderPublisher",
     "OrderlaneError",
+    "PermanentFailure",
     "Priority",
     "PublishError",
     "Publisher",

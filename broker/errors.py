@@ -5,7 +5,8 @@
     ├── BrokerUnavailable   the broker did not answer in time (startup budget spent, connection down)
     ├── TopologyConflict    a queue exists with other arguments (the broker's 406 PRECONDITION_FAILED)
     ├── PublishError        the broker did not take a message: nack, return (unroutable), timeout, channel down
-    └── InvalidMessage      a delivery whose body is not a valid order (never retried)
+    ├── InvalidMessage      a delivery whose body is not a valid order (never retried)
+    └── PermanentFailure    raised by a handler: this order can never succeed, dead-letter it now
 
 Library exceptions (aio-pika, aiormq, pydantic) are translated into these where they are caught, with
 `raise ... from exc`, so callers never import aio-pika to handle a failure.
@@ -44,3 +45,7 @@ class PublishError(OrderlaneError):
 
 class InvalidMessage(OrderlaneError):
     """A delivery whose body is not a valid order; it is dead-lettered, never retried."""
+
+
+class PermanentFailure(OrderlaneError):
+    """Raise from a handler for an order that can never succeed: it goes to the dead-letter queue at once."""

@@ -9,6 +9,7 @@ from typing import Protocol
 
 import aio_pika
 import aiormq.exceptions
+from aio_pika.abc import AbstractRobustChannel
 
 from broker.connection import Broker
 from broker.errors import PublishError
@@ -61,13 +62,28 @@ _NOT_TAKEN = (
 )
 
 
+async def publish_confirmed(
+    channel: AbstractRobustChannel, message: aio_pika.Message, *, queue: str, confirm_within: float
+) -> None:
+    """Publish to `queue` through the default exchange and wait for the broker's confirm.
+
+    The channel must be a confirm channel opened with `on_return_raises=True`, so that with `mandatory` an
+    unroutable message is an error rather than a silent drop. Anything short of a confirm is a PublishError.
+    """
+    if channel.is_closed:
+        raise PublishError("the broker connection is down")
+    try:
+        async with asyncio.timeout(confirm_within):
+            await channel.default_exchange.publish(message, routing_key=queue, mandatory=True)
+    except _NOT_TAKEN as exc:
+        raise PublishError(f"the broker did not confirm message {message.message_id!r} to {queue!r}: {exc!r}") from exc
+
+
 class OrderPublisher:
-    """Publishes to the work queue through the default exchange on a confirm channel opened with
-    `on_return_raises=True`, so an unroutable message is an error rather than a silent drop."""
+    """Publishes orders to the work queue, each with its priority, persistent and confirmed."""
 
     def __init__(self, broker: Broker, settings: Settings) -> None:
         self._broker = broker
-        self._channel = broker.channel
         self._queue = settings.queue
         self._vip_priority = settings.vip_priority
         self._max_priority = settings.max_priority
@@ -79,12 +95,7 @@ class OrderPublisher:
 
     async def publish(self, order: Order) -> Receipt:
         priority = prioritize(order, vip_priority=self._vip_priority, max_priority=self._max_priority)
-        message = build_message(order, priority)
-        if self._channel.is_closed:
-            raise PublishError("the broker connection is down")
-        try:
-            async with asyncio.timeout(self._timeout):
-                await self._channel.default_exchange.publish(message, routing_key=self._queue, mandatory=True)
-        except _NOT_TAKEN as exc:
-            raise PublishError(f"the broker did not confirm order {order.order_id!r}: {exc!r}") from exc
+        await publish_confirmed(
+            self._broker.channel, build_message(order, priority), queue=self._queue, confirm_within=self._timeout
+        )
         return Receipt(order_id=order.order_id, priority=priority, queue=self._queue)

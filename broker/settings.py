@@ -27,6 +27,10 @@ class Settings(BaseSettings):
     startup_timeout: Annotated[float, Field(ge=0)] = 30.0
     shutdown_timeout: Annotated[float, Field(gt=0)] = 30.0
     simulated_work_ms: Annotated[float, Field(ge=0)] = 0.0
+    handler_timeout: Annotated[float, Field(gt=0, lt=1800)] = 60.0
+    max_attempts: Annotated[int, Field(ge=1, le=50)] = 5
+    retry_base_seconds: Annotated[float, Field(gt=0)] = 1.0
+    retry_max_seconds: Annotated[float, Field(gt=0)] = 300.0
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     @property

@@ -25,10 +25,24 @@ class QueueSpec:
 class Topology:
     work: QueueSpec
     dead_letter: QueueSpec
+    retries: tuple[QueueSpec, ...]
+    """`retries[n - 1]` holds the messages whose attempt n failed, until their per-message TTL sends them back."""
+
+    def retry_queue(self, failed_attempt: int) -> QueueSpec:
+        return self.retries[failed_attempt - 1]
+
+
+def retry_queue_name(queue: str, failed_attempt: int) -> str:
+    return f"{queue}.retry.{failed_attempt}"
 
 
 def build_topology(settings: Settings) -> Topology:
-    """The durable priority work queue, dead-lettering into `<queue>.dlq`, and that dead-letter queue."""
+    """The durable priority work queue (dead-lettering into `<queue>.dlq`), that dead-letter queue, and one
+    delay queue per retry step, each dead-lettering expired messages back into the work queue.
+
+    One queue per step because a per-message TTL only expires at the head of a queue: messages of one step
+    have about the same delay, so none waits long behind another.
+    """
     dead_letter = QueueSpec(name=settings.dead_letter_queue)
     work = QueueSpec(
         name=settings.queue,
@@ -38,7 +52,12 @@ def build_topology(settings: Settings) -> Topology:
             "x-dead-letter-routing-key": dead_letter.name,
         },
     )
-    return Topology(work=work, dead_letter=dead_letter)
+    back_to_work: FieldTable = {"x-dead-letter-exchange": DEFAULT_EXCHANGE, "x-dead-letter-routing-key": work.name}
+    retries = tuple(
+        QueueSpec(name=retry_queue_name(settings.queue, attempt), arguments=back_to_work)
+        for attempt in range(1, settings.max_attempts)
+    )
+    return Topology(work=work, dead_letter=dead_letter, retries=retries)
 
 
 _INEQUIVALENT_ARG = re.compile(r"inequivalent arg '[^']+'")
@@ -57,4 +76,6 @@ async def declare_queue(channel: AbstractRobustChannel, spec: QueueSpec) -> Abst
 async def declare_topology(channel: AbstractRobustChannel, topology: Topology) -> AbstractQueue:
     """Declare every queue (idempotent) and return the work queue; the robust channel re-declares on reconnect."""
     await declare_queue(channel, topology.dead_letter)
+    for retry in topology.retries:
+        await declare_queue(channel, retry)
     return await declare_queue(channel, topology.work)

@@ -1,4 +1,4 @@
-"""What a handler may know about the delivery it is processing, besides the order itself."""
+"""Reading a delivery: the order in its body (untrusted until parsed) and what a handler may know about it."""
 
 from __future__ import annotations
 
@@ -7,7 +7,12 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 
-from broker.messages import Order
+from aio_pika.abc import AbstractIncomingMessage
+from pydantic import ValidationError
+
+from broker.errors import InvalidMessage
+from broker.messages import Order, decode_order
+from broker.publisher import ATTEMPT_HEADER, CONTENT_TYPE, PRIORITY_HEADER
 
 Handler = Callable[[Order], Awaitable[None]]
 """A handler receives the validated order. It never acks: it returns (ack) or raises (the message is
@@ -22,6 +27,32 @@ class Delivery:
     attempt: int
     redelivered: bool
     """True when the broker delivered this message before (to this or another consumer) without an ack."""
+
+
+def parse_order(message: AbstractIncomingMessage, *, max_body_bytes: int) -> Order:
+    """Treat the body as untrusted: bounded size, JSON only, a valid order."""
+    if len(message.body) > max_body_bytes:
+        raise InvalidMessage(f"body of {len(message.body)} bytes exceeds {max_body_bytes}")
+    if message.content_type not in (None, CONTENT_TYPE):
+        raise InvalidMessage(f"content type {message.content_type!r} is not {CONTENT_TYPE}")
+    try:
+        return decode_order(message.body)
+    except ValidationError as exc:
+        raise InvalidMessage(f"not a valid order: {exc.error_count()} errors, first: {exc.errors()[0]['msg']}") from exc
+
+
+def int_header(message: AbstractIncomingMessage, name: str, default: int) -> int:
+    value = message.headers.get(name)
+    return value if isinstance(value, int) and not isinstance(value, bool) else default
+
+
+def describe(message: AbstractIncomingMessage, order: Order) -> Delivery:
+    return Delivery(
+        order_id=order.order_id,
+        priority=int_header(message, PRIORITY_HEADER, order.priority),
+        attempt=int_header(message, ATTEMPT_HEADER, 1),
+        redelivered=bool(message.redelivered),
+    )
 
 
 _current_delivery: ContextVar[Delivery] = ContextVar("orderlane_delivery")

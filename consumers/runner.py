@@ -1,67 +1,57 @@
-"""The consumer: takes orders from the work queue, runs the handler, and settles each message once.
+"""The consumer: takes orders from the work queue, runs the handler, and settles each message exactly once.
 
 The ack policy lives in `Consumer._settle` and nowhere else:
-- the handler returned                → ack
-- the body is not a valid order       → reject without requeue: the queue dead-letters it to `<queue>.dlq`
-- the handler raised                  → reject without requeue: dead-lettered, never lost, never looping
-- the task was cancelled (forced stop) → nothing: the broker redelivers it when the channel closes
+
+| outcome                                   | what happens                                                     |
+|-------------------------------------------|------------------------------------------------------------------|
+| the handler returned                      | ack                                                              |
+| the body is not a valid order             | republished to `<queue>.dlq` with the reason, then acked          |
+| the handler raised PermanentFailure       | republished to `<queue>.dlq` with the error, then acked           |
+| the handler raised or overran its timeout | attempt < max: republished to `<queue>.retry.<attempt>` with a    |
+|                                           | per-message TTL that sends it back to the work queue, then acked; |
+|                                           | last attempt: republished to `<queue>.dlq`, then acked            |
+| the task was cancelled (forced stop)      | nothing: unacked, the broker redelivers it                        |
+| the delivering channel is gone            | nothing: its delivery tags are void, the broker redelivers it     |
+
+Every republish is persistent and confirmed before the ack, so the broker always holds the order.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import signal
+from collections.abc import Awaitable
 
+import aio_pika
 import aiormq.exceptions
-from aio_pika.abc import AbstractIncomingMessage, AbstractQueue, ConsumerTag
-from pydantic import ValidationError
+from aio_pika.abc import AbstractIncomingMessage, ConsumerTag
 
-from broker.connection import open_broker
-from broker.errors import InvalidMessage
-from broker.messages import Order, decode_order
-from broker.publisher import ATTEMPT_HEADER, CONTENT_TYPE, PRIORITY_HEADER
+from broker.connection import Broker, open_broker
+from broker.errors import InvalidMessage, PermanentFailure, PublishError
+from broker.publisher import ATTEMPT_HEADER, publish_confirmed
 from broker.settings import Settings
-from consumers.delivery import Delivery, Handler, delivering
+from consumers.delivery import Delivery, Handler, delivering, describe, int_header, parse_order
+from consumers.retry import RetryPolicy, dead_letter_message, retry_message
 
 logger = logging.getLogger(__name__)
 
 _SETTLE_ERRORS = (aiormq.exceptions.AMQPError, aiormq.exceptions.ChannelInvalidStateError, ConnectionError)
-
-
-def parse_order(message: AbstractIncomingMessage, *, max_body_bytes: int) -> Order:
-    """Treat the body as untrusted: bounded size, JSON only, a valid order."""
-    if len(message.body) > max_body_bytes:
-        raise InvalidMessage(f"body of {len(message.body)} bytes exceeds {max_body_bytes}")
-    if message.content_type not in (None, CONTENT_TYPE):
-        raise InvalidMessage(f"content type {message.content_type!r} is not {CONTENT_TYPE}")
-    try:
-        return decode_order(message.body)
-    except ValidationError as exc:
-        raise InvalidMessage(f"not a valid order: {exc.error_count()} errors, first: {exc.errors()[0]['msg']}") from exc
-
-
-def _int_header(message: AbstractIncomingMessage, name: str, default: int) -> int:
-    value = message.headers.get(name)
-    return value if isinstance(value, int) and not isinstance(value, bool) else default
-
-
-def describe(message: AbstractIncomingMessage, order: Order) -> Delivery:
-    return Delivery(
-        order_id=order.order_id,
-        priority=_int_header(message, PRIORITY_HEADER, order.priority),
-        attempt=_int_header(message, ATTEMPT_HEADER, 1),
-        redelivered=bool(message.redelivered),
-    )
+REQUEUE_PAUSE_SECONDS = 1.0
+"""After a failed republish the message is requeued, but not at once: a missing queue must not become a hot loop."""
 
 
 class Consumer:
     """Consumes one queue; every delivery runs in its own task, so `prefetch` is also the handler concurrency."""
 
-    def __init__(self, queue: AbstractQueue, handler: Handler, *, max_body_bytes: int) -> None:
-        self._queue = queue
+    def __init__(self, broker: Broker, handler: Handler, settings: Settings) -> None:
+        self._broker = broker
+        self._queue = broker.work_queue
         self._handler = handler
-        self._max_body_bytes = max_body_bytes
+        self._settings = settings
+        self._retry_policy = RetryPolicy.from_settings(settings)
+        self._rng = random.Random()
         self._tag: ConsumerTag | None = None
         self._in_flight: set[asyncio.Task[object]] = set()
         self._idle = asyncio.Event()
@@ -121,35 +111,72 @@ class Consumer:
 
     async def _settle(self, message: AbstractIncomingMessage) -> None:
         try:
-            order = parse_order(message, max_body_bytes=self._max_body_bytes)
+            order = parse_order(message, max_body_bytes=self._settings.max_body_bytes)
         except InvalidMessage as exc:
-            logger.error("dead-lettering invalid message message_id=%s: %s", message.message_id, exc)
-            await self._finish(message, ack=False)
+            attempt = int_header(message, ATTEMPT_HEADER, 1)
+            logger.error("invalid message order_id=%s priority=- attempt=%d: %s", message.message_id, attempt, exc)
+            await self._dead_letter(message, exc, attempt)
             return
         delivery = describe(message, order)
         try:
             with delivering(delivery):
-                await self._handler(order)
-        except Exception:
-            logger.exception(
-                "handler failed; dead-lettering order_id=%s priority=%d attempt=%d",
-                delivery.order_id,
-                delivery.priority,
-                delivery.attempt,
-            )
-            await self._finish(message, ack=False)
-        else:
-            await self._finish(message, ack=True)
-
-    async def _finish(self, message: AbstractIncomingMessage, *, ack: bool) -> None:
-        try:
-            if ack:
-                await message.ack()
+                async with asyncio.timeout(self._settings.handler_timeout):
+                    await self._handler(order)
+        except PermanentFailure as exc:
+            logger.error("permanent failure order_id=%s priority=%d attempt=%d: %r", *_ids(delivery), exc)
+            await self._dead_letter(message, exc, delivery.attempt)
+        except Exception as exc:
+            logger.warning("handler failed order_id=%s priority=%d attempt=%d: %r", *_ids(delivery), exc, exc_info=True)
+            if self._retry_policy.should_retry(delivery.attempt):
+                await self._retry(message, delivery.attempt)
             else:
-                await message.reject(requeue=False)
+                await self._dead_letter(message, exc, delivery.attempt)
+        else:
+            await self._ack(message)
+
+    async def _retry(self, message: AbstractIncomingMessage, failed_attempt: int) -> None:
+        delay = self._retry_policy.delay_seconds(failed_attempt, self._rng)
+        copy = retry_message(message, next_attempt=failed_attempt + 1, delay_seconds=delay)
+        await self._move(message, copy, self._broker.topology.retry_queue(failed_attempt).name)
+
+    async def _dead_letter(self, message: AbstractIncomingMessage, error: BaseException, attempts: int) -> None:
+        reason = str(error) or repr(error)
+        if isinstance(error, TimeoutError) and not str(error):
+            reason = f"the handler ran longer than ORDERLANE_HANDLER_TIMEOUT={self._settings.handler_timeout:g}s"
+        copy = dead_letter_message(message, error_type=type(error).__name__, error=reason, attempts=attempts)
+        await self._move(message, copy, self._broker.topology.dead_letter.name)
+
+    async def _move(self, message: AbstractIncomingMessage, copy: aio_pika.Message, queue: str) -> None:
+        """Republish `copy` to `queue`, confirmed, then ack the original; on failure requeue the original."""
+        if message.channel.is_closed:
+            logger.warning("channel gone before settling message_id=%s; the broker redelivers it", message.message_id)
+            return
+        try:
+            await publish_confirmed(
+                self._broker.channel, copy, queue=queue, confirm_within=self._settings.publish_timeout
+            )
+        except PublishError as exc:
+            logger.error("could not move message_id=%s to %r (%s); requeueing it", message.message_id, queue, exc)
+            await asyncio.sleep(REQUEUE_PAUSE_SECONDS)
+            await self._settle_with(message.nack(requeue=True), message)
+            return
+        await self._ack(message)
+
+    async def _ack(self, message: AbstractIncomingMessage) -> None:
+        await self._settle_with(message.ack(), message)
+
+    @staticmethod
+    async def _settle_with(settling: Awaitable[None], message: AbstractIncomingMessage) -> None:
+        try:
+            await settling
         except _SETTLE_ERRORS as exc:
             # The channel that delivered it is gone: its tag is void and the broker redelivers the message.
             logger.warning("could not settle message_id=%s (%s); the broker will redeliver it", message.message_id, exc)
+
+
+def _ids(delivery: Delivery) -> tuple[str, int, int]:
+    """What every log line about a message carries."""
+    return delivery.order_id, delivery.priority, delivery.attempt
 
 
 async def consume_until_stopped(settings: Settings, handler: Handler, *, prefetch: int) -> None:
@@ -158,7 +185,7 @@ async def consume_until_stopped(settings: Settings, handler: Handler, *, prefetc
     stop = asyncio.Event()
     async with open_broker(settings) as broker:
         await broker.channel.set_qos(prefetch_count=prefetch)
-        consumer = Consumer(broker.work_queue, handler, max_body_bytes=settings.max_body_bytes)
+        consumer = Consumer(broker, handler, settings)
 
         def on_signal() -> None:
             if stop.is_set():

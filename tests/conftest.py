@@ -11,6 +11,7 @@ import pytest
 
 from broker.connection import Broker, open_broker
 from broker.settings import Settings
+from broker.topology import build_topology
 from scripts.ensure_broker import answers, docker_works
 from tests.amqp import amqp_url, delete_queues
 
@@ -44,10 +45,13 @@ def queue_name() -> str:
 
 @pytest.fixture
 async def settings(queue_name: str) -> AsyncIterator[Settings]:
-    """Settings on a queue of this test's own, deleted (with its dead-letter queue) afterwards."""
-    test_settings = Settings(amqp_url=amqp_url(), queue=queue_name, startup_timeout=10)
+    """Settings on queues of this test's own, deleted afterwards. Retries come back within a second."""
+    test_settings = Settings(
+        amqp_url=amqp_url(), queue=queue_name, startup_timeout=10, retry_base_seconds=0.05, retry_max_seconds=0.5
+    )
     yield test_settings
-    await delete_queues(test_settings.queue, test_settings.dead_letter_queue)
+    topology = build_topology(test_settings)
+    await delete_queues(*(spec.name for spec in (topology.work, topology.dead_letter, *topology.retries)))
 
 
 @pytest.fixture

@@ -22,7 +22,7 @@ def order_message(order_id: str, **properties: object) -> aio_pika.Message:
 
 async def start_consumer(broker: Broker, handler: Handler, settings: Settings) -> Consumer:
     await broker.channel.set_qos(prefetch_count=1)
-    consumer = Consumer(broker.work_queue, handler, max_body_bytes=settings.max_body_bytes)
+    consumer = Consumer(broker, handler, settings)
     await consumer.start()
     return consumer
 

@@ -1,0 +1,91 @@
+"""Where a message goes when it was not processed: back later through a delay queue, or to the dead-letter queue.
+
+Both are a republish (persistent, same priority and properties, confirmed) followed by an ack of the original,
+so the broker holds the message at every moment: a crash between the two gives a duplicate, never a loss.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Final
+
+import aio_pika
+from aio_pika.abc import AbstractMessage, HeadersType
+
+from broker.publisher import ATTEMPT_HEADER
+from broker.settings import Settings
+
+ERROR_TYPE_HEADER: Final = "x-orderlane-error-type"
+ERROR_HEADER: Final = "x-orderlane-error"
+ATTEMPTS_HEADER: Final = "x-orderlane-attempts"
+DEAD_LETTERED_AT_HEADER: Final = "x-orderlane-dead-lettered-at"
+ORDERLANE_FAILURE_HEADERS: Final = (ERROR_TYPE_HEADER, ERROR_HEADER, ATTEMPTS_HEADER, DEAD_LETTERED_AT_HEADER)
+BROKER_HEADERS: Final = ("x-death", "x-first-death-exchange", "x-first-death-queue", "x-first-death-reason")
+MAX_ERROR_LENGTH: Final = 1000
+JITTER: Final = 0.2
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    max_attempts: int
+    base_seconds: float
+    max_seconds: float
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> RetryPolicy:
+        return cls(settings.max_attempts, settings.retry_base_seconds, settings.retry_max_seconds)
+
+    def should_retry(self, attempt: int) -> bool:
+        return attempt < self.max_attempts
+
+    def delay_seconds(self, failed_attempt: int, rng: random.Random) -> float:
+        """Exponential backoff, base x 2^(n-1) capped at max, with +-20 % jitter so that orders which failed
+        together (a database outage, say) do not all come back in the same instant."""
+        delay = min(self.base_seconds * 2.0 ** (failed_attempt - 1), self.max_seconds)
+        return delay * rng.uniform(1 - JITTER, 1 + JITTER)
+
+
+def _copy(message: AbstractMessage, headers: HeadersType, expiration: float | None = None) -> aio_pika.Message:
+    """The same message (body, priority, ids, timestamp) with new headers, persistent."""
+    return aio_pika.Message(
+        message.body,
+        headers=headers,
+        content_type=message.content_type,
+        content_encoding=message.content_encoding,
+        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+        priority=message.priority,
+        correlation_id=message.correlation_id,
+        message_id=message.message_id,
+        timestamp=message.timestamp,
+        type=message.type,
+        app_id=message.app_id,
+        expiration=expiration,
+    )
+
+
+def _own_headers(message: AbstractMessage) -> HeadersType:
+    """The message's headers without the ones the broker adds when it dead-letters (it adds them again)."""
+    return {key: value for key, value in message.headers.items() if key not in BROKER_HEADERS}
+
+
+def retry_message(message: AbstractMessage, *, next_attempt: int, delay_seconds: float) -> aio_pika.Message:
+    return _copy(message, {**_own_headers(message), ATTEMPT_HEADER: next_attempt}, expiration=delay_seconds)
+
+
+def dead_letter_message(message: AbstractMessage, *, error_type: str, error: str, attempts: int) -> aio_pika.Message:
+    headers: HeadersType = {
+        **_own_headers(message),
+        ERROR_TYPE_HEADER: error_type,
+        ERROR_HEADER: error[:MAX_ERROR_LENGTH],
+        ATTEMPTS_HEADER: attempts,
+        DEAD_LETTERED_AT_HEADER: datetime.now(UTC).isoformat(timespec="milliseconds"),
+    }
+    return _copy(message, headers)
+
+
+def replay_message(message: AbstractMessage) -> aio_pika.Message:
+    """A dead letter made new: same body and priority, the failure headers gone, the attempt count reset."""
+    excluded = {ATTEMPT_HEADER, *ORDERLANE_FAILURE_HEADERS}
+    return _copy(message, {key: value for key, value in _own_headers(message).items() if key not in excluded})

@@ -23,7 +23,8 @@ def environment(settings: Settings, **extra: str) -> dict[str, str]:
     return env
 
 
-async def start(module: str, *args: str, env: dict[str, str]) -> asyncio.subprocess.Process:
+async def start(module: str, *args: str, env: dict[str, str], stdout: bool = False) -> asyncio.subprocess.Process:
+    """Start `python -m module`, its stderr (the log) piped, its stdout piped only if asked for."""
     return await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -31,18 +32,20 @@ async def start(module: str, *args: str, env: dict[str, str]) -> asyncio.subproc
         *args,
         cwd=PROJECT_ROOT,
         env=env,
-        stdout=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE if stdout else asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.PIPE,
     )
 
 
-async def run(module: str, *args: str, env: dict[str, str], within: float = 60) -> tuple[int, str]:
-    """Run to completion; return the exit code and everything written to stderr."""
-    process = await start(module, *args, env=env)
+async def run(
+    module: str, *args: str, env: dict[str, str], within: float = 60, stdout: bool = False
+) -> tuple[int, str]:
+    """Run to completion; return the exit code and what it wrote to stderr, or to stdout if asked for."""
+    process = await start(module, *args, env=env, stdout=stdout)
     async with asyncio.timeout(within):
-        _, stderr = await process.communicate()
+        out, err = await process.communicate()
     assert process.returncode is not None
-    return process.returncode, stderr.decode()
+    return process.returncode, (out if stdout else err).decode()
 
 
 async def read_until(process: asyncio.subprocess.Process, marker: str, count: int, lines: list[str]) -> None:

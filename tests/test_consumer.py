@@ -11,6 +11,7 @@ from broker.connection import Broker
 from broker.messages import Order
 from broker.settings import Settings
 from consumers.delivery import Delivery, current_delivery
+from consumers.retry import ERROR_HEADER, ERROR_TYPE_HEADER
 from tests.amqp import drain, publish_raw, queue_depth, wait_until
 from tests.consuming import consuming, order_message, start_consumer
 
@@ -39,6 +40,11 @@ async def test_invalid_bodies_are_dead_lettered_and_the_consumer_goes_on(setting
     assert await queue_depth(settings.queue) == 0
     dead = await drain(settings.dead_letter_queue)
     assert sorted(m.body for m in dead) == sorted(m.body for m in garbage)
+    assert {m.headers[ERROR_TYPE_HEADER] for m in dead} == {"InvalidMessage"}
+    errors = sorted(str(m.headers[ERROR_HEADER]) for m in dead)
+    assert any("content type 'text/plain'" in e for e in errors)
+    assert any("exceeds" in e for e in errors)
+    assert sum("not a valid order" in e for e in errors) == 3
 
 
 async def dead_letters_are(settings: Settings, count: int) -> bool:

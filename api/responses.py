@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import orjson
+from pydantic import ValidationError
 from starlette.responses import Response
 
 ERROR = "error"
@@ -28,3 +29,11 @@ def error_response(status_code: int, details: list[Any], headers: Mapping[str, s
 def problem(error_type: str, message: str) -> dict[str, str]:
     """One entry of `details` for errors that are not pydantic's: a type to match on and a message to read."""
     return {"type": error_type, "msg": message}
+
+
+def validation_error_response(exc: ValidationError) -> Response:
+    """422 with pydantic's errors, serialized by pydantic itself: it encodes any input it reports, such as an
+    integer beyond 64 bits, which a general JSON encoder may refuse."""
+    details = exc.json(include_url=False)
+    body = b'{"status":"' + ERROR.encode() + b'","details":' + details.encode() + b"}"
+    return Response(body, status_code=422, media_type=JSONResponse.media_type)

@@ -9,7 +9,7 @@ from pydantic import ValidationError
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
-from api.responses import JSONResponse, error_response, problem
+from api.responses import JSONResponse, error_response, problem, validation_error_response
 from broker.errors import PublishError
 from broker.messages import Order
 from broker.publisher import Publisher
@@ -73,7 +73,7 @@ async def post_order(request: Request) -> Response:
         errors = exc.errors(include_url=False)
         if any(error["type"] == "json_invalid" for error in errors):
             return error_response(400, [problem("json_invalid", "the body is not valid JSON")])
-        return error_response(422, list(errors))
+        return validation_error_response(exc)
     try:
         receipt = await state.publisher.publish(order)
     except PublishError as exc:

@@ -10,6 +10,9 @@ from contextlib import asynccontextmanager
 import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 
+from broker.settings import Settings
+from broker.topology import build_topology
+
 DEFAULT_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
 
 
@@ -49,6 +52,12 @@ async def delete_queues(*names: str) -> None:
     async with operator_channel() as channel:
         for name in names:
             await channel.queue_delete(name)
+
+
+async def delete_topology(settings: Settings) -> None:
+    """Delete every queue orderlane declares for `settings`: work, dead-letter and retry queues."""
+    topology = build_topology(settings)
+    await delete_queues(*(spec.name for spec in (topology.work, topology.dead_letter, *topology.retries)))
 
 
 async def wait_until(predicate: Callable[[], Awaitable[bool]], *, within: float = 30.0, what: str) -> None:

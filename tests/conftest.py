@@ -11,9 +11,8 @@ import pytest
 
 from broker.connection import Broker, open_broker
 from broker.settings import Settings
-from broker.topology import build_topology
 from scripts.ensure_broker import answers, docker_works
-from tests.amqp import amqp_url, delete_queues
+from tests.amqp import amqp_url, delete_topology
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -50,8 +49,7 @@ async def settings(queue_name: str) -> AsyncIterator[Settings]:
         amqp_url=amqp_url(), queue=queue_name, startup_timeout=10, retry_base_seconds=0.05, retry_max_seconds=0.5
     )
     yield test_settings
-    topology = build_topology(test_settings)
-    await delete_queues(*(spec.name for spec in (topology.work, topology.dead_letter, *topology.retries)))
+    await delete_topology(test_settings)
 
 
 @pytest.fixture

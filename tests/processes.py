@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import sys
 from pathlib import Path
 
@@ -59,3 +60,10 @@ async def read_until(process: asyncio.subprocess.Process, marker: str, count: in
         line = raw.decode()
         lines.append(line)
         seen += marker in line
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port

@@ -150,3 +150,10 @@ async def test_client_that_disconnects_mid_body_is_not_a_server_error(publisher:
     await app(scope, receive, send)
     assert sent[0]["status"] == 400
     assert publisher.published == []
+
+
+async def test_integers_beyond_64_bits_are_a_422_not_a_500(client: httpx.AsyncClient) -> None:
+    content = b'{"order_id": "x", "items": ["a"], "priority": 123456789012345678901234567890}'
+    response = await client.post("/orders", content=content, headers={"content-type": "application/json"})
+    assert response.status_code == 422
+    assert response.json()["details"][0]["type"] == "less_than_equal"

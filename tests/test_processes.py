@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import socket
 
 import httpx
 import pytest
@@ -14,7 +13,7 @@ from broker.settings import Settings
 from broker.topology import build_topology
 from tests.amqp import delete_queues, operator_channel, publish_raw, queue_depth
 from tests.consuming import order_message
-from tests.processes import environment, read_until, run, start
+from tests.processes import environment, free_port, read_until, run, start
 
 PROCESSED = "order processed"
 
@@ -76,13 +75,6 @@ async def test_handler_that_cannot_be_loaded_is_one_line(settings: Settings) -> 
     assert "Traceback" not in stderr
     assert "tests.nowhere:handle" in stderr
     await delete_queues(settings.queue)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 async def test_curl_path_api_and_consumer_processes_end_to_end(settings: Settings) -> None:

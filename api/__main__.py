@@ -11,39 +11,46 @@ import uvicorn
 from api.app import create_app
 from broker.cli import run_main
 from broker.connection import open_broker
-from broker.publisher import OrderPublisher
 from broker.settings import Settings
 
 
 async def serve(settings: Settings, host: str, port: int) -> None:
-    # The broker is opened here rather than in the lifespan so that a start-up failure (no broker, a
-    # conflicting queue) ends the process with one line instead of uvicorn's lifespan traceback.
-    async with open_broker(settings) as broker:
-        app = create_app(settings, publisher=OrderPublisher(broker, settings))
-        config = uvicorn.Config(
-            app,
-            host=host,
-            port=port,
-            log_config=None,
-            timeout_keep_alive=5,
-            timeout_graceful_shutdown=10,
-        )
-        # uvicorn shuts down gracefully on SIGTERM/SIGINT, then re-raises the signal under the handler that was
-        # in place before it started. With Python's defaults that kills the process before the broker
-        # connection is closed; with these no-ops, serve() returns and the process exits 0 after closing it.
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(signum, _already_handled_by_uvicorn)
-        await uvicorn.Server(config).serve()
+    # Wait for the broker and check the queues before uvicorn starts, so that a start-up failure (no broker,
+    # a conflicting queue) ends the process with one line rather than uvicorn's lifespan traceback. The app's
+    # lifespan then opens the connection it keeps.
+    async with open_broker(settings):
+        pass
+    config = uvicorn.Config(
+        create_app(settings),
+        host=host,
+        port=port,
+        log_config=None,
+        timeout_keep_alive=5,
+        timeout_graceful_shutdown=10,
+    )
+    # uvicorn shuts down gracefully on SIGTERM/SIGINT (the lifespan closes the connection), then re-raises the
+    # signal under the handler that was in place before it started. With these no-ops serve() returns and the
+    # process exits 0, as the consumer does, instead of dying by the signal.
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, _already_handled_by_uvicorn)
+    await uvicorn.Server(config).serve()
 
 
 def _already_handled_by_uvicorn(signum: int, frame: FrameType | None) -> None:
     """Stands in for the default action uvicorn re-raises after its graceful shutdown."""
 
 
+def port_number(text: str) -> int:
+    port = int(text)
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError("must be 0..65535")
+    return port
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m api", description="orderlane's HTTP API")
     parser.add_argument("--host", default="127.0.0.1", help="interface to bind (default: %(default)s)")
-    parser.add_argument("--port", type=int, default=8000, help="port to bind (default: %(default)s)")
+    parser.add_argument("--port", type=port_number, default=8000, help="port to bind (default: %(default)s)")
     args = parser.parse_args()
     return run_main("api", lambda settings: serve(settings, args.host, args.port))
 

@@ -6,26 +6,18 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from starlette.applications import Starlette
-from starlette.exceptions import HTTPException
-from starlette.requests import Request
-from starlette.responses import Response
 from starlette.routing import Route
 
-from api.responses import error_response, problem
+from api.errors import EXCEPTION_HANDLERS
 from api.routes import Services, healthz, post_order, readyz
 from broker.connection import open_broker
 from broker.publisher import OrderPublisher, Publisher
 from broker.settings import Settings
 
 
-async def http_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, HTTPException)
-    return error_response(exc.status_code, [problem("http_error", exc.detail)], exc.headers)
-
-
 def create_app(settings: Settings | None = None, *, publisher: Publisher | None = None) -> Starlette:
-    """Build the API. Without a `publisher`, the lifespan connects to the broker and closes it at shutdown;
-    with one, the caller owns its connection (as `python -m api` and the tests do)."""
+    """Build the API. Without a `publisher`, the lifespan opens one robust connection and confirm channel and
+    closes them at shutdown; with one (tests), the caller owns its connection."""
     settings = settings or Settings()
 
     @asynccontextmanager
@@ -41,4 +33,4 @@ def create_app(settings: Settings | None = None, *, publisher: Publisher | None 
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
     ]
-    return Starlette(routes=routes, lifespan=lifespan, exception_handlers={HTTPException: http_error})
+    return Starlette(routes=routes, lifespan=lifespan, exception_handlers=dict(EXCEPTION_HANDLERS))

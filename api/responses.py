@@ -1,4 +1,4 @@
-"""JSON responses and the one place that maps an error to an HTTP status."""
+"""JSON responses, and the shape of every error body."""
 
 from __future__ import annotations
 

@@ -7,6 +7,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 UserType = Literal["regular", "vip"]
+CONTENT_TYPE = "application/json"
 
 
 def _null_means_regular(value: Any) -> Any:
@@ -22,6 +23,14 @@ class Order(BaseModel):
     priority: Annotated[int, Field(ge=0, le=9)] = 5
     items: Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1, max_length=100)]
     user_type: Annotated[UserType, BeforeValidator(_null_means_regular)] = "regular"
+
+
+def is_json_media_type(content_type: str | None) -> bool:
+    """`application/json` or `application/*+json`, parameters such as `charset` allowed."""
+    if content_type is None:
+        return False
+    media_type = content_type.split(";", 1)[0].strip().lower()
+    return media_type == CONTENT_TYPE or (media_type.startswith("application/") and media_type.endswith("+json"))
 
 
 def encode_order(order: Order) -> bytes:

@@ -13,13 +13,12 @@ from aio_pika.abc import AbstractRobustChannel
 
 from broker.connection import Broker
 from broker.errors import PublishError
-from broker.messages import Order, encode_order
+from broker.messages import CONTENT_TYPE, Order, encode_order
 from broker.priority import Priority, prioritize
 from broker.settings import Settings
 
 PRIORITY_HEADER = "x-orderlane-priority"
 ATTEMPT_HEADER = "x-orderlane-attempt"
-CONTENT_TYPE = "application/json"
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,8 +11,8 @@ from aio_pika.abc import AbstractIncomingMessage
 from pydantic import ValidationError
 
 from broker.errors import InvalidMessage
-from broker.messages import Order, decode_order
-from broker.publisher import ATTEMPT_HEADER, CONTENT_TYPE, PRIORITY_HEADER
+from broker.messages import Order, decode_order, is_json_media_type
+from broker.publisher import ATTEMPT_HEADER, PRIORITY_HEADER
 
 Handler = Callable[[Order], Awaitable[None]]
 """A handler receives the validated order. It never acks: it returns (ack) or raises (the message is
@@ -33,8 +33,8 @@ def parse_order(message: AbstractIncomingMessage, *, max_body_bytes: int) -> Ord
     """Treat the body as untrusted: bounded size, JSON only, a valid order."""
     if len(message.body) > max_body_bytes:
         raise InvalidMessage(f"body of {len(message.body)} bytes exceeds {max_body_bytes}")
-    if message.content_type not in (None, CONTENT_TYPE):
-        raise InvalidMessage(f"content type {message.content_type!r} is not {CONTENT_TYPE}")
+    if message.content_type is not None and not is_json_media_type(message.content_type):
+        raise InvalidMessage(f"content type {message.content_type!r} is not JSON")
     try:
         return decode_order(message.body)
     except ValidationError as exc:

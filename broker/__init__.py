@@ -2,6 +2,7 @@
 
 from broker.connection import Broker, open_broker
 from broker.errors import (
+    BrokerRefused,
     BrokerUnavailable,
     ConfigurationError,
     InvalidMessage,
@@ -17,6 +18,7 @@ from broker.settings import Settings
 
 __all__ = [
     "Broker",
+    "BrokerRefused",
     "BrokerUnavailable",
     "ConfigurationError",
     "InvalidMessage",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import signal
 import sys
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -25,9 +26,14 @@ def run_main(program: str, main: Callable[[Settings], Coroutine[Any, Any, None]]
         print(f"{program}: error: invalid configuration: {problems}", file=sys.stderr)
         return EXIT_FAILURE
     configure_logging(settings)
+    # Until the process installs its own graceful handlers (once it is connected), SIGTERM stops it as Ctrl-C
+    # does: the start-up retries are cancelled and it exits without a traceback.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         asyncio.run(main(settings))
     except OrderlaneError as exc:
         print(f"{program}: error: {exc}", file=sys.stderr)
         return EXIT_FAILURE
+    except KeyboardInterrupt:
+        print(f"{program}: stopped before it was ready", file=sys.stderr)
     return 0

@@ -7,11 +7,13 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import Final
 
 import aio_pika
+import aiormq.exceptions
 from aio_pika.abc import AbstractQueue, AbstractRobustChannel, AbstractRobustConnection
 
-from broker.errors import BrokerUnavailable
+from broker.errors import BrokerRefused, BrokerUnavailable
 from broker.settings import Settings
 from broker.topology import Topology, build_topology, declare_topology
 
@@ -22,7 +24,26 @@ MAX_RETRY_DELAY = 5.0
 RECONNECT_INTERVAL = 1.0
 CONNECT_ATTEMPT_TIMEOUT = 10.0
 
-_CONNECT_ERRORS = (ConnectionError, OSError, asyncio.TimeoutError, aio_pika.exceptions.AMQPConnectionError)
+BROKER_ERRORS: Final = (
+    aiormq.exceptions.AMQPError,
+    aiormq.exceptions.ChannelInvalidStateError,
+    ConnectionError,
+    OSError,
+    TimeoutError,
+)
+"""What a call to the broker may raise; each means the call did not happen, or is not known to have happened."""
+
+
+def refusal(exc: BaseException, redacted_url: str) -> BrokerRefused | None:
+    """A failure that retrying cannot mend: wrong credentials, or a virtual host we may not use."""
+    if isinstance(exc, aiormq.exceptions.AuthenticationError) or "ACCESS_REFUSED" in str(exc):
+        return BrokerRefused(f"the broker at {redacted_url} refused the login: check the user and password")
+    if isinstance(exc, aiormq.exceptions.InvalidFrameError):
+        return BrokerRefused(
+            f"the broker at {redacted_url} refused the connection: does the virtual host exist, "
+            "and may the user use it?"
+        )
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,7 +78,9 @@ async def connect(settings: Settings) -> AbstractRobustConnection:
                 reconnect_interval=RECONNECT_INTERVAL,
                 client_properties={"connection_name": "orderlane"},
             )
-        except _CONNECT_ERRORS as exc:
+        except BROKER_ERRORS as exc:
+            if refused := refusal(exc, settings.redacted_amqp_url):
+                raise refused from exc
             remaining = deadline - loop.time()
             if remaining <= 0:
                 raise BrokerUnavailable(
@@ -81,9 +104,12 @@ async def open_broker(settings: Settings) -> AsyncIterator[Broker]:
     """Connect, open the confirm channel (returns raise), declare the topology; close everything on exit."""
     connection = await connect(settings)
     try:
-        channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
-        topology = build_topology(settings)
-        work_queue = await declare_topology(channel, topology)
+        try:
+            channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
+            topology = build_topology(settings)
+            work_queue = await declare_topology(channel, topology)
+        except BROKER_ERRORS as exc:
+            raise BrokerRefused(f"the broker refused to set up the queues: {exc}") from exc
         logger.info("connected to %s, queue %r ready", settings.redacted_amqp_url, topology.work.name)
         yield Broker(connection=connection, channel=channel, topology=topology, work_queue=work_queue)
     finally:

@@ -3,6 +3,7 @@
     OrderlaneError
     ├── ConfigurationError  an option that cannot work (a handler that does not import, ...)
     ├── BrokerUnavailable   the broker did not answer in time (startup budget spent, connection down)
+    ├── BrokerRefused       the broker answered but refused us: login, virtual host, permissions
     ├── TopologyConflict    a queue exists with other arguments (the broker's 406 PRECONDITION_FAILED)
     ├── PublishError        the broker did not take a message: nack, return (unroutable), timeout, channel down
     ├── InvalidMessage      a delivery whose body is not a valid order (never retried)
@@ -25,6 +26,10 @@ class ConfigurationError(OrderlaneError):
 
 class BrokerUnavailable(OrderlaneError):
     """The broker could not be reached, or the connection is down right now."""
+
+
+class BrokerRefused(OrderlaneError):
+    """The broker answered but refused the login, the virtual host or an operation; retrying will not help."""
 
 
 class TopologyConflict(OrderlaneError):

@@ -8,10 +8,9 @@ from datetime import UTC, datetime
 from typing import Protocol
 
 import aio_pika
-import aiormq.exceptions
 from aio_pika.abc import AbstractRobustChannel
 
-from broker.connection import Broker
+from broker.connection import BROKER_ERRORS, Broker
 from broker.errors import PublishError
 from broker.messages import CONTENT_TYPE, Order, encode_order
 from broker.priority import Priority, prioritize
@@ -53,14 +52,6 @@ def build_message(order: Order, priority: Priority) -> aio_pika.Message:
     )
 
 
-_NOT_TAKEN = (
-    aiormq.exceptions.AMQPError,  # DeliveryError (nack), PublishError (returned), a closed channel or connection
-    aiormq.exceptions.ChannelInvalidStateError,
-    ConnectionError,
-    TimeoutError,
-)
-
-
 async def publish_confirmed(
     channel: AbstractRobustChannel, message: aio_pika.Message, *, queue: str, confirm_within: float
 ) -> None:
@@ -74,7 +65,7 @@ async def publish_confirmed(
     try:
         async with asyncio.timeout(confirm_within):
             await channel.default_exchange.publish(message, routing_key=queue, mandatory=True)
-    except _NOT_TAKEN as exc:
+    except BROKER_ERRORS as exc:
         raise PublishError(f"the broker did not confirm message {message.message_id!r} to {queue!r}: {exc!r}") from exc
 
 

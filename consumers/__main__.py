@@ -39,10 +39,13 @@ async def replay(settings: Settings, limit: int) -> None:
     print(f"replayed {len(replayed)} dead letters from {settings.dead_letter_queue} to {settings.queue}")
 
 
+MAX_PREFETCH = 65535  # basic.qos carries prefetch_count in 16 bits
+
+
 def positive(text: str) -> int:
     value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be at least 1")
+    if not 1 <= value <= MAX_PREFETCH:
+        raise argparse.ArgumentTypeError(f"must be 1..{MAX_PREFETCH}")
     return value
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import inspect
 import logging
 
 from broker.errors import ConfigurationError
@@ -42,7 +43,9 @@ def load_handler(reference: str) -> Handler:
         handler = getattr(importlib.import_module(module_name), attribute)
     except (ImportError, AttributeError) as exc:
         raise ConfigurationError(f"handler {reference!r} cannot be loaded: {exc}") from exc
-    if not callable(handler):
-        raise ConfigurationError(f"handler {reference!r} is not callable")
+    if not (inspect.iscoroutinefunction(handler) or inspect.iscoroutinefunction(type(handler).__call__)):
+        raise ConfigurationError(
+            f"handler {reference!r} is not async (an async def, or an object with one as __call__)"
+        )
     found: Handler = handler
     return found

@@ -25,10 +25,9 @@ import signal
 from collections.abc import Awaitable
 
 import aio_pika
-import aiormq.exceptions
 from aio_pika.abc import AbstractIncomingMessage, ConsumerTag
 
-from broker.connection import Broker, open_broker
+from broker.connection import BROKER_ERRORS, Broker, open_broker
 from broker.errors import InvalidMessage, PermanentFailure, PublishError
 from broker.publisher import ATTEMPT_HEADER, publish_confirmed
 from broker.settings import Settings
@@ -37,7 +36,6 @@ from consumers.retry import RetryPolicy, dead_letter_message, retry_message
 
 logger = logging.getLogger(__name__)
 
-_SETTLE_ERRORS = (aiormq.exceptions.AMQPError, aiormq.exceptions.ChannelInvalidStateError, ConnectionError)
 REQUEUE_PAUSE_SECONDS = 1.0
 """After a failed republish the message is requeued, but not at once: a missing queue must not become a hot loop."""
 
@@ -74,9 +72,13 @@ class Consumer:
         if self._tag is not None:
             try:
                 await self._queue.cancel(self._tag)
-            except _SETTLE_ERRORS as exc:
+            except BROKER_ERRORS as exc:
                 logger.warning("could not cancel the consumer cleanly: %s", exc)
             self._tag = None
+        # Deliveries the broker sent before its cancel-ok got their tasks created as they arrived; one turn of
+        # the loop lets each of them register as in flight before we look.
+        await asyncio.sleep(0)
+        logger.info("stopping: waiting up to %.0fs for %d in-flight orders", grace_seconds, self.in_flight)
         waiters = [asyncio.create_task(self._idle.wait()), asyncio.create_task(self._forced.wait())]
         try:
             await asyncio.wait(waiters, timeout=grace_seconds, return_when=asyncio.FIRST_COMPLETED)
@@ -169,7 +171,7 @@ class Consumer:
     async def _settle_with(settling: Awaitable[None], message: AbstractIncomingMessage) -> None:
         try:
             await settling
-        except _SETTLE_ERRORS as exc:
+        except BROKER_ERRORS as exc:
             # The channel that delivered it is gone: its tag is void and the broker redelivers the message.
             logger.warning("could not settle message_id=%s (%s); the broker will redeliver it", message.message_id, exc)
 
@@ -199,9 +201,7 @@ async def consume_until_stopped(settings: Settings, handler: Handler, *, prefetc
             await consumer.start()
             logger.info("consumer ready, prefetch %d", prefetch)
             await stop.wait()
-            grace = settings.shutdown_timeout
-            logger.info("stopping: waiting up to %.0fs for %d in-flight orders", grace, consumer.in_flight)
-            await consumer.stop(grace)
+            await consumer.stop(settings.shutdown_timeout)
         finally:
             for signum in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(signum)

@@ -37,6 +37,17 @@ async def queue_depth(name: str) -> int:
         return count
 
 
+async def depth_is(queue: str, count: int) -> bool:
+    return await queue_depth(queue) == count
+
+
+async def consumers_are(queue: str, count: int) -> bool:
+    """Whether `queue` has `count` subscribed consumers."""
+    async with operator_channel() as channel:
+        declared = await channel.declare_queue(queue, passive=True)
+        return declared.declaration_result.consumer_count == count
+
+
 async def drain(name: str) -> list[AbstractIncomingMessage]:
     """Take every ready message out of `name` with basic.get, acking each."""
     messages = []

@@ -12,7 +12,7 @@ from broker.messages import Order
 from broker.settings import Settings
 from consumers.delivery import Delivery, current_delivery
 from consumers.retry import ERROR_HEADER, ERROR_TYPE_HEADER
-from tests.amqp import drain, publish_raw, queue_depth, wait_until
+from tests.amqp import consumers_are, depth_is, drain, publish_raw, queue_depth, wait_until
 from tests.consuming import consuming, order_message, start_consumer
 
 
@@ -35,7 +35,7 @@ async def test_invalid_bodies_are_dead_lettered_and_the_consumer_goes_on(setting
     async with consuming(broker, record, settings):
         async with asyncio.timeout(30):
             await done.wait()
-        await wait_until(lambda: dead_letters_are(settings, len(garbage)), what="garbage in the DLQ")
+        await wait_until(lambda: depth_is(settings.dead_letter_queue, len(garbage)), what="garbage in the DLQ")
     assert processed == ["good-1"]
     assert await queue_depth(settings.queue) == 0
     dead = await drain(settings.dead_letter_queue)
@@ -45,10 +45,6 @@ async def test_invalid_bodies_are_dead_lettered_and_the_consumer_goes_on(setting
     assert any("content type 'text/plain'" in e for e in errors)
     assert any("exceeds" in e for e in errors)
     assert sum("not a valid order" in e for e in errors) == 3
-
-
-async def dead_letters_are(settings: Settings, count: int) -> bool:
-    return await queue_depth(settings.dead_letter_queue) == count
 
 
 async def test_a_failing_handler_does_not_lose_the_message(settings: Settings, broker: Broker) -> None:
@@ -65,7 +61,7 @@ async def test_a_failing_handler_does_not_lose_the_message(settings: Settings, b
     async with consuming(broker, fail_on_boom, settings):
         async with asyncio.timeout(30):
             await done.wait()
-        await wait_until(lambda: dead_letters_are(settings, 1), what="the failed order in the DLQ")
+        await wait_until(lambda: depth_is(settings.dead_letter_queue, 1), what="the failed order in the DLQ")
     assert processed == ["fine"]
     [dead] = await drain(settings.dead_letter_queue)
     assert dead.message_id == "boom"
@@ -102,17 +98,14 @@ async def test_stop_waits_for_in_flight_handlers_and_acks_them(settings: Setting
     async with asyncio.timeout(30):
         await started.wait()
     stopping = asyncio.create_task(consumer.stop(grace_seconds=30))
-    await asyncio.sleep(0)
-    assert not stopping.done()  # still waiting for the handler
+    await wait_until(lambda: consumers_are(settings.queue, 0), what="the subscription cancelled")
+    await asyncio.sleep(0.2)
+    assert not stopping.done(), "stop() must wait for the handler in flight"
     release.set()
     await stopping
     assert finished == ["slow-0"]
     await broker.channel.close()  # anything unacked would go back to the queue now
     await wait_until(lambda: depth_is(settings.queue, 4), what="the four untouched orders back in the queue")
-
-
-async def depth_is(queue: str, count: int) -> bool:
-    return await queue_depth(queue) == count
 
 
 async def test_stop_cancels_handlers_past_the_grace_period_without_acking(settings: Settings, broker: Broker) -> None:

@@ -11,7 +11,7 @@ import httpx
 
 from broker.connection import Broker
 from broker.settings import Settings
-from tests.amqp import publish_raw, queue_depth, wait_until
+from tests.amqp import depth_is, publish_raw, wait_until
 from tests.consuming import order_message
 from tests.faults import ensure_broker_app_running, require_rabbitmqctl, restart_broker_app
 from tests.processes import environment, free_port, read_until, start
@@ -146,7 +146,3 @@ async def test_consumer_killed_mid_batch_its_orders_go_to_another(
     killed_in_flight = redelivered(second_log)
     print(f"\nSIGKILL: processed={total} redelivered to the second consumer={killed_in_flight}")
     assert killed_in_flight >= 1, "the killed consumer's unacked orders come back marked redelivered"
-
-
-async def depth_is(queue: str, count: int) -> bool:
-    return await queue_depth(queue) == count

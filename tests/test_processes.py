@@ -21,19 +21,28 @@ PROCESSED = "order processed"
 async def test_sigterm_mid_batch_finishes_in_flight_orders_and_loses_none(settings: Settings, broker: Broker) -> None:
     total = 60
     await publish_raw(settings.queue, *(order_message(f"t-{n:03d}") for n in range(total)))
-    consumer = await start("consumers", "--prefetch", "4", env=environment(settings, ORDERLANE_SIMULATED_WORK_MS="40"))
+    consumer = await start("consumers", "--prefetch", "4", env=environment(settings, ORDERLANE_SIMULATED_WORK_MS="200"))
     lines: list[str] = []
-    async with asyncio.timeout(60):
-        await read_until(consumer, PROCESSED, 8, lines)
-        consumer.send_signal(signal.SIGTERM)
-        assert consumer.stderr is not None
-        lines += (await consumer.stderr.read()).decode().splitlines(keepends=True)
-        assert await consumer.wait() == 0
+    try:
+        async with asyncio.timeout(60):
+            await read_until(consumer, PROCESSED, 6, lines)
+            consumer.send_signal(signal.SIGTERM)
+            assert consumer.stderr is not None
+            lines += (await consumer.stderr.read()).decode().splitlines(keepends=True)
+            assert await consumer.wait() == 0
+    finally:
+        if consumer.returncode is None:
+            consumer.kill()
     processed = [line for line in lines if PROCESSED in line]
     still_queued = await queue_depth(settings.queue)
-    assert 8 <= len(processed) < total, "SIGTERM should land mid-batch"
+    assert 6 <= len(processed) < total, "SIGTERM should land mid-batch"
     assert len(processed) + still_queued == total, "".join(lines)
     assert len({line.split("order_id=")[1].split()[0] for line in processed}) == len(processed)
+    [stopping] = [n for n, line in enumerate(lines) if "stopping: waiting" in line]
+    in_flight_at_sigterm = int(lines[stopping].split(" for ")[1].split()[0])
+    finished_after_sigterm = sum(PROCESSED in line for line in lines[stopping:])
+    assert in_flight_at_sigterm >= 1, lines[stopping]
+    assert finished_after_sigterm == in_flight_at_sigterm, "the orders in flight at SIGTERM are finished, not dropped"
 
 
 async def test_topology_conflict_is_one_line_naming_queue_and_argument(settings: Settings) -> None:
@@ -101,3 +110,48 @@ async def test_curl_path_api_and_consumer_processes_end_to_end(settings: Setting
             process.send_signal(signal.SIGTERM)
     async with asyncio.timeout(30):
         assert (await api.wait(), await consumer.wait()) == (0, 0)
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("amqp://guest:wrong-pw@127.0.0.1:5672/", "refused the login"),
+        ("amqp://guest:guest@127.0.0.1:5672/no-such-vhost", "does the virtual host exist"),
+    ],
+)
+async def test_refusals_fail_at_once_in_one_line(settings: Settings, url: str, expected: str) -> None:
+    refused = settings.model_copy(update={"amqp_url": url, "startup_timeout": 30})
+    for module in ("consumers", "api"):
+        code, stderr = await run(module, env=environment(refused), within=20)
+        assert code == 1
+        assert "Traceback" not in stderr and "retrying" not in stderr
+        assert expected in stderr
+        assert "wrong-pw" not in stderr
+
+
+async def test_sigterm_while_waiting_for_the_broker_exits_cleanly(settings: Settings) -> None:
+    unreachable = settings.model_copy(update={"amqp_url": "amqp://guest:guest@127.0.0.1:1/", "startup_timeout": 60})
+    for module in ("consumers", "api"):
+        process = await start(module, env=environment(unreachable))
+        lines: list[str] = []
+        async with asyncio.timeout(30):
+            await read_until(process, "retrying in", 1, lines)
+            process.send_signal(signal.SIGTERM)
+            assert process.stderr is not None
+            rest = (await process.stderr.read()).decode()
+            assert await process.wait() == 0
+        assert "Traceback" not in rest
+        assert "stopped before it was ready" in rest
+
+
+async def test_a_handler_that_is_not_async_is_refused_before_consuming(settings: Settings) -> None:
+    code, stderr = await run("consumers", "--handler", "broker.priority:prioritize", env=environment(settings))
+    assert code == 1
+    assert "is not async" in stderr
+    assert "Traceback" not in stderr
+
+
+async def test_prefetch_beyond_what_amqp_carries_is_a_usage_error(settings: Settings) -> None:
+    code, stderr = await run("consumers", "--prefetch", "70000", env=environment(settings))
+    assert code == 2
+    assert "1..65535" in stderr

@@ -24,7 +24,7 @@ from consumers.retry import (
     replay_message,
     retry_message,
 )
-from tests.amqp import drain, publish_raw, queue_depth, wait_until
+from tests.amqp import depth_is, drain, publish_raw, wait_until
 from tests.consuming import consuming, order_message
 
 
@@ -103,10 +103,6 @@ async def test_poison_order_is_tried_max_attempts_times_then_dead_lettered_while
     assert dead.headers[ERROR_HEADER] == "cannot ship to the moon"
     assert dead.headers[ATTEMPTS_HEADER] == 5
     assert sorted(processed) == sorted(f"ok-{n}" for n in range(20))
-
-
-async def depth_is(queue: str, count: int) -> bool:
-    return await queue_depth(queue) == count
 
 
 async def test_permanent_failure_skips_the_retries(settings: Settings, broker: Broker) -> None:

@@ -67,3 +67,9 @@ def free_port() -> int:
         probe.bind(("127.0.0.1", 0))
         port: int = probe.getsockname()[1]
         return port
+
+
+def collect_output(process: asyncio.subprocess.Process) -> asyncio.Task[bytes]:
+    """Keep reading the process's stderr in the background, so that a full pipe never blocks its logging."""
+    assert process.stderr is not None
+    return asyncio.create_task(process.stderr.read())

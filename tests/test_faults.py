@@ -14,7 +14,7 @@ from broker.settings import Settings
 from tests.amqp import depth_is, publish_raw, wait_until
 from tests.consuming import order_message
 from tests.faults import ensure_broker_app_running, require_rabbitmqctl, restart_broker_app
-from tests.processes import environment, free_port, read_until, start
+from tests.processes import collect_output, environment, free_port, read_until, start
 from tests.recording import RECORD_FILE, recorded, redelivered
 
 STREAM_SIZE = 2000
@@ -60,7 +60,12 @@ async def steady_stream(client: httpx.AsyncClient, report: StreamReport) -> None
 async def test_broker_restart_during_a_steady_stream(settings: Settings, broker: Broker, tmp_path: Path) -> None:
     ctl = require_rabbitmqctl()
     record_file = tmp_path / "processed.log"
-    env = environment(settings, **{RECORD_FILE: str(record_file)}, ORDERLANE_PUBLISH_TIMEOUT="2")
+    env = environment(
+        settings,
+        **{RECORD_FILE: str(record_file)},
+        ORDERLANE_PUBLISH_TIMEOUT="2",
+        ORDERLANE_SIMULATED_WORK_MS="20",  # so that handlers are in flight when the connection drops
+    )
     await broker.connection.close()  # the fixture only declared the queues; the processes bring their own
     port = free_port()
     api = await start("api", "--port", str(port), env=env)
@@ -68,6 +73,7 @@ async def test_broker_restart_during_a_steady_stream(settings: Settings, broker:
     report = StreamReport()
     try:
         await read_until(api, "Uvicorn running", 1, [])
+        logs = {"api": collect_output(api), "consumer": collect_output(consumer)}
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
             stream = asyncio.create_task(steady_stream(client, report))
             async with asyncio.timeout(240):
@@ -90,14 +96,17 @@ async def test_broker_restart_during_a_steady_stream(settings: Settings, broker:
             if process.returncode is None:
                 process.send_signal(signal.SIGTERM)
     async with asyncio.timeout(60):
-        assert (await api.wait(), await consumer.wait()) == (0, 0)
+        exit_codes = (await api.wait(), await consumer.wait())
+    consumer_log = (await logs["consumer"]).decode()
+    assert exit_codes == (0, 0), consumer_log[-3000:]
 
     counts = recorded(record_file)
     lost = report.accepted - set(counts)
     duplicated = sum(n - 1 for n in counts.values())
     print(
         f"\nbroker restart: accepted={len(report.accepted)} processed={len(counts)} "
-        f"duplicated={duplicated} lost={len(lost)} (503s during the outage: {report.unavailable})"
+        f"duplicated={duplicated} lost={len(lost)} redelivered={redelivered(record_file)} "
+        f"(503s during the outage: {report.unavailable})"
     )
     assert len(report.accepted) == STREAM_SIZE
     assert lost == set()

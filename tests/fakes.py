@@ -6,13 +6,14 @@ from broker.errors import PublishError
 from broker.messages import Order
 from broker.priority import prioritize
 from broker.publisher import Receipt
+from broker.settings import Settings
 
 
 class RecordingPublisher:
-    def __init__(self, *, ready: bool = True, queue: str = "orders") -> None:
+    def __init__(self, settings: Settings | None = None, *, ready: bool = True) -> None:
+        self.settings = settings or Settings()
         self.published: list[Order] = []
         self.ready = ready
-        self.queue = queue
 
     @property
     def is_ready(self) -> bool:
@@ -22,4 +23,5 @@ class RecordingPublisher:
         if not self.ready:
             raise PublishError("recording publisher is down")
         self.published.append(order)
-        return Receipt(order.order_id, prioritize(order, vip_priority=0, max_priority=10), self.queue)
+        priority = prioritize(order, vip_priority=self.settings.vip_priority, max_priority=self.settings.max_priority)
+        return Receipt(order.order_id, priority, self.settings.queue)

@@ -129,12 +129,13 @@ async def test_unknown_route_and_method_answer_json(client: httpx.AsyncClient) -
     assert (wrong_method.status_code, wrong_method.json()["status"]) == (405, "error")
 
 
-async def test_client_that_disconnects_mid_body_is_not_a_server_error(publisher: RecordingPublisher) -> None:
+async def raw_post(publisher: RecordingPublisher, headers: list[tuple[bytes, bytes]], first: dict[str, Any]) -> int:
+    """POST straight through ASGI, where a client can lie about Content-Length or vanish mid-body."""
     app = create_app(Settings(), publisher=publisher)
     sent: list[MutableMapping[str, Any]] = []
 
     async def receive() -> dict[str, Any]:
-        return {"type": "http.disconnect"}
+        return first
 
     async def send(message: MutableMapping[str, Any]) -> None:
         sent.append(message)
@@ -143,12 +144,23 @@ async def test_client_that_disconnects_mid_body_is_not_a_server_error(publisher:
         "type": "http",
         "method": "POST",
         "path": "/orders",
-        "headers": [(b"content-type", b"application/json")],
+        "headers": [(b"content-type", b"application/json"), *headers],
         "query_string": b"",
         "state": {"services": Services(settings=Settings(), publisher=publisher)},
     }
     await app(scope, receive, send)
-    assert sent[0]["status"] == 400
+    status: int = sent[0]["status"]
+    return status
+
+
+async def test_client_that_disconnects_mid_body_is_not_a_server_error(publisher: RecordingPublisher) -> None:
+    assert await raw_post(publisher, [], {"type": "http.disconnect"}) == 400
+    assert publisher.published == []
+
+
+async def test_declared_content_length_over_the_limit_is_refused_before_reading(publisher: RecordingPublisher) -> None:
+    small_body = {"type": "http.request", "body": b'{"order_id": "x", "items": ["a"]}', "more_body": False}
+    assert await raw_post(publisher, [(b"content-length", b"999999")], small_body) == 413
     assert publisher.published == []
 
 

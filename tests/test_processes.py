@@ -11,7 +11,7 @@ import pytest
 from broker.connection import Broker
 from broker.settings import Settings
 from broker.topology import build_topology
-from tests.amqp import delete_queues, operator_channel, publish_raw, queue_depth
+from tests.amqp import delete_queues, depth_is, operator_channel, publish_raw, queue_depth, wait_until
 from tests.consuming import order_message
 from tests.processes import environment, free_port, read_until, run, start
 
@@ -155,3 +155,23 @@ async def test_prefetch_beyond_what_amqp_carries_is_a_usage_error(settings: Sett
     code, stderr = await run("consumers", "--prefetch", "70000", env=environment(settings))
     assert code == 2
     assert "1..65535" in stderr
+
+
+async def test_a_second_signal_stops_without_waiting_and_the_order_comes_back(
+    settings: Settings, broker: Broker
+) -> None:
+    await publish_raw(settings.queue, order_message("long-job"))
+    consumer = await start("consumers", env=environment(settings, ORDERLANE_SIMULATED_WORK_MS="600000"))
+    lines: list[str] = []
+    try:
+        async with asyncio.timeout(30):
+            await read_until(consumer, "consumer ready", 1, lines)
+            await wait_until(lambda: depth_is(settings.queue, 0), what="the order taken")
+            consumer.send_signal(signal.SIGTERM)
+            await read_until(consumer, "stopping: waiting", 1, lines)
+            consumer.send_signal(signal.SIGTERM)
+            assert await consumer.wait() == 0
+    finally:
+        if consumer.returncode is None:
+            consumer.kill()
+    await wait_until(lambda: depth_is(settings.queue, 1), what="the unfinished order back in the queue")

@@ -35,20 +35,24 @@ async def test_202_means_a_persistent_confirmed_message_with_its_priority(settin
 
 
 @pytest.mark.parametrize(
-    ("content", "content_type"),
+    ("content", "content_type", "status"),
     [
-        (b'{"order_id": "x", "items": []}', "application/json"),
-        (b"{not json", "application/json"),
-        (b'{"order_id": "x", "items": ["a"]}', "text/plain"),
-        (b'{"order_id": "x", "items": ["' + b"a" * 70_000 + b'"]}', "application/json"),
+        (b'{"order_id": "x", "items": []}', "application/json", 422),
+        (b'{"order_id": "x", "items": ["a"], "colour": "red"}', "application/json", 422),
+        (b"{not json", "application/json", 400),
+        (b"", "application/json", 400),
+        (b'{"order_id": "x", "items": ["a"]}', "text/plain", 415),
+        (b'{"order_id": "x", "items": ["a"]}', None, 415),
+        (b'{"order_id": "x", "items": ["' + b"a" * 70_000 + b'"]}', "application/json", 413),
     ],
 )
-async def test_bad_input_leaves_the_queue_untouched(
-    settings: Settings, broker: Broker, content: bytes, content_type: str
+async def test_bad_input_gets_its_status_and_leaves_the_queue_untouched(
+    settings: Settings, broker: Broker, content: bytes, content_type: str | None, status: int
 ) -> None:
+    headers = {"content-type": content_type} if content_type else {}
     async with app_client(create_app(settings, publisher=OrderPublisher(broker, settings))) as client:
-        response = await client.post("/orders", content=content, headers={"content-type": content_type})
-    assert 400 <= response.status_code < 500
+        response = await client.post("/orders", content=content, headers=headers)
+    assert response.status_code == status
     assert await queue_depth(settings.queue) == 0
 
 

@@ -12,7 +12,16 @@ from broker.messages import Order
 from broker.settings import Settings
 from consumers.delivery import Delivery, current_delivery
 from consumers.retry import ERROR_HEADER, ERROR_TYPE_HEADER
-from tests.amqp import consumers_are, depth_is, drain, publish_raw, queue_depth, wait_until
+from tests.amqp import (
+    consumers_are,
+    delete_queues,
+    depth_is,
+    drain,
+    operator_channel,
+    publish_raw,
+    queue_depth,
+    wait_until,
+)
 from tests.consuming import consuming, order_message, start_consumer
 
 
@@ -124,3 +133,20 @@ async def test_stop_cancels_handlers_past_the_grace_period_without_acking(settin
     await broker.channel.close()
     await wait_until(lambda: depth_is(settings.queue, 1), what="the cancelled order back in the queue")
     assert await queue_depth(settings.dead_letter_queue) == 0
+
+
+async def test_a_dead_letter_that_cannot_be_moved_is_kept_and_moved_later(settings: Settings, broker: Broker) -> None:
+    """With the DLQ gone the republish is returned unroutable; the original must stay in the broker's hands."""
+    await delete_queues(settings.dead_letter_queue)
+    await publish_raw(settings.queue, aio_pika.Message(b"garbage", content_type="application/json"))
+
+    async def never_called(order: Order) -> None:
+        raise AssertionError("garbage reached the handler")
+
+    async with consuming(broker, never_called, settings):
+        await wait_until(lambda: consumers_are(settings.queue, 1), what="the consumer subscribed")
+        await asyncio.sleep(0.5)  # the first move has failed by now, and the garbage waits to be requeued
+        async with operator_channel() as channel:
+            await channel.declare_queue(settings.dead_letter_queue, durable=True)
+        await wait_until(lambda: depth_is(settings.dead_letter_queue, 1), what="the garbage in the new DLQ")
+    assert await queue_depth(settings.queue) == 0

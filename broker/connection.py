@@ -15,7 +15,7 @@ from aio_pika.abc import AbstractQueue, AbstractRobustChannel, AbstractRobustCon
 
 from broker.errors import BrokerRefused, BrokerUnavailable
 from broker.settings import Settings
-from broker.topology import Topology, build_topology, declare_topology
+from broker.topology import Topology, build_topology, check_queue_type, declare_topology
 
 logger = logging.getLogger(__name__)
 
@@ -99,11 +99,20 @@ async def connect(settings: Settings) -> AbstractRobustConnection:
             attempt += 1
 
 
+def server_version(connection: AbstractRobustConnection) -> str:
+    """The RabbitMQ version the broker announced when we connected."""
+    transport = connection.transport
+    assert transport is not None
+    version = transport.connection.server_properties.get("version", b"")
+    return version.decode() if isinstance(version, bytes) else str(version)
+
+
 @asynccontextmanager
 async def open_broker(settings: Settings) -> AsyncIterator[Broker]:
     """Connect, open the confirm channel (returns raise), declare the topology; close everything on exit."""
     connection = await connect(settings)
     try:
+        check_queue_type(settings, server_version(connection))
         try:
             channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
             topology = build_topology(settings)

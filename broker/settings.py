@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import AmqpDsn, Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import AmqpDsn, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 QueueName = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9._:-]+$")]
+OPEN_PATHS = ("/healthz", "/readyz", "/metrics", "/queues", "/openapi.json")
 
 
 class Settings(BaseSettings):
@@ -32,6 +33,23 @@ class Settings(BaseSettings):
     retry_base_seconds: Annotated[float, Field(gt=0)] = 1.0
     retry_max_seconds: Annotated[float, Field(gt=0)] = 300.0
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["console", "json"] = "console"
+
+    queue_type: Literal["classic", "quorum"] = "classic"
+    api_keys: Annotated[tuple[SecretStr, ...], NoDecode] = ()
+    open_paths: Annotated[tuple[str, ...], NoDecode] = OPEN_PATHS
+    metrics_port: Annotated[int, Field(ge=1, le=65535)] | None = None
+    queue_poll_seconds: Annotated[float, Field(gt=0)] = 5.0
+    http_max_concurrency: Annotated[int, Field(ge=1)] = 1000
+    http_keep_alive_seconds: Annotated[float, Field(gt=0)] = 5.0
+
+    @field_validator("api_keys", "open_paths", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: object) -> object:
+        """`ORDERLANE_API_KEYS=key1,key2`: the environment gives one string; code may pass a sequence."""
+        if isinstance(value, str):
+            return tuple(item.strip() for item in value.split(",") if item.strip())
+        return value
 
     @property
     def dead_letter_queue(self) -> str:

@@ -9,7 +9,7 @@ import aiormq.exceptions
 from aio_pika.abc import AbstractQueue, AbstractRobustChannel
 from pamqp.common import FieldTable
 
-from broker.errors import TopologyConflict
+from broker.errors import ConfigurationError, TopologyConflict
 from broker.settings import Settings
 
 DEFAULT_EXCHANGE = ""
@@ -36,6 +36,29 @@ def retry_queue_name(queue: str, failed_attempt: int) -> str:
     return f"{queue}.retry.{failed_attempt}"
 
 
+QUORUM_PRIORITIES_SINCE = (4, 0)
+
+
+def queue_type_arguments(settings: Settings) -> FieldTable:
+    """A classic queue is a priority queue by `x-max-priority`; a quorum queue has priorities of its own from
+    RabbitMQ 4.0 on (and refuses `x-max-priority`)."""
+    if settings.queue_type == "quorum":
+        return {"x-queue-type": "quorum"}
+    return {}
+
+
+def check_queue_type(settings: Settings, server_version: str) -> None:
+    """Refuse a quorum queue on a broker whose quorum queues know no priorities."""
+    if settings.queue_type != "quorum":
+        return
+    found = tuple(int(part) for part in server_version.split(".")[:2] if part.isdigit())
+    if found < QUORUM_PRIORITIES_SINCE:
+        raise ConfigurationError(
+            f"ORDERLANE_QUEUE_TYPE=quorum needs RabbitMQ 4.0 or later, whose quorum queues have priorities; "
+            f"this broker is {server_version}. Use ORDERLANE_QUEUE_TYPE=classic."
+        )
+
+
 def build_topology(settings: Settings) -> Topology:
     """The durable priority work queue (dead-lettering into `<queue>.dlq`), that dead-letter queue, and one
     delay queue per retry step, each dead-lettering expired messages back into the work queue.
@@ -43,16 +66,23 @@ def build_topology(settings: Settings) -> Topology:
     One queue per step because a per-message TTL only expires at the head of a queue: messages of one step
     have about the same delay, so none waits long behind another.
     """
-    dead_letter = QueueSpec(name=settings.dead_letter_queue)
+    typed = queue_type_arguments(settings)
+    priorities: FieldTable = {} if settings.queue_type == "quorum" else {"x-max-priority": settings.max_priority}
+    dead_letter = QueueSpec(name=settings.dead_letter_queue, arguments=typed)
     work = QueueSpec(
         name=settings.queue,
         arguments={
-            "x-max-priority": settings.max_priority,
+            **typed,
+            **priorities,
             "x-dead-letter-exchange": DEFAULT_EXCHANGE,
             "x-dead-letter-routing-key": dead_letter.name,
         },
     )
-    back_to_work: FieldTable = {"x-dead-letter-exchange": DEFAULT_EXCHANGE, "x-dead-letter-routing-key": work.name}
+    back_to_work: FieldTable = {
+        **typed,
+        "x-dead-letter-exchange": DEFAULT_EXCHANGE,
+        "x-dead-letter-routing-key": work.name,
+    }
     retries = tuple(
         QueueSpec(name=retry_queue_name(settings.queue, attempt), arguments=back_to_work)
         for attempt in range(1, settings.max_attempts)

@@ -29,6 +29,11 @@ class Delivery:
     """True when the broker delivered this message before (to this or another consumer) without an ack."""
 
 
+def log_fields(order_id: str | None, priority: int | None, attempt: int) -> dict[str, object]:
+    """What every log line about a message carries (as `extra=`)."""
+    return {"order_id": order_id, "priority": priority, "attempt": attempt}
+
+
 def parse_order(message: AbstractIncomingMessage, *, max_body_bytes: int) -> Order:
     """Treat the body as untrusted: bounded size, JSON only, a valid order."""
     if len(message.body) > max_body_bytes:

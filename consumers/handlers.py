@@ -9,7 +9,7 @@ import logging
 
 from broker.errors import ConfigurationError
 from broker.messages import Order
-from consumers.delivery import Handler, current_delivery
+from consumers.delivery import Handler, current_delivery, log_fields
 
 logger = logging.getLogger(__name__)
 
@@ -25,12 +25,10 @@ class OrderProcessor:
             await asyncio.sleep(self._work_seconds)
         delivery = current_delivery()
         logger.info(
-            "order processed order_id=%s priority=%d attempt=%d user_type=%s items=%d",
-            order.order_id,
-            delivery.priority,
-            delivery.attempt,
+            "order processed user_type=%s items=%d",
             order.user_type,
             len(order.items),
+            extra=log_fields(order.order_id, delivery.priority, delivery.attempt),
         )
 
 

@@ -29,9 +29,9 @@ from aio_pika.abc import AbstractIncomingMessage, ConsumerTag
 
 from broker.connection import BROKER_ERRORS, Broker, open_broker
 from broker.errors import InvalidMessage, PermanentFailure, PublishError
-from broker.publisher import ATTEMPT_HEADER, publish_confirmed
+from broker.publisher import ATTEMPT_HEADER, PRIORITY_HEADER, publish_confirmed
 from broker.settings import Settings
-from consumers.delivery import Delivery, Handler, delivering, describe, int_header, parse_order
+from consumers.delivery import Delivery, Handler, delivering, describe, int_header, log_fields, parse_order
 from consumers.retry import RetryPolicy, dead_letter_message, retry_message
 
 logger = logging.getLogger(__name__)
@@ -116,7 +116,7 @@ class Consumer:
             order = parse_order(message, max_body_bytes=self._settings.max_body_bytes)
         except InvalidMessage as exc:
             attempt = int_header(message, ATTEMPT_HEADER, 1)
-            logger.error("invalid message order_id=%s priority=- attempt=%d: %s", message.message_id, attempt, exc)
+            logger.error("invalid message dead-lettered: %s", exc, extra=log_fields(message.message_id, None, attempt))
             await self._dead_letter(message, exc, attempt)
             return
         delivery = describe(message, order)
@@ -125,10 +125,10 @@ class Consumer:
                 async with asyncio.timeout(self._settings.handler_timeout):
                     await self._handler(order)
         except PermanentFailure as exc:
-            logger.error("permanent failure order_id=%s priority=%d attempt=%d: %r", *_ids(delivery), exc)
+            logger.error("permanent failure, dead-lettered: %r", exc, extra=_fields(delivery))
             await self._dead_letter(message, exc, delivery.attempt)
         except Exception as exc:
-            logger.warning("handler failed order_id=%s priority=%d attempt=%d: %r", *_ids(delivery), exc, exc_info=True)
+            logger.warning("handler failed: %r", exc, exc_info=True, extra=_fields(delivery))
             if self._retry_policy.should_retry(delivery.attempt):
                 await self._retry(message, delivery.attempt)
             else:
@@ -151,14 +151,14 @@ class Consumer:
     async def _move(self, message: AbstractIncomingMessage, copy: aio_pika.Message, queue: str) -> None:
         """Republish `copy` to `queue`, confirmed, then ack the original; on failure requeue the original."""
         if message.channel.is_closed:
-            logger.warning("channel gone before settling message_id=%s; the broker redelivers it", message.message_id)
+            logger.warning("channel gone before settling; the broker redelivers it", extra=_message_fields(message))
             return
         try:
             await publish_confirmed(
                 self._broker.channel, copy, queue=queue, confirm_within=self._settings.publish_timeout
             )
         except PublishError as exc:
-            logger.error("could not move message_id=%s to %r (%s); requeueing it", message.message_id, queue, exc)
+            logger.error("could not move it to %r (%s); requeueing it", queue, exc, extra=_message_fields(message))
             await asyncio.sleep(REQUEUE_PAUSE_SECONDS)
             await self._settle_with(message.nack(requeue=True), message)
             return
@@ -173,12 +173,18 @@ class Consumer:
             await settling
         except BROKER_ERRORS as exc:
             # The channel that delivered it is gone: its tag is void and the broker redelivers the message.
-            logger.warning("could not settle message_id=%s (%s); the broker will redeliver it", message.message_id, exc)
+            logger.warning("could not settle (%s); the broker will redeliver it", exc, extra=_message_fields(message))
 
 
-def _ids(delivery: Delivery) -> tuple[str, int, int]:
-    """What every log line about a message carries."""
-    return delivery.order_id, delivery.priority, delivery.attempt
+def _message_fields(message: AbstractIncomingMessage) -> dict[str, object]:
+    """Log fields for a message whose body may not be an order: what its properties and headers say."""
+    return log_fields(
+        message.message_id, int_header(message, PRIORITY_HEADER, -1), int_header(message, ATTEMPT_HEADER, 1)
+    )
+
+
+def _fields(delivery: Delivery) -> dict[str, object]:
+    return log_fields(delivery.order_id, delivery.priority, delivery.attempt)
 
 
 async def consume_until_stopped(settings: Settings, handler: Handler, *, prefetch: int) -> None:

@@ -9,7 +9,7 @@ from types import FrameType
 import uvicorn
 
 from api.app import create_app
-from broker.cli import run_main
+from broker.cli import port_number, run_main
 from broker.connection import open_broker
 from broker.settings import Settings
 
@@ -38,13 +38,6 @@ async def serve(settings: Settings, host: str, port: int) -> None:
 
 def _already_handled_by_uvicorn(signum: int, frame: FrameType | None) -> None:
     """Stands in for the default action uvicorn re-raises after its graceful shutdown."""
-
-
-def port_number(text: str) -> int:
-    port = int(text)
-    if not 0 <= port <= 65535:
-        raise argparse.ArgumentTypeError("must be 0..65535")
-    return port
 
 
 def main() -> int:

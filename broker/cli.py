@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import signal
 import sys
@@ -37,3 +38,11 @@ def run_main(program: str, main: Callable[[Settings], Coroutine[Any, Any, None]]
     except KeyboardInterrupt:
         print(f"{program}: stopped before it was ready", file=sys.stderr)
     return 0
+
+
+def port_number(text: str) -> int:
+    """An argparse type: a TCP port."""
+    port = int(text)
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError("must be 0..65535")
+    return port

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Protocol
@@ -18,6 +19,8 @@ from broker.settings import Settings
 
 PRIORITY_HEADER = "x-orderlane-priority"
 ATTEMPT_HEADER = "x-orderlane-attempt"
+PUBLISHED_AT_HEADER = "x-orderlane-published-at"
+"""Seconds since the epoch, as a float: the AMQP timestamp property only has whole seconds."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,14 +44,15 @@ class Publisher(Protocol):
 
 
 def build_message(order: Order, priority: Priority) -> aio_pika.Message:
+    now = time.time()
     return aio_pika.Message(
         encode_order(order),
         content_type=CONTENT_TYPE,
         delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
         message_id=order.order_id,
         priority=priority.broker,
-        timestamp=datetime.now(UTC),
-        headers={PRIORITY_HEADER: priority.effective},
+        timestamp=datetime.fromtimestamp(now, UTC),
+        headers={PRIORITY_HEADER: priority.effective, PUBLISHED_AT_HEADER: now},
     )
 
 

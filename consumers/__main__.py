@@ -1,30 +1,39 @@
-"""`python -m consumers [--handler module:callable] [--prefetch N]`: run one consumer process.
+"""`python -m consumers [--handler module:callable] [--prefetch N] [--metrics-port P]`: run one consumer.
 
-`python -m consumers dlq list [--limit N]` and `python -m consumers dlq replay [--limit N]`: the dead letters.
+`python -m consumers status`: the backlog. `python -m consumers dlq list|replay [--limit N]`: the dead letters.
 """
 
 from __future__ import annotations
 
 import argparse
 
-from broker.cli import run_main
+from broker.cli import port_number, run_main
 from broker.connection import open_broker
+from broker.queues import queue_stats
 from broker.settings import Settings
 from consumers.delivery import Handler
-from consumers.dlq import format_dead_letters, peek_dead_letters, replay_dead_letters
+from consumers.dlq import peek_dead_letters, replay_dead_letters
 from consumers.handlers import OrderProcessor, load_handler
 from consumers.runner import consume_until_stopped
+from consumers.tables import format_dead_letters, format_queue_stats
 
 DEFAULT_LIMIT = 20
 
 
-async def consume(settings: Settings, handler_reference: str | None, prefetch: int | None) -> None:
+async def consume(settings: Settings, args: argparse.Namespace) -> None:
     handler: Handler = (
-        load_handler(handler_reference)
-        if handler_reference
-        else OrderProcessor(work_seconds=settings.simulated_work_ms / 1000)
+        load_handler(args.handler) if args.handler else OrderProcessor(work_seconds=settings.simulated_work_ms / 1000)
     )
-    await consume_until_stopped(settings, handler, prefetch=prefetch or settings.prefetch)
+    metrics_port = args.metrics_port or settings.metrics_port
+    await consume_until_stopped(
+        settings, handler, prefetch=args.prefetch or settings.prefetch, metrics_port=metrics_port
+    )
+
+
+async def status(settings: Settings) -> None:
+    async with open_broker(settings) as broker:
+        stats = await queue_stats(broker.connection, broker.topology)
+    print(format_queue_stats(stats))
 
 
 async def list_dead_letters(settings: Settings, limit: int) -> None:
@@ -53,7 +62,11 @@ def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m consumers", description="run one orderlane consumer")
     parser.add_argument("--handler", help="async handler as module:callable (default: the built-in order processor)")
     parser.add_argument("--prefetch", type=positive, help="unacked messages in flight (default: ORDERLANE_PREFETCH)")
+    parser.add_argument(
+        "--metrics-port", type=port_number, help="serve Prometheus metrics here (default: ORDERLANE_METRICS_PORT)"
+    )
     commands = parser.add_subparsers(dest="command", title="commands")
+    commands.add_parser("status", help="the backlog: messages and consumers of each queue")
     dlq = commands.add_parser("dlq", help="inspect or replay the dead-letter queue")
     dlq_commands = dlq.add_subparsers(dest="dlq_command", required=True)
     for name, help_text in (("list", "show dead letters, leaving them in place"), ("replay", "send them back")):
@@ -61,7 +74,9 @@ def main() -> int:
         command.add_argument("--limit", type=positive, default=DEFAULT_LIMIT, help="at most N (default %(default)s)")
     args = parser.parse_args()
     if args.command is None:
-        return run_main("consumers", lambda settings: consume(settings, args.handler, args.prefetch))
+        return run_main("consumers", lambda settings: consume(settings, args))
+    if args.command == "status":
+        return run_main("consumers status", status)
     if args.dlq_command == "list":
         return run_main("consumers dlq", lambda settings: list_dead_letters(settings, args.limit))
     return run_main("consumers dlq", lambda settings: replay(settings, args.limit))

@@ -70,25 +70,3 @@ async def replay_dead_letters(broker: Broker, settings: Settings, limit: int) ->
         await message.ack()
         replayed.append(message.message_id or "-")
     return replayed
-
-
-def format_dead_letters(letters: list[DeadLetter], total: int, queue: str) -> str:
-    """A table for the terminal."""
-    header = ("message_id", "priority", "attempts", "error_type", "dead_lettered_at", "error")
-    rows = [header] + [
-        (
-            letter.message_id,
-            "-" if letter.priority is None else str(letter.priority),
-            "-" if letter.attempts is None else str(letter.attempts),
-            letter.error_type,
-            letter.dead_lettered_at,
-            letter.error,
-        )
-        for letter in letters
-    ]
-    widths = [max(len(row[column]) for row in rows) for column in range(len(header) - 1)]
-    lines = [
-        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False)) + "  " + row[-1] for row in rows
-    ]
-    lines.append(f"{len(letters)} shown of {total} in {queue}")
-    return "\n".join(lines)

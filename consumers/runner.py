@@ -22,16 +22,20 @@ import asyncio
 import logging
 import random
 import signal
+import time
 from collections.abc import Awaitable
+from contextlib import AsyncExitStack
 
 import aio_pika
 from aio_pika.abc import AbstractIncomingMessage, ConsumerTag
+from prometheus_client import start_http_server
 
 from broker.connection import BROKER_ERRORS, Broker, open_broker
 from broker.errors import InvalidMessage, PermanentFailure, PublishError
 from broker.publisher import ATTEMPT_HEADER, PRIORITY_HEADER, publish_confirmed
 from broker.settings import Settings
 from consumers.delivery import Delivery, Handler, delivering, describe, int_header, log_fields, parse_order
+from consumers.metrics import ConsumerMetrics
 from consumers.retry import RetryPolicy, dead_letter_message, retry_message
 
 logger = logging.getLogger(__name__)
@@ -43,8 +47,11 @@ REQUEUE_PAUSE_SECONDS = 1.0
 class Consumer:
     """Consumes one queue; every delivery runs in its own task, so `prefetch` is also the handler concurrency."""
 
-    def __init__(self, broker: Broker, handler: Handler, settings: Settings) -> None:
+    def __init__(
+        self, broker: Broker, handler: Handler, settings: Settings, metrics: ConsumerMetrics | None = None
+    ) -> None:
         self._broker = broker
+        self.metrics = metrics or ConsumerMetrics()
         self._queue = broker.work_queue
         self._handler = handler
         self._settings = settings
@@ -104,9 +111,11 @@ class Consumer:
         assert task is not None
         self._in_flight.add(task)
         self._idle.clear()
+        self.metrics.in_flight.inc()
         try:
             await self._settle(message)
         finally:
+            self.metrics.in_flight.dec()
             self._in_flight.discard(task)
             if not self._in_flight:
                 self._idle.set()
@@ -117,24 +126,36 @@ class Consumer:
         except InvalidMessage as exc:
             attempt = int_header(message, ATTEMPT_HEADER, 1)
             logger.error("invalid message dead-lettered: %s", exc, extra=log_fields(message.message_id, None, attempt))
+            self.metrics.dead_lettered.labels(priority="unknown", reason="invalid").inc()
             await self._dead_letter(message, exc, attempt)
             return
         delivery = describe(message, order)
+        priority = str(delivery.priority)
+        self.metrics.observe_wait(message, delivery.priority)
+        started = time.perf_counter()
         try:
             with delivering(delivery):
                 async with asyncio.timeout(self._settings.handler_timeout):
                     await self._handler(order)
         except PermanentFailure as exc:
             logger.error("permanent failure, dead-lettered: %r", exc, extra=_fields(delivery))
+            self.metrics.failed.labels(priority=priority).inc()
+            self.metrics.dead_lettered.labels(priority=priority, reason="permanent").inc()
             await self._dead_letter(message, exc, delivery.attempt)
         except Exception as exc:
             logger.warning("handler failed: %r", exc, exc_info=True, extra=_fields(delivery))
+            self.metrics.failed.labels(priority=priority).inc()
             if self._retry_policy.should_retry(delivery.attempt):
+                self.metrics.retried.labels(priority=priority).inc()
                 await self._retry(message, delivery.attempt)
             else:
+                self.metrics.dead_lettered.labels(priority=priority, reason="exhausted").inc()
                 await self._dead_letter(message, exc, delivery.attempt)
         else:
+            self.metrics.processed.labels(priority=priority).inc()
             await self._ack(message)
+        finally:
+            self.metrics.handler_seconds.observe(time.perf_counter() - started)
 
     async def _retry(self, message: AbstractIncomingMessage, failed_attempt: int) -> None:
         delay = self._retry_policy.delay_seconds(failed_attempt, self._rng)
@@ -187,13 +208,24 @@ def _fields(delivery: Delivery) -> dict[str, object]:
     return log_fields(delivery.order_id, delivery.priority, delivery.attempt)
 
 
-async def consume_until_stopped(settings: Settings, handler: Handler, *, prefetch: int) -> None:
-    """Run one consumer until SIGTERM or SIGINT; a second signal cancels in-flight handlers at once."""
+async def consume_until_stopped(
+    settings: Settings, handler: Handler, *, prefetch: int, metrics_port: int | None = None
+) -> None:
+    """Run one consumer until SIGTERM or SIGINT; a second signal cancels in-flight handlers at once.
+
+    With `metrics_port`, Prometheus metrics are served on it (any path), queue depths included.
+    """
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
-    async with open_broker(settings) as broker:
+    async with open_broker(settings) as broker, AsyncExitStack() as cleanup:
         await broker.channel.set_qos(prefetch_count=prefetch)
         consumer = Consumer(broker, handler, settings)
+        if metrics_port is not None:
+            server, _ = start_http_server(metrics_port, registry=consumer.metrics.registry)
+            cleanup.callback(server.shutdown)
+            polling = asyncio.create_task(consumer.metrics.poll_queues(broker, settings.queue_poll_seconds))
+            cleanup.callback(polling.cancel)
+            logger.info("metrics on port %d", metrics_port)
 
         def on_signal() -> None:
             if stop.is_set():
@@ -203,12 +235,9 @@ async def consume_until_stopped(settings: Settings, handler: Handler, *, prefetc
 
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, on_signal)
-        try:
-            await consumer.start()
-            logger.info("consumer ready, prefetch %d", prefetch)
-            await stop.wait()
-            await consumer.stop(settings.shutdown_timeout)
-        finally:
-            for signum in (signal.SIGTERM, signal.SIGINT):
-                loop.remove_signal_handler(signum)
+            cleanup.callback(loop.remove_signal_handler, signum)
+        await consumer.start()
+        logger.info("consumer ready, prefetch %d", prefetch)
+        await stop.wait()
+        await consumer.stop(settings.shutdown_timeout)
     logger.info("consumer stopped")

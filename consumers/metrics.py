@@ -1,0 +1,78 @@
+"""The consumer's Prometheus metrics: what it did with each order, how long orders waited, and the backlog."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Final
+
+from aio_pika.abc import AbstractIncomingMessage
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from broker.connection import BROKER_ERRORS, Broker
+from broker.publisher import PUBLISHED_AT_HEADER
+from broker.queues import queue_stats
+
+logger = logging.getLogger(__name__)
+
+WAIT_BUCKETS: Final = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
+HANDLER_BUCKETS: Final = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+
+class ConsumerMetrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        by_priority = ["priority"]
+        self.processed = Counter(
+            "orderlane_orders_processed", "Orders whose handler returned", by_priority, registry=self.registry
+        )
+        self.failed = Counter(
+            "orderlane_orders_failed", "Handler runs that raised or timed out", by_priority, registry=self.registry
+        )
+        self.retried = Counter(
+            "orderlane_orders_retried",
+            "Orders sent to a delay queue for another attempt",
+            by_priority,
+            registry=self.registry,
+        )
+        self.dead_lettered = Counter(
+            "orderlane_orders_dead_lettered",
+            "Messages moved to the dead-letter queue (reason: invalid, permanent, exhausted)",
+            ["priority", "reason"],
+            registry=self.registry,
+        )
+        self.handler_seconds = Histogram(
+            "orderlane_handler_seconds", "Handler run time", buckets=HANDLER_BUCKETS, registry=self.registry
+        )
+        self.in_flight = Gauge("orderlane_orders_in_flight", "Deliveries being handled now", registry=self.registry)
+        self.wait_seconds = Histogram(
+            "orderlane_order_wait_seconds",
+            "From the API's publish to the handler's start, per effective priority: the number that shows "
+            "priority works",
+            by_priority,
+            buckets=WAIT_BUCKETS,
+            registry=self.registry,
+        )
+        self.queue_messages = Gauge(
+            "orderlane_queue_messages", "Ready messages per queue (polled)", ["queue"], registry=self.registry
+        )
+        self.queue_consumers = Gauge(
+            "orderlane_queue_consumers", "Consumers per queue (polled)", ["queue"], registry=self.registry
+        )
+
+    def observe_wait(self, message: AbstractIncomingMessage, priority: int) -> None:
+        published_at = message.headers.get(PUBLISHED_AT_HEADER)
+        if isinstance(published_at, int | float) and not isinstance(published_at, bool):
+            self.wait_seconds.labels(priority=priority).observe(max(0.0, time.time() - published_at))
+
+    async def poll_queues(self, broker: Broker, every_seconds: float) -> None:
+        """Refresh the queue gauges with passive declares until cancelled."""
+        while True:
+            try:
+                for stats in await queue_stats(broker.connection, broker.topology):
+                    self.queue_messages.labels(queue=stats.queue).set(stats.messages or 0)
+                    self.queue_consumers.labels(queue=stats.queue).set(stats.consumers or 0)
+            except BROKER_ERRORS as exc:
+                logger.warning("could not poll the queue depths: %s", exc)
+            await asyncio.sleep(every_seconds)

@@ -4,33 +4,56 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from importlib.metadata import version
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.routing import Route
 
+from api.auth import ApiKeys
 from api.errors import EXCEPTION_HANDLERS
-from api.routes import Services, healthz, post_order, readyz
+from api.metrics import ApiMetrics, RequestMetrics
+from api.openapi import openapi_document
+from api.routes import BacklogSource, Services, healthz, metrics, openapi, post_order, queues, readyz
 from broker.connection import open_broker
 from broker.publisher import OrderPublisher, Publisher
+from broker.queues import queue_stats
 from broker.settings import Settings
 
 
-def create_app(settings: Settings | None = None, *, publisher: Publisher | None = None) -> Starlette:
+def create_app(
+    settings: Settings | None = None, *, publisher: Publisher | None = None, backlog: BacklogSource | None = None
+) -> Starlette:
     """Build the API. Without a `publisher`, the lifespan opens one robust connection and confirm channel and
-    closes them at shutdown; with one (tests), the caller owns its connection."""
+    closes them at shutdown; with one (tests), the caller owns its connection, and `/queues` answers only if
+    a `backlog` is given too."""
     settings = settings or Settings()
+    api_metrics = ApiMetrics()
+    document = openapi_document(version("orderlane"))
+
+    def services(publisher: Publisher, backlog: BacklogSource | None) -> dict[str, Services]:
+        return {"services": Services(settings, publisher, api_metrics, backlog, document)}
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Services]]:
         if publisher is not None:
-            yield {"services": Services(settings=settings, publisher=publisher)}
+            yield services(publisher, backlog)
             return
         async with open_broker(settings) as broker:
-            yield {"services": Services(settings=settings, publisher=OrderPublisher(broker, settings))}
+            yield services(OrderPublisher(broker, settings), lambda: queue_stats(broker.connection, broker.topology))
 
     routes = [
         Route("/orders", post_order, methods=["POST"]),
+        Route("/queues", queues, methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
+        Route("/metrics", metrics, methods=["GET"]),
+        Route("/openapi.json", openapi, methods=["GET"]),
     ]
-    return Starlette(routes=routes, lifespan=lifespan, exception_handlers=dict(EXCEPTION_HANDLERS))
+    middleware = [Middleware(RequestMetrics, metrics=api_metrics)]
+    if settings.api_keys:
+        keys = tuple(key.get_secret_value().encode() for key in settings.api_keys)
+        middleware.append(Middleware(ApiKeys, keys=keys, open_paths=settings.open_paths))
+    return Starlette(
+        routes=routes, middleware=middleware, lifespan=lifespan, exception_handlers=dict(EXCEPTION_HANDLERS)
+    )

@@ -51,7 +51,9 @@ async def invalid(request: Request, exc: Exception) -> Response:
 async def not_published(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, PublishError)
     logger.warning("order not accepted: %s", exc)
-    retry_after = {"Retry-After": str(request.state.services.settings.retry_after_seconds)}
+    state = request.state.services
+    state.metrics.broker_errors.inc()
+    retry_after = {"Retry-After": str(state.settings.retry_after_seconds)}
     message = "the broker did not confirm the order, so it may not be stored; retry with the same order_id"
     return error_response(503, [problem("broker_unavailable", message)], retry_after)
 

@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from api.errors import RequestRejected
+from api.metrics import ApiMetrics
+from api.openapi import Accepted
 from api.responses import JSONResponse, error_response, problem
 from broker.messages import Order, is_json_media_type
 from broker.publisher import Publisher
+from broker.queues import QueueStats
 from broker.settings import Settings
+
+BacklogSource = Callable[[], Awaitable[list[QueueStats]]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -20,6 +28,9 @@ class Services:
 
     settings: Settings
     publisher: Publisher
+    metrics: ApiMetrics
+    backlog: BacklogSource | None
+    openapi: dict[str, Any]
 
 
 def services(request: Request) -> Services:
@@ -50,17 +61,16 @@ async def post_order(request: Request) -> Response:
     if not is_json_media_type(request.headers.get("content-type")):
         raise RequestRejected(415, "unsupported_media_type", "send the order as application/json")
     order = Order.model_validate_json(await read_body(request, state.settings.max_body_bytes))
-    receipt = await state.publisher.publish(order)
-    return JSONResponse(
-        {
-            "status": "accepted",
-            "order_id": receipt.order_id,
-            "priority": receipt.priority.effective,
-            "broker_priority": receipt.priority.broker,
-            "queue": receipt.queue,
-        },
-        status_code=202,
+    with state.metrics.publish_seconds.time():
+        receipt = await state.publisher.publish(order)
+    state.metrics.accepted.labels(priority=str(receipt.priority.effective)).inc()
+    accepted = Accepted(
+        order_id=receipt.order_id,
+        priority=receipt.priority.effective,
+        broker_priority=receipt.priority.broker,
+        queue=receipt.queue,
     )
+    return JSONResponse(accepted.model_dump(), status_code=202)
 
 
 async def healthz(request: Request) -> Response:
@@ -71,3 +81,23 @@ async def readyz(request: Request) -> Response:
     if services(request).publisher.is_ready:
         return JSONResponse({"status": "ready"})
     return error_response(503, [problem("broker_unavailable", "the broker connection is down")])
+
+
+async def queues(request: Request) -> Response:
+    """The backlog the seed asks to watch: ready messages and consumers of every queue, the DLQ included."""
+    backlog = services(request).backlog
+    if backlog is None:
+        raise RequestRejected(503, "backlog_unavailable", "this API instance has no broker connection to ask")
+    stats = await backlog()
+    return JSONResponse(
+        {"queues": [{"queue": s.queue, "messages": s.messages, "consumers": s.consumers} for s in stats]}
+    )
+
+
+async def metrics(request: Request) -> Response:
+    registry = services(request).metrics.registry
+    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+
+async def openapi(request: Request) -> Response:
+    return JSONResponse(services(request).openapi)

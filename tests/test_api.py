@@ -7,9 +7,9 @@ from typing import Any
 
 import httpx
 import pytest
+from asgi_lifespan import LifespanManager
 
 from api.app import create_app
-from api.routes import Services
 from broker.settings import Settings
 from tests.fakes import RecordingPublisher
 from tests.http import app_client
@@ -146,9 +146,9 @@ async def raw_post(publisher: RecordingPublisher, headers: list[tuple[bytes, byt
         "path": "/orders",
         "headers": [(b"content-type", b"application/json"), *headers],
         "query_string": b"",
-        "state": {"services": Services(settings=Settings(), publisher=publisher)},
     }
-    await app(scope, receive, send)
+    async with LifespanManager(app) as manager:
+        await manager.app(scope, receive, send)
     status: int = sent[0]["status"]
     return status
 

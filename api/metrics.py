@@ -1,0 +1,65 @@
+"""The API's Prometheus metrics, and the pure ASGI middleware that counts requests."""
+
+from __future__ import annotations
+
+from typing import Final
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+CONFIRM_BUCKETS: Final = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
+UNMATCHED: Final = "unmatched"
+
+
+class ApiMetrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        self.requests = Counter(
+            "orderlane_http_requests",
+            "HTTP requests by route template, method and status",
+            ["route", "method", "status"],
+            registry=self.registry,
+        )
+        self.accepted = Counter(
+            "orderlane_orders_accepted",
+            "Orders confirmed by the broker, by effective priority",
+            ["priority"],
+            registry=self.registry,
+        )
+        self.publish_seconds = Histogram(
+            "orderlane_publish_confirm_seconds",
+            "From publish to the broker's confirm",
+            buckets=CONFIRM_BUCKETS,
+            registry=self.registry,
+        )
+        self.broker_errors = Counter(
+            "orderlane_broker_errors", "Orders the broker did not take (answered 503)", registry=self.registry
+        )
+
+
+class RequestMetrics:
+    """Counts every request by its route template (`/orders`, not the raw path, so the labels stay few)."""
+
+    def __init__(self, app: ASGIApp, metrics: ApiMetrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        status = 500
+
+        async def send_and_note(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_note)
+        finally:
+            route = scope.get("route")
+            self.metrics.requests.labels(
+                route=getattr(route, "path", UNMATCHED), method=scope["method"], status=str(status)
+            ).inc()

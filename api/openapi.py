@@ -1,0 +1,96 @@
+"""`GET /openapi.json`: the API described, its bodies taken from the pydantic models themselves."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel
+from pydantic.json_schema import models_json_schema
+
+from broker.messages import Order
+
+OPENAPI_VERSION = "3.1.0"
+
+
+class Accepted(BaseModel):
+    """The answer to an order the broker confirmed."""
+
+    status: Literal["accepted"] = "accepted"
+    order_id: str
+    priority: int
+    """The effective priority, 0 (most urgent) to 9."""
+    broker_priority: int
+    queue: str
+
+
+class ErrorBody(BaseModel):
+    """Every error: `details` holds pydantic's errors for a 422, one `{type, msg}` otherwise."""
+
+    status: Literal["error"]
+    details: list[dict[str, Any]]
+
+
+class QueueDepth(BaseModel):
+    queue: str
+    messages: int | None
+    consumers: int | None
+
+
+class Backlog(BaseModel):
+    queues: list[QueueDepth]
+
+
+def _error(description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": _ref("ErrorBody")}}}
+
+
+def _ref(model: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{model}"}
+
+
+def _json(description: str, model: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": _ref(model)}}}
+
+
+def openapi_document(version: str) -> dict[str, Any]:
+    _, schemas = models_json_schema(
+        [(Order, "validation"), (Accepted, "serialization"), (ErrorBody, "serialization"), (Backlog, "serialization")],
+        ref_template="#/components/schemas/{model}",
+    )
+    unavailable = _error("The broker is down, refused or did not confirm the order; see `Retry-After`")
+    unavailable["headers"] = {"Retry-After": {"schema": {"type": "integer"}, "description": "seconds"}}
+    return {
+        "openapi": OPENAPI_VERSION,
+        "info": {"title": "orderlane", "version": version, "description": "Orders in, by priority, on RabbitMQ."},
+        "paths": {
+            "/orders": {
+                "post": {
+                    "summary": "Accept an order once the broker has stored it",
+                    "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("Order")}}},
+                    "responses": {
+                        "202": _json("Stored by the broker, persistent", "Accepted"),
+                        "400": _error("The body is not JSON"),
+                        "401": _error("An API key is required and none valid was sent"),
+                        "413": _error("The body is larger than ORDERLANE_MAX_BODY_BYTES"),
+                        "415": _error("The content type is not application/json"),
+                        "422": _error("The JSON is not a valid order; details are pydantic's errors"),
+                        "503": unavailable,
+                    },
+                    "security": [{"bearer": []}, {}],
+                }
+            },
+            "/queues": {"get": {"summary": "The backlog", "responses": {"200": _json("Depths", "Backlog")}}},
+            "/healthz": {"get": {"summary": "Alive", "responses": {"200": {"description": "The process runs"}}}},
+            "/readyz": {
+                "get": {
+                    "summary": "Ready",
+                    "responses": {"200": {"description": "Connected"}, "503": _error("The broker is unreachable")},
+                }
+            },
+            "/metrics": {"get": {"summary": "Prometheus metrics", "responses": {"200": {"description": "Text"}}}},
+        },
+        "components": {
+            "schemas": schemas["$defs"],
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        },
+    }

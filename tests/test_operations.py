@@ -1,0 +1,186 @@
+"""Operating orderlane: metrics that move, a true backlog view, API keys, the OpenAPI document, the queue type."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import aio_pika
+import httpx
+import pytest
+from openapi_spec_validator import validate
+from prometheus_client import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from api.app import create_app
+from broker.connection import Broker
+from broker.errors import ConfigurationError
+from broker.messages import Order
+from broker.settings import Settings
+from broker.topology import build_topology, check_queue_type
+from consumers.delivery import current_delivery
+from tests.amqp import depth_is, publish_raw, wait_until
+from tests.consuming import consuming, order_message
+from tests.http import app_client
+from tests.processes import environment, free_port, read_until, run, start
+
+ORDER: dict[str, Any] = {"order_id": "m-1", "priority": 4, "items": ["x"]}
+
+
+def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Prometheus text as {(sample name, sorted labels): value}."""
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def value(scrape: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str, **labels: str) -> float:
+    return scrape.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+async def test_api_metrics_move_when_orders_flow(settings: Settings) -> None:
+    async with app_client(create_app(settings)) as client:
+        before = samples((await client.get("/metrics")).text)
+        for order in (ORDER, {**ORDER, "order_id": "m-2"}, {**ORDER, "order_id": "m-3", "user_type": "vip"}):
+            assert (await client.post("/orders", json=order)).status_code == 202
+        assert (await client.post("/orders", json={"order_id": "bad"})).status_code == 422
+        after = samples((await client.get("/metrics")).text)
+
+    def delta(name: str, **labels: str) -> float:
+        return value(after, name, **labels) - value(before, name, **labels)
+
+    assert delta("orderlane_http_requests_total", route="/orders", method="POST", status="202") == 3
+    assert delta("orderlane_http_requests_total", route="/orders", method="POST", status="422") == 1
+    assert delta("orderlane_orders_accepted_total", priority="4") == 2
+    assert delta("orderlane_orders_accepted_total", priority="0") == 1
+    assert delta("orderlane_publish_confirm_seconds_count") == 3
+
+
+async def test_consumer_metrics_count_outcomes_and_waits_per_priority(settings: Settings, broker: Broker) -> None:
+    settings = settings.model_copy(update={"max_attempts": 2})
+    async with app_client(create_app(settings)) as client:
+        for order in ({**ORDER, "order_id": "ok-1"}, {**ORDER, "order_id": "fails", "user_type": "vip"}):
+            assert (await client.post("/orders", json=order)).status_code == 202
+    await publish_raw(settings.queue, aio_pika.Message(b"garbage", content_type="application/json"))
+
+    async def handler(order: Order) -> None:
+        if order.order_id == "fails":
+            raise RuntimeError(f"attempt {current_delivery().attempt}")
+
+    async with consuming(broker, handler, settings) as consumer:
+        await wait_until(lambda: depth_is(settings.dead_letter_queue, 2), what="garbage and the failing order")
+        metrics = consumer.metrics
+    scrape = samples(generate_latest(metrics.registry).decode())
+    assert value(scrape, "orderlane_orders_processed_total", priority="4") == 1
+    assert value(scrape, "orderlane_orders_failed_total", priority="0") == 2
+    assert value(scrape, "orderlane_orders_retried_total", priority="0") == 1
+    assert value(scrape, "orderlane_orders_dead_lettered_total", priority="0", reason="exhausted") == 1
+    assert value(scrape, "orderlane_orders_dead_lettered_total", priority="unknown", reason="invalid") == 1
+    assert value(scrape, "orderlane_order_wait_seconds_count", priority="4") == 1
+    assert value(scrape, "orderlane_order_wait_seconds_count", priority="0") == 2
+    assert value(scrape, "orderlane_handler_seconds_count") == 3
+    assert value(scrape, "orderlane_orders_in_flight") == 0
+
+
+async def test_consumer_serves_metrics_with_queue_depths(settings: Settings, broker: Broker) -> None:
+    await publish_raw(settings.dead_letter_queue, *(order_message(f"d-{n}") for n in range(3)))
+    port = free_port()
+    env = environment(settings, ORDERLANE_QUEUE_POLL_SECONDS="0.2")
+    consumer = await start("consumers", "--metrics-port", str(port), env=env)
+    try:
+        await read_until(consumer, "consumer ready", 1, [])
+        async with httpx.AsyncClient() as client, asyncio.timeout(30):
+            while True:
+                scrape = samples((await client.get(f"http://127.0.0.1:{port}/metrics")).text)
+                if value(scrape, "orderlane_queue_messages", queue=settings.dead_letter_queue) == 3:
+                    break
+                await asyncio.sleep(0.1)
+        assert value(scrape, "orderlane_queue_consumers", queue=settings.queue) == 1
+    finally:
+        consumer.terminate()
+        await consumer.wait()
+
+
+async def test_backlog_view_shows_true_depths(settings: Settings, broker: Broker) -> None:
+    await publish_raw(settings.queue, *(order_message(f"w-{n}") for n in range(5)))
+    await publish_raw(settings.dead_letter_queue, *(order_message(f"d-{n}") for n in range(2)))
+    async with app_client(create_app(settings)) as client:
+        backlog = (await client.get("/queues")).json()["queues"]
+    depths = {entry["queue"]: entry["messages"] for entry in backlog}
+    assert depths[settings.queue] == 5
+    assert depths[settings.dead_letter_queue] == 2
+    assert depths[f"{settings.queue}.retry.1"] == 0
+    assert backlog[0]["queue"] == settings.queue
+
+    code, table = await run("consumers", "status", env=environment(settings), stdout=True)
+    assert code == 0
+    rows = {line.split()[0]: line.split()[1:] for line in table.splitlines()[1:]}
+    assert rows[settings.queue] == ["5", "0"]
+    assert rows[settings.dead_letter_queue] == ["2", "0"]
+
+
+async def test_api_keys_guard_orders_and_leave_probes_open(settings: Settings) -> None:
+    guarded = Settings.model_validate({**settings.model_dump(), "api_keys": "k-one,k-two"})
+    async with app_client(create_app(guarded)) as client:
+        missing = await client.post("/orders", json=ORDER)
+        wrong = await client.post("/orders", json=ORDER, headers={"authorization": "Bearer k-three"})
+        basic = await client.post("/orders", json=ORDER, headers={"authorization": "Basic k-one"})
+        right = await client.post("/orders", json=ORDER, headers={"authorization": "Bearer k-two"})
+        probes = [(await client.get(path)).status_code for path in ("/healthz", "/readyz", "/metrics", "/queues")]
+        schema = await client.get("/openapi.json")
+    assert [missing.status_code, wrong.status_code, basic.status_code] == [401, 401, 401]
+    assert missing.headers["www-authenticate"].startswith("Bearer")
+    assert missing.json()["details"][0]["type"] == "unauthorized"
+    assert right.status_code == 202
+    assert probes == [200, 200, 200, 200]
+    assert schema.status_code == 200
+
+
+async def test_open_paths_are_configurable(settings: Settings) -> None:
+    closed = Settings.model_validate({**settings.model_dump(), "api_keys": "k", "open_paths": "/healthz"})
+    async with app_client(create_app(closed)) as client:
+        assert (await client.get("/healthz")).status_code == 200
+        assert (await client.get("/metrics")).status_code == 401
+        assert (await client.get("/metrics", headers={"authorization": "Bearer k"})).status_code == 200
+
+
+async def test_openapi_document_validates_and_describes_the_order(settings: Settings) -> None:
+    async with app_client(create_app(settings)) as client:
+        document = (await client.get("/openapi.json")).json()
+    validate(document)
+    order_schema = document["components"]["schemas"]["Order"]
+    assert order_schema["properties"].keys() == {"order_id", "priority", "items", "user_type"}
+    assert order_schema["required"] == ["order_id", "items"]
+    assert order_schema["additionalProperties"] is False
+    assert order_schema["properties"]["priority"]["maximum"] == 9
+    post = document["paths"]["/orders"]["post"]
+    assert post["requestBody"]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/Order"}
+    assert set(post["responses"]) == {"202", "400", "401", "413", "415", "422", "503"}
+
+
+def test_queue_type_arguments_classic_and_quorum() -> None:
+    classic = build_topology(Settings(queue="q", queue_type="classic", max_priority=7))
+    assert classic.work.arguments["x-max-priority"] == 7
+    assert "x-queue-type" not in classic.work.arguments
+    quorum = build_topology(Settings(queue="q", queue_type="quorum"))
+    assert quorum.work.arguments["x-queue-type"] == "quorum"
+    assert "x-max-priority" not in quorum.work.arguments
+    assert {spec.arguments["x-queue-type"] for spec in (quorum.dead_letter, *quorum.retries)} == {"quorum"}
+
+
+def test_quorum_needs_rabbitmq_4() -> None:
+    quorum = Settings(queue_type="quorum")
+    with pytest.raises(ConfigurationError, match=r"4\.0 or later.*3\.10\.8"):
+        check_queue_type(quorum, "3.10.8")
+    check_queue_type(quorum, "4.0.5")
+    check_queue_type(quorum, "4.3.0")
+    check_queue_type(Settings(queue_type="classic"), "3.10.8")
+
+
+async def test_quorum_on_this_broker_is_a_clear_error(settings: Settings) -> None:
+    code, stderr = await run("consumers", env=environment(settings, ORDERLANE_QUEUE_TYPE="quorum"))
+    assert code == 1
+    assert "Traceback" not in stderr
+    assert "ORDERLANE_QUEUE_TYPE=quorum needs RabbitMQ 4.0" in stderr

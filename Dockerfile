@@ -32,7 +32,7 @@ WORKDIR /app
 USER 10001:10001
 
 EXPOSE 8000
-# For the API only (the consumer has no HTTP port; compose disables this for it). The slim image
+# For the API. A consumer serves metrics on ORDERLANE_METRICS_PORT instead; compose checks that for it. The slim image
 # has no curl: urlopen raises on a refused connection or a non-2xx status, so python exits 1.
 # start-period covers ORDERLANE_STARTUP_TIMEOUT (30 s): the API connects to the broker first.
 HEALTHCHECK --interval=10s --timeout=5s --start-period=30s --retries=3 \

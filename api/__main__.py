@@ -25,7 +25,9 @@ async def serve(settings: Settings, host: str, port: int) -> None:
         host=host,
         port=port,
         log_config=None,
-        timeout_keep_alive=5,
+        # Above this many connections and requests at once uvicorn answers 503 instead of queueing without bound.
+        limit_concurrency=settings.http_max_concurrency,
+        timeout_keep_alive=settings.http_keep_alive_seconds,
         timeout_graceful_shutdown=10,
     )
     # uvicorn shuts down gracefully on SIGTERM/SIGINT (the lifespan closes the connection), then re-raises the

@@ -68,6 +68,24 @@ async def connect(settings: Settings) -> AbstractRobustConnection:
     """
     loop = asyncio.get_running_loop()
     deadline = loop.time() + settings.startup_timeout
+    connection = await _first_connection(settings, loop, deadline)
+    shown = settings.redacted_amqp_url
+
+    def lost(_: object, exc: BaseException | None) -> None:
+        if not connection.is_closed and not isinstance(exc, asyncio.CancelledError):
+            logger.warning("lost the broker at %s (%s); reconnecting every %gs", shown, exc, RECONNECT_INTERVAL)
+
+    def back(_: object) -> None:
+        logger.info("reconnected to the broker at %s", shown)
+
+    connection.close_callbacks.add(lost)
+    connection.reconnect_callbacks.add(back)
+    return connection
+
+
+async def _first_connection(
+    settings: Settings, loop: asyncio.AbstractEventLoop, deadline: float
+) -> AbstractRobustConnection:
     delay = FIRST_RETRY_DELAY
     attempt = 1
     while True:

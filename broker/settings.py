@@ -41,7 +41,7 @@ class Settings(BaseSettings):
     metrics_port: Annotated[int, Field(ge=1, le=65535)] | None = None
     queue_poll_seconds: Annotated[float, Field(gt=0)] = 5.0
     http_max_concurrency: Annotated[int, Field(ge=1)] = 1000
-    http_keep_alive_seconds: Annotated[float, Field(gt=0)] = 5.0
+    http_keep_alive_seconds: Annotated[int, Field(ge=1)] = 5
 
     @field_validator("api_keys", "open_paths", mode="before")
     @classmethod

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 
 import aio_pika
@@ -21,6 +22,7 @@ from broker.topology import build_topology, check_queue_type
 from consumers.delivery import current_delivery
 from tests.amqp import depth_is, publish_raw, wait_until
 from tests.consuming import consuming, order_message
+from tests.faults import rabbitmqctl, require_rabbitmqctl
 from tests.http import app_client
 from tests.processes import environment, free_port, read_until, run, start
 
@@ -184,3 +186,34 @@ async def test_quorum_on_this_broker_is_a_clear_error(settings: Settings) -> Non
     assert code == 1
     assert "Traceback" not in stderr
     assert "ORDERLANE_QUEUE_TYPE=quorum needs RabbitMQ 4.0" in stderr
+
+
+async def test_json_logs_carry_message_fields_and_never_the_password(settings: Settings, broker: Broker) -> None:
+    ctl = require_rabbitmqctl()
+    user, password = f"ol-{settings.queue}", "Pa55-never-logged-x7"
+    await rabbitmqctl(ctl, "add_user", user, password)
+    try:
+        await rabbitmqctl(ctl, "set_permissions", "-p", "/", user, ".*", ".*", ".*")
+        own = settings.model_copy(update={"amqp_url": f"amqp://{user}:{password}@127.0.0.1:5672/"})
+        await publish_raw(settings.queue, order_message("json-1", headers={"x-orderlane-priority": 3}))
+        consumer = await start("consumers", env=environment(own, ORDERLANE_LOG_FORMAT="json"))
+        lines: list[str] = []
+        try:
+            await read_until(consumer, "json-1", 1, lines)
+            await rabbitmqctl(ctl, "close_all_connections", "test: force a reconnect")
+            await read_until(consumer, "reconnected to the broker", 1, lines)
+            await publish_raw(settings.queue, order_message("json-2"))
+            await read_until(consumer, "json-2", 1, lines)
+        finally:
+            consumer.terminate()
+            assert consumer.stderr is not None
+            lines += (await consumer.stderr.read()).decode().splitlines(keepends=True)
+            await consumer.wait()
+    finally:
+        await rabbitmqctl(ctl, "delete_user", user)
+    entries = [json.loads(line) for line in lines]
+    processed = [entry for entry in entries if entry["message"].startswith("order processed")]
+    assert [(e["order_id"], e["priority"], e["attempt"]) for e in processed] == [("json-1", 3, 1), ("json-2", 5, 1)]
+    assert {"time", "level", "logger"} <= processed[0].keys()
+    assert any(entry["message"].startswith("lost the broker") for entry in entries)
+    assert password not in "".join(lines)

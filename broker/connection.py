@@ -12,9 +12,10 @@ from typing import Final
 import aio_pika
 import aiormq.exceptions
 from aio_pika.abc import AbstractQueue, AbstractRobustChannel, AbstractRobustConnection
+from yarl import URL
 
 from broker.errors import BrokerRefused, BrokerUnavailable
-from broker.settings import Settings
+from broker.settings import Settings, redacted
 from broker.topology import Topology, build_topology, check_queue_type, declare_topology
 
 logger = logging.getLogger(__name__)
@@ -23,6 +24,7 @@ FIRST_RETRY_DELAY = 0.5
 MAX_RETRY_DELAY = 5.0
 RECONNECT_INTERVAL = 1.0
 CONNECT_ATTEMPT_TIMEOUT = 10.0
+FAILOVER_INTERVAL = 3.0
 
 BROKER_ERRORS: Final = (
     aiormq.exceptions.AMQPError,
@@ -62,21 +64,34 @@ class Broker:
 
 
 async def connect(settings: Settings) -> AbstractRobustConnection:
-    """Connect robustly, retrying with exponential backoff for at most `startup_timeout` seconds.
+    """Connect robustly, retrying with exponential backoff for at most `startup_timeout` seconds, trying the
+    broker URLs in turn. Once connected, aio-pika's robust connection heals drops by itself; with failover
+    URLs, every `FAILOVER_INTERVAL` without a connection moves it on to the next node."""
+    urls = [str(url) for url in settings.broker_urls]
+    shown = [redacted(url) for url in settings.broker_urls]
+    connection, index = await _first_connection(settings, urls, shown)
+    failover: set[asyncio.Task[None]] = set()
 
-    Once connected, aio-pika's robust connection heals later drops by itself every RECONNECT_INTERVAL.
-    """
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + settings.startup_timeout
-    connection = await _first_connection(settings, loop, deadline)
-    shown = settings.redacted_amqp_url
+    async def fail_over() -> None:
+        nonlocal index
+        while not connection.connected.is_set() and not connection.is_closed:
+            index = (index + 1) % len(urls)
+            assert isinstance(connection, aio_pika.RobustConnection)
+            connection.url = URL(urls[index])  # aio-pika's reconnect loop reads it on every attempt
+            logger.warning("trying the next broker node, %s", shown[index])
+            await asyncio.sleep(FAILOVER_INTERVAL)
 
     def lost(_: object, exc: BaseException | None) -> None:
-        if not connection.is_closed and not isinstance(exc, asyncio.CancelledError):
-            logger.warning("lost the broker at %s (%s); reconnecting every %gs", shown, exc, RECONNECT_INTERVAL)
+        if connection.is_closed or isinstance(exc, asyncio.CancelledError):
+            return
+        logger.warning("lost the broker at %s (%s); reconnecting every %gs", shown[index], exc, RECONNECT_INTERVAL)
+        if len(urls) > 1 and not failover:
+            task = asyncio.get_running_loop().create_task(fail_over())
+            failover.add(task)
+            task.add_done_callback(failover.discard)
 
     def back(_: object) -> None:
-        logger.info("reconnected to the broker at %s", shown)
+        logger.info("reconnected to the broker at %s", shown[index])
 
     connection.close_callbacks.add(lost)
     connection.reconnect_callbacks.add(back)
@@ -84,37 +99,39 @@ async def connect(settings: Settings) -> AbstractRobustConnection:
 
 
 async def _first_connection(
-    settings: Settings, loop: asyncio.AbstractEventLoop, deadline: float
-) -> AbstractRobustConnection:
+    settings: Settings, urls: list[str], shown: list[str]
+) -> tuple[AbstractRobustConnection, int]:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + settings.startup_timeout
     delay = FIRST_RETRY_DELAY
     attempt = 1
     while True:
+        index = (attempt - 1) % len(urls)
         try:
-            return await aio_pika.connect_robust(
-                str(settings.amqp_url),
+            connection = await aio_pika.connect_robust(
+                urls[index],
                 timeout=CONNECT_ATTEMPT_TIMEOUT,
                 reconnect_interval=RECONNECT_INTERVAL,
                 client_properties={"connection_name": "orderlane"},
             )
         except BROKER_ERRORS as exc:
-            if refused := refusal(exc, settings.redacted_amqp_url):
+            if refused := refusal(exc, shown[index]):
                 raise refused from exc
             remaining = deadline - loop.time()
             if remaining <= 0:
                 raise BrokerUnavailable(
-                    f"no broker answered at {settings.redacted_amqp_url} "
+                    f"no broker answered at {', '.join(shown)} "
                     f"after {attempt} attempts in {settings.startup_timeout:g}s: {exc}"
                 ) from exc
+            pause = min(delay, remaining)
             logger.warning(
-                "broker not reachable at %s (attempt %d: %s); retrying in %.1fs",
-                settings.redacted_amqp_url,
-                attempt,
-                exc,
-                min(delay, remaining),
+                "broker not reachable at %s (attempt %d: %s); retrying in %.1fs", shown[index], attempt, exc, pause
             )
-            await asyncio.sleep(min(delay, remaining))
+            await asyncio.sleep(pause)
             delay = min(delay * 2, MAX_RETRY_DELAY)
             attempt += 1
+        else:
+            return connection, index
 
 
 def server_version(connection: AbstractRobustConnection) -> str:
@@ -137,7 +154,7 @@ async def open_broker(settings: Settings) -> AsyncIterator[Broker]:
             work_queue = await declare_topology(channel, topology)
         except BROKER_ERRORS as exc:
             raise BrokerRefused(f"the broker refused to set up the queues: {exc}") from exc
-        logger.info("connected to %s, queue %r ready", settings.redacted_amqp_url, topology.work.name)
+        logger.info("connected, queue %r ready", topology.work.name)
         yield Broker(connection=connection, channel=channel, topology=topology, work_queue=work_queue)
     finally:
         await connection.close()

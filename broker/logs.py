@@ -24,12 +24,14 @@ def extra_fields(record: logging.LogRecord) -> dict[str, Any]:
 class _Redacting(logging.Formatter):
     """Masks the broker password wherever it would appear, whatever a library put in the message."""
 
-    def __init__(self, secret: str | None, fmt: str | None = None) -> None:
+    def __init__(self, secrets: tuple[str, ...], fmt: str | None = None) -> None:
         super().__init__(fmt)
-        self._secret = secret
+        self._secrets = secrets
 
     def redact(self, line: str) -> str:
-        return line.replace(self._secret, "***") if self._secret else line
+        for secret in self._secrets:
+            line = line.replace(secret, "***")
+        return line
 
 
 class ConsoleFormatter(_Redacting):
@@ -59,9 +61,9 @@ CONSOLE_FORMAT: Final = "%(asctime)s %(levelname)s %(name)s %(message)s"
 
 
 def configure_logging(settings: Settings) -> None:
-    password = settings.amqp_url.password
+    secrets = settings.broker_passwords
     formatter: logging.Formatter = (
-        JsonFormatter(password) if settings.log_format == "json" else ConsoleFormatter(password, CONSOLE_FORMAT)
+        JsonFormatter(secrets) if settings.log_format == "json" else ConsoleFormatter(secrets, CONSOLE_FORMAT)
     )
     handler = logging.StreamHandler()
     handler.setFormatter(formatter)

@@ -17,6 +17,7 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="ORDERLANE_", frozen=True, extra="ignore")
 
     amqp_url: AmqpDsn = AmqpDsn("amqp://guest:guest@127.0.0.1:5672/")
+    amqp_failover_urls: Annotated[tuple[AmqpDsn, ...], NoDecode] = ()
     queue: QueueName = "orders"
     max_priority: Annotated[int, Field(ge=1, le=255)] = 10
     prefetch: Annotated[int, Field(ge=1, le=65535)] = 32
@@ -43,7 +44,7 @@ class Settings(BaseSettings):
     http_max_concurrency: Annotated[int, Field(ge=1)] = 1000
     http_keep_alive_seconds: Annotated[int, Field(ge=1)] = 5
 
-    @field_validator("api_keys", "open_paths", mode="before")
+    @field_validator("api_keys", "open_paths", "amqp_failover_urls", mode="before")
     @classmethod
     def _comma_separated(cls, value: object) -> object:
         """`ORDERLANE_API_KEYS=key1,key2`: the environment gives one string; code may pass a sequence."""
@@ -56,9 +57,21 @@ class Settings(BaseSettings):
         return f"{self.queue}.dlq"
 
     @property
+    def broker_urls(self) -> tuple[AmqpDsn, ...]:
+        """The broker nodes to try, in order: the main URL first, then the failover ones."""
+        return (self.amqp_url, *self.amqp_failover_urls)
+
+    @property
+    def broker_passwords(self) -> tuple[str, ...]:
+        return tuple(url.password for url in self.broker_urls if url.password)
+
+    @property
     def redacted_amqp_url(self) -> str:
-        """The broker URL with its password masked: the only form of it that may be logged."""
-        url = self.amqp_url
-        if url.password is None:
-            return str(url)
-        return str(url).replace(f":{url.password}@", ":***@", 1)
+        """The main broker URL with its password masked: the only form of it that may be logged."""
+        return redacted(self.amqp_url)
+
+
+def redacted(url: AmqpDsn) -> str:
+    if url.password is None:
+        return str(url)
+    return str(url).replace(f":{url.password}@", ":***@", 1)

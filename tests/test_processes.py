@@ -7,12 +7,14 @@ import signal
 
 import httpx
 import pytest
+from pydantic import AmqpDsn
 
 from broker.connection import Broker
 from broker.settings import Settings
 from broker.topology import build_topology
 from tests.amqp import delete_queues, depth_is, operator_channel, publish_raw, queue_depth, wait_until
 from tests.consuming import order_message
+from tests.faults import rabbitmqctl, require_rabbitmqctl
 from tests.processes import environment, free_port, read_until, run, start
 
 PROCESSED = "order processed"
@@ -175,3 +177,22 @@ async def test_a_second_signal_stops_without_waiting_and_the_order_comes_back(
         if consumer.returncode is None:
             consumer.kill()
     await wait_until(lambda: depth_is(settings.queue, 1), what="the unfinished order back in the queue")
+
+
+async def test_failover_urls_are_tried_in_turn_at_start_and_after_a_loss(settings: Settings) -> None:
+    ctl = require_rabbitmqctl()
+    failover_urls = "amqp://guest:guest@127.0.0.1:5672/,amqp://guest:guest@localhost:5672/"
+    dead_first = settings.model_copy(update={"amqp_url": AmqpDsn("amqp://guest:guest@127.0.0.1:1/")})
+    env = environment(dead_first, ORDERLANE_AMQP_FAILOVER_URLS=failover_urls)
+    consumer = await start("consumers", env=env)
+    lines: list[str] = []
+    try:
+        async with asyncio.timeout(60):
+            await read_until(consumer, "consumer ready", 1, lines)
+            assert any("127.0.0.1:1/" in line and "retrying" in line for line in lines)
+            await rabbitmqctl(ctl, "close_all_connections", "test: fail over")
+            await read_until(consumer, "reconnected to the broker", 1, lines)
+    finally:
+        consumer.terminate()
+        await consumer.wait()
+    assert "trying the next broker node" in "".join(lines)

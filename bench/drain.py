@@ -1,0 +1,97 @@
+"""Drain: how fast one consumer empties a backlog, orderlane's Consumer beside a raw aio-pika consumer.
+
+Both validate each body with the same pydantic model and ack after the handler; the handler itself does nothing,
+so what is measured is the consumer's own cost per message at a given prefetch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+import aio_pika
+from aio_pika.abc import AbstractIncomingMessage
+
+from bench.workload import bench_settings, delete_queues, fill, orders, timed
+from broker.connection import open_broker
+from broker.messages import Order
+from broker.settings import Settings
+from consumers.runner import Consumer
+
+
+@dataclass(frozen=True, slots=True)
+class DrainResult:
+    prefetch: int
+    messages: int
+    orderlane_per_second: float
+    raw_per_second: float
+
+    @property
+    def ratio(self) -> float:
+        return self.orderlane_per_second / self.raw_per_second
+
+
+async def orderlane_drain(settings: Settings, count: int) -> float:
+    async with open_broker(settings) as broker:
+        await fill(settings, orders(count))
+        await broker.channel.set_qos(prefetch_count=settings.prefetch)
+        handled = 0
+        all_handled = asyncio.Event()
+
+        async def handler(order: Order) -> None:
+            nonlocal handled
+            handled += 1
+            if handled == count:
+                all_handled.set()
+
+        consumer = Consumer(broker, handler, settings)
+
+        async def drain() -> None:
+            await consumer.start()
+            await all_handled.wait()
+
+        elapsed = await timed(drain)
+        await consumer.stop(grace_seconds=10)
+    return count / elapsed
+
+
+async def raw_drain(settings: Settings, count: int) -> float:
+    """The same backlog in the same queue, consumed with aio-pika alone."""
+    async with open_broker(settings):  # declares the same queue
+        await fill(settings, orders(count))
+    connection = await aio_pika.connect(str(settings.amqp_url))
+    async with connection:
+        channel = await connection.channel()
+        await channel.set_qos(prefetch_count=settings.prefetch)
+        queue = await channel.get_queue(settings.queue)
+        handled = 0
+        all_handled = asyncio.Event()
+
+        async def on_message(message: AbstractIncomingMessage) -> None:
+            nonlocal handled
+            Order.model_validate_json(message.body)
+            await message.ack()
+            handled += 1
+            if handled == count:
+                all_handled.set()
+
+        async def drain() -> None:
+            await queue.consume(on_message)
+            await all_handled.wait()
+
+        elapsed = await timed(drain)
+    return count / elapsed
+
+
+async def measure_drain(prefetch: int, count: int, rounds: int) -> DrainResult:
+    """Alternate the two, `rounds` times each, and keep the best of each (the least disturbed by the machine)."""
+    ours: list[float] = []
+    raw: list[float] = []
+    for _ in range(rounds):
+        for run, results in ((orderlane_drain, ours), (raw_drain, raw)):
+            settings = bench_settings(prefetch=prefetch)
+            try:
+                results.append(await run(settings, count))
+            finally:
+                await delete_queues(settings)
+    return DrainResult(prefetch, count, max(ours), max(raw))

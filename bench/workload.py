@@ -1,0 +1,73 @@
+"""What the scenarios share: a broker connection of their own, queues to fill and drain, timing."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+import aio_pika
+from aio_pika.abc import AbstractChannel
+
+from broker.messages import Order, encode_order
+from broker.priority import prioritize
+from broker.publisher import build_message
+from broker.settings import Settings
+from broker.topology import build_topology
+
+PUBLISH_WINDOW = 256
+"""Publishes awaited concurrently when filling a queue: confirms are pipelined, a lone awaited one is slow."""
+
+
+def bench_settings(**overrides: object) -> Settings:
+    """Settings on a queue of the benchmark's own; everything else from the environment."""
+    return Settings().model_copy(update={"queue": f"bench-{uuid.uuid4().hex[:8]}", **overrides})
+
+
+def orders(count: int, *, priority: int = 5, user_type: str = "regular", prefix: str = "b") -> list[Order]:
+    return [
+        Order(order_id=f"{prefix}-{n:07d}", priority=priority, items=["widget"], user_type=user_type)  # type: ignore[arg-type]
+        for n in range(count)
+    ]
+
+
+@asynccontextmanager
+async def bench_channel(settings: Settings) -> AsyncIterator[AbstractChannel]:
+    connection = await aio_pika.connect(str(settings.amqp_url))
+    async with connection:
+        yield await connection.channel(on_return_raises=True)
+
+
+async def fill(settings: Settings, backlog: list[Order]) -> None:
+    """Publish `backlog` as the API would (same message, persistent, confirmed), PUBLISH_WINDOW at a time."""
+    async with bench_channel(settings) as channel:
+        for start in range(0, len(backlog), PUBLISH_WINDOW):
+            batch = backlog[start : start + PUBLISH_WINDOW]
+            await asyncio.gather(
+                *(
+                    channel.default_exchange.publish(
+                        build_message(order, prioritize(order, vip_priority=0, max_priority=settings.max_priority)),
+                        routing_key=settings.queue,
+                    )
+                    for order in batch
+                )
+            )
+
+
+async def delete_queues(settings: Settings) -> None:
+    topology = build_topology(settings)
+    async with bench_channel(settings) as channel:
+        for spec in (topology.work, topology.dead_letter, *topology.retries):
+            await channel.queue_delete(spec.name)
+
+
+async def timed(run: Callable[[], Awaitable[None]]) -> float:
+    started = time.perf_counter()
+    await run()
+    return time.perf_counter() - started
+
+
+def encoded(order: Order) -> bytes:
+    return encode_order(order)

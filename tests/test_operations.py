@@ -20,8 +20,9 @@ from broker.messages import Order
 from broker.settings import Settings
 from broker.topology import build_topology, check_queue_type
 from consumers.delivery import current_delivery
-from tests.amqp import depth_is, publish_raw, wait_until
+from tests.amqp import delete_queues, depth_is, publish_raw, wait_until
 from tests.consuming import consuming, order_message
+from tests.fakes import RecordingPublisher
 from tests.faults import rabbitmqctl, require_rabbitmqctl
 from tests.http import app_client
 from tests.processes import environment, free_port, read_until, run, start
@@ -217,3 +218,17 @@ async def test_json_logs_carry_message_fields_and_never_the_password(settings: S
     assert {"time", "level", "logger"} <= processed[0].keys()
     assert any(entry["message"].startswith("lost the broker") for entry in entries)
     assert password not in "".join(lines)
+
+
+async def test_backlog_view_marks_a_missing_queue(settings: Settings, broker: Broker) -> None:
+    await delete_queues(settings.dead_letter_queue)
+    async with app_client(create_app(settings, publisher=RecordingPublisher(settings))) as client:
+        assert (await client.get("/queues")).status_code == 503  # an injected publisher has no broker to ask
+    async with app_client(create_app(settings)) as client:
+        backlog = {entry["queue"]: entry for entry in (await client.get("/queues")).json()["queues"]}
+    assert backlog[settings.dead_letter_queue] == {
+        "queue": settings.dead_letter_queue,
+        "messages": None,
+        "consumers": None,
+    }
+    assert backlog[settings.queue]["messages"] == 0

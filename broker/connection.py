@@ -82,7 +82,7 @@ async def connect(settings: Settings) -> AbstractRobustConnection:
             await asyncio.sleep(FAILOVER_INTERVAL)
 
     def lost(_: object, exc: BaseException | None) -> None:
-        if connection.is_closed or isinstance(exc, asyncio.CancelledError):
+        if connection.close_called or connection.is_closed or isinstance(exc, asyncio.CancelledError):
             return
         logger.warning("lost the broker at %s (%s); reconnecting every %gs", shown[index], exc, RECONNECT_INTERVAL)
         if len(urls) > 1 and not failover:

@@ -29,6 +29,8 @@ def is_json_media_type(content_type: str | None) -> bool:
     """`application/json` or `application/*+json`, parameters such as `charset` allowed."""
     if content_type is None:
         return False
+    if content_type == CONTENT_TYPE:
+        return True
     media_type = content_type.split(";", 1)[0].strip().lower()
     return media_type == CONTENT_TYPE or (media_type.startswith("application/") and media_type.endswith("+json"))
 

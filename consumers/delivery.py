@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
 from dataclasses import dataclass
 
@@ -68,11 +67,7 @@ def current_delivery() -> Delivery:
     return _current_delivery.get()
 
 
-@contextmanager
-def delivering(delivery: Delivery) -> Iterator[None]:
-    """Make `delivery` what `current_delivery()` returns inside the block."""
-    token = _current_delivery.set(delivery)
-    try:
-        yield
-    finally:
-        _current_delivery.reset(token)
+def set_current_delivery(delivery: Delivery) -> None:
+    """Make `delivery` what `current_delivery()` returns in the calling task (each delivery has a task of its own,
+    and a task runs in a copy of the context, so nothing leaks into another delivery)."""
+    _current_delivery.set(delivery)

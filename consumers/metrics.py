@@ -20,6 +20,21 @@ WAIT_BUCKETS: Final = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1
 HANDLER_BUCKETS: Final = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
 
+PRIORITY_LEVELS: Final = range(10)
+
+
+class PriorityMetrics:
+    """The per-priority children of the consumer's metrics, for one level."""
+
+    def __init__(self, metrics: ConsumerMetrics, priority: str) -> None:
+        self.processed = metrics.processed.labels(priority=priority)
+        self.failed = metrics.failed.labels(priority=priority)
+        self.retried = metrics.retried.labels(priority=priority)
+        self.wait_seconds = metrics.wait_seconds.labels(priority=priority)
+        self.exhausted = metrics.dead_lettered.labels(priority=priority, reason="exhausted")
+        self.permanent = metrics.dead_lettered.labels(priority=priority, reason="permanent")
+
+
 class ConsumerMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
@@ -61,10 +76,17 @@ class ConsumerMetrics:
             "orderlane_queue_consumers", "Consumers per queue (polled)", ["queue"], registry=self.registry
         )
 
-    def observe_wait(self, message: AbstractIncomingMessage, priority: int) -> None:
+        self.for_priority = {level: PriorityMetrics(self, str(level)) for level in PRIORITY_LEVELS}
+
+    def of(self, priority: int) -> PriorityMetrics:
+        """The children for one priority level, bound once: `labels()` on every message costs a lock and a lookup."""
+        found = self.for_priority.get(priority)
+        return found if found is not None else PriorityMetrics(self, str(priority))
+
+    def observe_wait(self, message: AbstractIncomingMessage, metrics: PriorityMetrics) -> None:
         published_at = message.headers.get(PUBLISHED_AT_HEADER)
         if isinstance(published_at, int | float) and not isinstance(published_at, bool):
-            self.wait_seconds.labels(priority=priority).observe(max(0.0, time.time() - published_at))
+            metrics.wait_seconds.observe(max(0.0, time.time() - published_at))
 
     async def poll_queues(self, broker: Broker, every_seconds: float) -> None:
         """Refresh the queue gauges with passive declares until cancelled."""

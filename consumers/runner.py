@@ -32,9 +32,19 @@ from prometheus_client import start_http_server
 
 from broker.connection import BROKER_ERRORS, Broker, open_broker
 from broker.errors import InvalidMessage, PermanentFailure, PublishError
+from broker.messages import Order
 from broker.publisher import ATTEMPT_HEADER, PRIORITY_HEADER, publish_confirmed
 from broker.settings import Settings
-from consumers.delivery import Delivery, Handler, delivering, describe, int_header, log_fields, parse_order
+from consumers.deadlines import Deadlines
+from consumers.delivery import (
+    Delivery,
+    Handler,
+    describe,
+    int_header,
+    log_fields,
+    parse_order,
+    set_current_delivery,
+)
 from consumers.metrics import ConsumerMetrics
 from consumers.retry import RetryPolicy, dead_letter_message, retry_message
 
@@ -56,6 +66,7 @@ class Consumer:
         self._handler = handler
         self._settings = settings
         self._retry_policy = RetryPolicy.from_settings(settings)
+        self._deadlines = Deadlines(settings.handler_timeout)
         self._rng = random.Random()
         self._tag: ConsumerTag | None = None
         self._in_flight: set[asyncio.Task[object]] = set()
@@ -70,6 +81,7 @@ class Consumer:
     async def start(self) -> None:
         if self._tag is not None:
             raise RuntimeError("consumer already started")
+        self._deadlines.start()
         self._tag = await self._queue.consume(self._on_message)
         logger.info("consuming queue %r", self._queue.name)
 
@@ -95,6 +107,7 @@ class Consumer:
         if self._in_flight:
             logger.warning("cancelling %d handlers still running", self.in_flight)
             await self._abort()
+        await self._deadlines.close()
 
     def force(self) -> None:
         """Make a pending or later `stop()` cancel in-flight handlers at once."""
@@ -130,32 +143,51 @@ class Consumer:
             await self._dead_letter(message, exc, attempt)
             return
         delivery = describe(message, order)
-        priority = str(delivery.priority)
-        self.metrics.observe_wait(message, delivery.priority)
-        started = time.perf_counter()
-        try:
-            with delivering(delivery):
-                async with asyncio.timeout(self._settings.handler_timeout):
-                    await self._handler(order)
-        except PermanentFailure as exc:
-            logger.error("permanent failure, dead-lettered: %r", exc, extra=_fields(delivery))
-            self.metrics.failed.labels(priority=priority).inc()
-            self.metrics.dead_lettered.labels(priority=priority, reason="permanent").inc()
-            await self._dead_letter(message, exc, delivery.attempt)
-        except Exception as exc:
-            logger.warning("handler failed: %r", exc, exc_info=True, extra=_fields(delivery))
-            self.metrics.failed.labels(priority=priority).inc()
-            if self._retry_policy.should_retry(delivery.attempt):
-                self.metrics.retried.labels(priority=priority).inc()
-                await self._retry(message, delivery.attempt)
-            else:
-                self.metrics.dead_lettered.labels(priority=priority, reason="exhausted").inc()
-                await self._dead_letter(message, exc, delivery.attempt)
-        else:
-            self.metrics.processed.labels(priority=priority).inc()
+        metrics = self.metrics.of(delivery.priority)
+        self.metrics.observe_wait(message, metrics)
+        set_current_delivery(delivery)
+        failure = await self._run_handler(order)
+        if failure is None:
+            metrics.processed.inc()
             await self._ack(message)
+            return
+        metrics.failed.inc()
+        if isinstance(failure, PermanentFailure):
+            logger.error("permanent failure, dead-lettered: %r", failure, extra=_fields(delivery))
+            metrics.permanent.inc()
+            await self._dead_letter(message, failure, delivery.attempt)
+            return
+        logger.warning("handler failed: %r", failure, exc_info=failure, extra=_fields(delivery))
+        if self._retry_policy.should_retry(delivery.attempt):
+            metrics.retried.inc()
+            await self._retry(message, delivery.attempt)
+        else:
+            metrics.exhausted.inc()
+            await self._dead_letter(message, failure, delivery.attempt)
+
+    async def _run_handler(self, order: Order) -> Exception | None:
+        """Run the handler within ORDERLANE_HANDLER_TIMEOUT; return what it raised (a TimeoutError if it overran),
+        or None. A cancellation that is not the timeout's (a forced stop) propagates: the message stays unacked."""
+        task = asyncio.current_task()
+        assert task is not None
+        started = time.perf_counter()
+        self._deadlines.arm(task)
+        failure: Exception | None = None
+        try:
+            await self._handler(order)
+        except asyncio.CancelledError:
+            if not self._deadlines.disarm(task):
+                raise
+            task.uncancel()
+            timeout = self._settings.handler_timeout
+            failure = TimeoutError(f"the handler ran longer than ORDERLANE_HANDLER_TIMEOUT={timeout:g}s")
+        except Exception as exc:
+            failure = exc
         finally:
+            if self._deadlines.disarm(task):  # it returned or raised, swallowing the watchdog's cancellation
+                task.uncancel()
             self.metrics.handler_seconds.observe(time.perf_counter() - started)
+        return failure
 
     async def _retry(self, message: AbstractIncomingMessage, failed_attempt: int) -> None:
         delay = self._retry_policy.delay_seconds(failed_attempt, self._rng)
@@ -164,8 +196,6 @@ class Consumer:
 
     async def _dead_letter(self, message: AbstractIncomingMessage, error: BaseException, attempts: int) -> None:
         reason = str(error) or repr(error)
-        if isinstance(error, TimeoutError) and not str(error):
-            reason = f"the handler ran longer than ORDERLANE_HANDLER_TIMEOUT={self._settings.handler_timeout:g}s"
         copy = dead_letter_message(message, error_type=type(error).__name__, error=reason, attempts=attempts)
         await self._move(message, copy, self._broker.topology.dead_letter.name)
 

@@ -25,6 +25,9 @@ async def serve(settings: Settings, host: str, port: int) -> None:
         host=host,
         port=port,
         log_config=None,
+        # Off by default: /metrics counts requests by route and status, and a log line per request costs a fifth
+        # of the API's throughput (docs/benchmarks.md).
+        access_log=settings.access_log,
         # Above this many connections and requests at once uvicorn answers 503 instead of queueing without bound.
         limit_concurrency=settings.http_max_concurrency,
         timeout_keep_alive=settings.http_keep_alive_seconds,

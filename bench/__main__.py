@@ -14,6 +14,7 @@ from typing import Any
 
 from bench.drain import measure_drain
 from bench.intake import measure_intake
+from bench.priority import measure_priority
 
 RESULTS = Path(__file__).with_name("results")
 
@@ -25,7 +26,7 @@ def save(scenario: str, rows: list[Any]) -> Path:
         "scenario": scenario,
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
-        "rows": [asdict(row) | {"ratio": row.ratio} for row in rows],
+        "rows": [asdict(row) | ({"ratio": row.ratio} if hasattr(row, "ratio") else {}) for row in rows],
     }
     path.write_text(json.dumps(document, indent=2))
     return path
@@ -56,6 +57,23 @@ async def intake(args: argparse.Namespace) -> None:
     print(f"results: {save('intake', rows)}")
 
 
+async def priority(args: argparse.Namespace) -> None:
+    rows = []
+    header = ("consumer", "prefetch", "handler", "p50 ms", "p99 ms", "max ms", "overtook", "met bl", "regular/s")
+    print(" ".join(f"{name:>9}" for name in header))
+    for handler_ms in args.handler_ms:
+        for prefetch in args.prefetch:
+            for consumer in ("orderlane", "raw"):
+                row = await measure_priority(consumer, prefetch, handler_ms, args.backlog, args.vips, args.interval)
+                rows.append(row)
+                print(
+                    f"{consumer:>9} {prefetch:>9} {handler_ms:>9g} {row.wait_p50_ms:>9.1f} {row.wait_p99_ms:>9.1f} "
+                    f"{row.wait_max_ms:>9.1f} {row.overtaken_mean:>9.1f} {row.met_backlog:>9} "
+                    f"{row.regular_per_second:>9,.0f}"
+                )
+    print(f"results: {save('priority', rows)}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     scenarios = parser.add_subparsers(dest="scenario", required=True)
@@ -67,8 +85,14 @@ def main() -> None:
     intake_parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32, 128])
     intake_parser.add_argument("--seconds", type=float, default=5)
     intake_parser.add_argument("--port", type=int, default=8765)
+    priority_parser = scenarios.add_parser("priority", help="VIP wait behind a backlog, against prefetch and handler")
+    priority_parser.add_argument("--prefetch", type=int, nargs="+", default=[1, 10, 32, 50, 200])
+    priority_parser.add_argument("--handler-ms", type=float, nargs="+", default=[1, 5, 20])
+    priority_parser.add_argument("--backlog", type=int, default=5000)
+    priority_parser.add_argument("--vips", type=int, default=20)
+    priority_parser.add_argument("--interval", type=float, default=0.1, help="seconds between VIP orders")
     args = parser.parse_args()
-    asyncio.run({"drain": drain, "intake": intake}[args.scenario](args))
+    asyncio.run({"drain": drain, "intake": intake, "priority": priority}[args.scenario](args))
 
 
 if __name__ == "__main__":

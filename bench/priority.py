@@ -1,0 +1,157 @@
+"""Priority: how long a VIP order waits behind a backlog, and how many regular orders overtake it.
+
+A backlog of regular orders (priority 5) is published first; a consumer with a handler of `handler_ms` starts
+draining it; then VIP orders (effective priority 0, the top broker priority) are published one by one,
+`vip_interval` apart. For each VIP: the wait from its publish to its handler's start, and the number of regular
+orders whose handler started in between (they were already prefetched, or were ahead in the consumer). The same
+workload runs through orderlane's Consumer and through a raw aio-pika consumer at the same prefetch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import time
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
+from typing import Any
+
+import aio_pika
+from aio_pika.abc import AbstractIncomingMessage
+
+from bench.workload import bench_channel, bench_settings, delete_queues, fill, orders
+from broker.connection import open_broker
+from broker.messages import Order
+from broker.priority import prioritize
+from broker.publisher import build_message
+from broker.settings import Settings
+from consumers.runner import Consumer
+
+VIP_PREFIX = "vip"
+
+
+@dataclass
+class Timeline:
+    """When each handler started, in order; and when each VIP was published."""
+
+    started: list[tuple[str, float]] = field(default_factory=list)
+    vip_published: dict[str, float] = field(default_factory=dict)
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+    expected: int = 0
+
+    def handler_started(self, order_id: str) -> None:
+        self.started.append((order_id, time.perf_counter()))
+        if len(self.started) == self.expected:
+            self.done.set()
+
+
+@dataclass(frozen=True, slots=True)
+class PriorityResult:
+    consumer: str
+    prefetch: int
+    handler_ms: float
+    backlog: int
+    vips: int
+    wait_p50_ms: float
+    wait_p99_ms: float
+    wait_max_ms: float
+    overtaken_mean: float
+    overtaken_max: int
+    met_backlog: int
+    regular_per_second: float
+
+
+def summarize(consumer: str, prefetch: int, handler_ms: float, backlog: int, timeline: Timeline) -> PriorityResult:
+    position = {order_id: index for index, (order_id, _) in enumerate(timeline.started)}
+    start_time = dict(timeline.started)
+    waits, overtaken = [], []
+    met_backlog = 0
+    last_regular = max(index for order_id, index in position.items() if not order_id.startswith(VIP_PREFIX))
+    for vip, published in timeline.vip_published.items():
+        waits.append((start_time[vip] - published) * 1000)
+        overtakers = sum(
+            1
+            for order_id, started in timeline.started[: position[vip]]
+            if not order_id.startswith(VIP_PREFIX) and started > published
+        )
+        overtaken.append(overtakers)
+        met_backlog += position[vip] < last_regular
+    regular_times = [started for order_id, started in timeline.started if not order_id.startswith(VIP_PREFIX)]
+    cuts = statistics.quantiles(waits, n=100, method="inclusive") if len(waits) > 1 else waits * 99
+    return PriorityResult(
+        consumer=consumer,
+        prefetch=prefetch,
+        handler_ms=handler_ms,
+        backlog=backlog,
+        vips=len(waits),
+        wait_p50_ms=statistics.median(waits),
+        wait_p99_ms=cuts[98],
+        wait_max_ms=max(waits),
+        overtaken_mean=statistics.fmean(overtaken),
+        overtaken_max=max(overtaken),
+        met_backlog=met_backlog,
+        regular_per_second=len(regular_times) / (max(regular_times) - min(regular_times)),
+    )
+
+
+async def inject_vips(settings: Settings, timeline: Timeline, count: int, interval: float) -> None:
+    async with bench_channel(settings) as channel:
+        for vip in orders(count, user_type="vip", prefix=VIP_PREFIX):
+            await asyncio.sleep(interval)
+            message = build_message(vip, prioritize(vip, vip_priority=0, max_priority=settings.max_priority))
+            timeline.vip_published[vip.order_id] = time.perf_counter()
+            await channel.default_exchange.publish(message, routing_key=settings.queue)
+
+
+RunConsumer = Callable[[Settings, Timeline, float], Coroutine[Any, Any, None]]
+
+
+async def orderlane_consumer(settings: Settings, timeline: Timeline, handler_seconds: float) -> None:
+    async def handler(order: Order) -> None:
+        timeline.handler_started(order.order_id)
+        await asyncio.sleep(handler_seconds)
+
+    async with open_broker(settings) as broker:
+        await broker.channel.set_qos(prefetch_count=settings.prefetch)
+        consumer = Consumer(broker, handler, settings)
+        await consumer.start()
+        await timeline.done.wait()
+        await consumer.stop(grace_seconds=30)
+
+
+async def raw_consumer(settings: Settings, timeline: Timeline, handler_seconds: float) -> None:
+    connection = await aio_pika.connect(str(settings.amqp_url))
+    async with connection:
+        channel = await connection.channel()
+        await channel.set_qos(prefetch_count=settings.prefetch)
+        queue = await channel.get_queue(settings.queue)
+
+        async def on_message(message: AbstractIncomingMessage) -> None:
+            order = Order.model_validate_json(message.body)
+            timeline.handler_started(order.order_id)
+            await asyncio.sleep(handler_seconds)
+            await message.ack()
+
+        await queue.consume(on_message)
+        await timeline.done.wait()
+        await asyncio.sleep(handler_seconds * 2)  # let the last acks go out
+
+
+CONSUMERS: dict[str, RunConsumer] = {"orderlane": orderlane_consumer, "raw": raw_consumer}
+
+
+async def measure_priority(
+    consumer: str, prefetch: int, handler_ms: float, backlog: int, vips: int, vip_interval: float
+) -> PriorityResult:
+    settings = bench_settings(prefetch=prefetch)
+    timeline = Timeline(expected=backlog + vips)
+    try:
+        async with open_broker(settings):
+            await fill(settings, orders(backlog))
+        consuming = asyncio.create_task(CONSUMERS[consumer](settings, timeline, handler_ms / 1000))
+        await inject_vips(settings, timeline, vips, vip_interval)
+        async with asyncio.timeout(600):
+            await consuming
+    finally:
+        await delete_queues(settings)
+    return summarize(consumer, prefetch, handler_ms, backlog, timeline)

@@ -6,18 +6,24 @@ INSTALLED := $(VENV)/.installed
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: install broker run test check lint format clean
+.PHONY: install broker tools run test check format bench bench-full clean
 
 install: $(INSTALLED)
 
 $(INSTALLED): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
 	touch $@
 
 broker: install
 	$(BIN)/python scripts/ensure_broker.py
+
+# wrk, the HTTP load generator of the intake benchmark and of the quick performance check (Debian's package).
+tools:
+	@command -v wrk >/dev/null || apt-get install -y -q wrk >/dev/null 2>&1 \
+	  || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q wrk >/dev/null 2>&1; } \
+	  || echo "make: could not install wrk; install it (apt-get install wrk) for the intake benchmark"
 
 run: broker
 	HOST=$(HOST) PORT=$(PORT) scripts/run-dev
@@ -27,11 +33,18 @@ check: install
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-test: broker check
+test: broker tools check
 	$(BIN)/coverage erase
 	$(BIN)/coverage run -m pytest
 	$(BIN)/coverage combine --quiet
 	$(BIN)/coverage report
+
+# A quick run of every scenario (under 2 minutes); bench-full is the sweep behind docs/benchmarks.md.
+bench: broker tools
+	$(BIN)/python -m bench all --quick
+
+bench-full: broker tools
+	$(BIN)/python -m bench all
 
 format: install
 	$(BIN)/ruff check --fix .

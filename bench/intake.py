@@ -77,7 +77,7 @@ def parse_wrk(output: str) -> Throughput:
 async def api_intake(settings: Settings, concurrency: int, seconds: float, port: int) -> Throughput:
     env = {**os.environ, "ORDERLANE_QUEUE": settings.queue}
     api = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "api", "--port", str(port), cwd=PROJECT_ROOT, env=env
+        sys.executable, "-m", "api", "--port", str(port), cwd=PROJECT_ROOT, env=env, stderr=asyncio.subprocess.DEVNULL
     )
     try:
         await wait_ready(port)

@@ -32,17 +32,21 @@ VIP_PREFIX = "vip"
 
 @dataclass
 class Timeline:
-    """When each handler started, in order; and when each VIP was published."""
+    """When each handler started, in order, and when each VIP was published. The run ends once every VIP has
+    started: what is left of the backlog then says nothing more about priority."""
 
+    vips: int
     started: list[tuple[str, float]] = field(default_factory=list)
     vip_published: dict[str, float] = field(default_factory=dict)
+    vips_started: int = 0
     done: asyncio.Event = field(default_factory=asyncio.Event)
-    expected: int = 0
 
     def handler_started(self, order_id: str) -> None:
         self.started.append((order_id, time.perf_counter()))
-        if len(self.started) == self.expected:
-            self.done.set()
+        if order_id.startswith(VIP_PREFIX):
+            self.vips_started += 1
+            if self.vips_started == self.vips:
+                self.done.set()
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,7 +80,10 @@ def summarize(consumer: str, prefetch: int, handler_ms: float, backlog: int, tim
         )
         overtaken.append(overtakers)
         met_backlog += position[vip] < last_regular
-    regular_times = [started for order_id, started in timeline.started if not order_id.startswith(VIP_PREFIX)]
+    last_vip = max(start_time[vip] for vip in timeline.vip_published)
+    regular_times = [
+        started for order_id, started in timeline.started if not order_id.startswith(VIP_PREFIX) and started <= last_vip
+    ]
     cuts = statistics.quantiles(waits, n=100, method="inclusive") if len(waits) > 1 else waits * 99
     return PriorityResult(
         consumer=consumer,
@@ -116,7 +123,7 @@ async def orderlane_consumer(settings: Settings, timeline: Timeline, handler_sec
         consumer = Consumer(broker, handler, settings)
         await consumer.start()
         await timeline.done.wait()
-        await consumer.stop(grace_seconds=30)
+        await consumer.stop(grace_seconds=0)
 
 
 async def raw_consumer(settings: Settings, timeline: Timeline, handler_seconds: float) -> None:
@@ -134,7 +141,6 @@ async def raw_consumer(settings: Settings, timeline: Timeline, handler_seconds: 
 
         await queue.consume(on_message)
         await timeline.done.wait()
-        await asyncio.sleep(handler_seconds * 2)  # let the last acks go out
 
 
 CONSUMERS: dict[str, RunConsumer] = {"orderlane": orderlane_consumer, "raw": raw_consumer}
@@ -144,7 +150,7 @@ async def measure_priority(
     consumer: str, prefetch: int, handler_ms: float, backlog: int, vips: int, vip_interval: float
 ) -> PriorityResult:
     settings = bench_settings(prefetch=prefetch)
-    timeline = Timeline(expected=backlog + vips)
+    timeline = Timeline(vips=vips)
     try:
         async with open_broker(settings):
             await fill(settings, orders(backlog))

@@ -1,0 +1,97 @@
+"""Where results go: a JSON file and a PNG plot per scenario, in bench/results/."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+from collections.abc import Sequence
+from dataclasses import asdict, is_dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no screen
+import matplotlib.pyplot as plt
+
+from bench.drain import DrainResult
+from bench.intake import IntakeResult
+from bench.priority import PriorityResult
+
+RESULTS = Path(__file__).with_name("results")
+
+
+def _row(result: Any) -> dict[str, Any]:
+    assert is_dataclass(result)
+    row = asdict(result)  # type: ignore[arg-type]
+    if hasattr(result, "ratio"):
+        row["ratio"] = result.ratio
+    return row
+
+
+def save_json(scenario: str, results: Sequence[Any], command: str) -> Path:
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / f"{scenario}.json"
+    document = {
+        "scenario": scenario,
+        "command": command,
+        "when": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "system": platform.platform()},
+        "rows": [_row(result) for result in results],
+    }
+    path.write_text(json.dumps(document, indent=2) + "\n")
+    return path
+
+
+def plot_intake(results: Sequence[IntakeResult]) -> Path:
+    figure, (rate, latency) = plt.subplots(1, 2, figsize=(11, 4))
+    clients = [r.concurrency for r in results]
+    rate.plot(clients, [r.api.per_second for r in results], "o-", label="orderlane API (HTTP, wrk)")
+    rate.plot(clients, [r.raw.per_second for r in results], "s--", label="raw aio-pika publish + confirm")
+    rate.set(xscale="log", xlabel="concurrent clients", ylabel="orders / s", title="Intake")
+    latency.plot(clients, [r.api.p99_ms for r in results], "o-", label="API p99")
+    latency.plot(clients, [r.api.p50_ms for r in results], "o:", label="API p50")
+    latency.plot(clients, [r.raw.p99_ms for r in results], "s--", label="raw p99")
+    latency.set(xscale="log", xlabel="concurrent clients", ylabel="ms", title="Latency")
+    return _finish(figure, [rate, latency], "intake")
+
+
+def plot_drain(results: Sequence[DrainResult]) -> Path:
+    figure, axis = plt.subplots(figsize=(7, 4))
+    prefetch = [r.prefetch for r in results]
+    axis.plot(prefetch, [r.orderlane_per_second for r in results], "o-", label="orderlane Consumer")
+    axis.plot(prefetch, [r.raw_per_second for r in results], "s--", label="raw aio-pika consumer")
+    axis.set(xscale="log", xlabel="prefetch", ylabel="orders / s", title="Drain (no-op handler)")
+    return _finish(figure, [axis], "drain")
+
+
+def plot_priority(results: Sequence[PriorityResult]) -> Path:
+    handlers = sorted({r.handler_ms for r in results})
+    figure, axes = plt.subplots(2, len(handlers), figsize=(5 * len(handlers), 7), squeeze=False)
+    for column, handler_ms in enumerate(handlers):
+        wait, rate = axes[0][column], axes[1][column]
+        for consumer, style in (("orderlane", "o-"), ("raw", "s--")):
+            rows = [r for r in results if r.handler_ms == handler_ms and r.consumer == consumer]
+            prefetch = [r.prefetch for r in rows]
+            wait.plot(prefetch, [r.wait_p50_ms for r in rows], style, label=f"{consumer} p50")
+            wait.plot(prefetch, [r.wait_max_ms for r in rows], style, alpha=0.5, label=f"{consumer} max")
+            rate.plot(prefetch, [r.regular_per_second for r in rows], style, label=consumer)
+        wait.set(
+            xscale="log", yscale="log", xlabel="prefetch", ylabel="VIP wait, ms", title=f"{handler_ms:g} ms handler"
+        )
+        rate.set(xscale="log", xlabel="prefetch", ylabel="regular orders / s")
+    return _finish(figure, [axis for row in axes for axis in row], "priority")
+
+
+def _finish(figure: Any, axes: Sequence[Any], scenario: str) -> Path:
+    for axis in axes:
+        axis.grid(True, which="both", alpha=0.3)
+        axis.legend(fontsize="small")
+    figure.tight_layout()
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / f"{scenario}.png"
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path

@@ -1,0 +1,39 @@
+"""A quick performance check: orderlane beside raw aio-pika, measured in the same run, asserted as ratios only.
+
+The bounds are loose on purpose: the machine is small and shared with the broker, so only a regression of the
+kind that halves throughput or defeats priority should fail here. `python -m bench` measures properly.
+"""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from bench.drain import measure_drain
+from bench.intake import measure_intake
+from bench.priority import measure_priority
+from tests.processes import free_port
+
+
+async def test_drain_keeps_up_with_raw_aio_pika() -> None:
+    result = await measure_drain(prefetch=32, count=3000, rounds=2)
+    print(f"\ndrain: orderlane {result.orderlane_per_second:,.0f}/s, raw {result.raw_per_second:,.0f}/s")
+    assert result.ratio >= 0.7
+
+
+async def test_intake_keeps_up_with_raw_confirmed_publishing() -> None:
+    if shutil.which("wrk") is None:
+        pytest.fail("wrk is not installed: `make test` installs it (apt-get install wrk)")
+    result = await measure_intake(concurrency=32, seconds=2, port=free_port())
+    print(f"\nintake: API {result.api.per_second:,.0f}/s, raw {result.raw.per_second:,.0f}/s")
+    assert result.api.errors == 0
+    assert result.ratio >= 0.35
+
+
+async def test_vip_orders_are_overtaken_by_at_most_the_prefetch_window() -> None:
+    prefetch = 16
+    result = await measure_priority("orderlane", prefetch, handler_ms=2, backlog=2000, vips=5, vip_interval=0.05)
+    print(f"\npriority: VIP wait p50 {result.wait_p50_ms:.1f} ms, overtaken at most {result.overtaken_max}")
+    assert result.met_backlog >= 1, "the VIPs should arrive while the backlog is being drained"
+    assert result.overtaken_max <= prefetch + 5

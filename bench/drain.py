@@ -34,7 +34,6 @@ class DrainResult:
 async def orderlane_drain(settings: Settings, count: int) -> float:
     async with open_broker(settings) as broker:
         await fill(settings, orders(count))
-        await broker.channel.set_qos(prefetch_count=settings.prefetch)
         handled = 0
         all_handled = asyncio.Event()
 
@@ -44,7 +43,7 @@ async def orderlane_drain(settings: Settings, count: int) -> float:
             if handled == count:
                 all_handled.set()
 
-        consumer = Consumer(broker, handler, settings)
+        consumer = Consumer(broker, handler, settings, lane=broker.topology.lanes[0], prefetch=settings.prefetch)
 
         async def drain() -> None:
             await consumer.start()

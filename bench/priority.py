@@ -19,13 +19,12 @@ from typing import Any
 import aio_pika
 from aio_pika.abc import AbstractIncomingMessage
 
-from bench.workload import bench_channel, bench_settings, delete_queues, fill, orders
+from bench.workload import addressed, bench_channel, bench_settings, delete_queues, fill, orders
 from broker.connection import open_broker
 from broker.messages import Order
-from broker.priority import prioritize
-from broker.publisher import build_message
 from broker.settings import Settings
-from consumers.runner import Consumer
+from consumers.metrics import ConsumerMetrics
+from consumers.runner import lane_consumers
 
 VIP_PREFIX = "vip"
 
@@ -70,7 +69,6 @@ def summarize(consumer: str, prefetch: int, handler_ms: float, backlog: int, tim
     start_time = dict(timeline.started)
     waits, overtaken = [], []
     met_backlog = 0
-    last_regular = max(index for order_id, index in position.items() if not order_id.startswith(VIP_PREFIX))
     for vip, published in timeline.vip_published.items():
         waits.append((start_time[vip] - published) * 1000)
         overtakers = sum(
@@ -79,7 +77,10 @@ def summarize(consumer: str, prefetch: int, handler_ms: float, backlog: int, tim
             if not order_id.startswith(VIP_PREFIX) and started > published
         )
         overtaken.append(overtakers)
-        met_backlog += position[vip] < last_regular
+        regular_before = sum(
+            1 for order_id, started in timeline.started if not order_id.startswith(VIP_PREFIX) and started <= published
+        )
+        met_backlog += regular_before < backlog  # regular orders were still waiting when the VIP came
     last_vip = max(start_time[vip] for vip in timeline.vip_published)
     regular_times = [
         started for order_id, started in timeline.started if not order_id.startswith(VIP_PREFIX) and started <= last_vip
@@ -105,9 +106,9 @@ async def inject_vips(settings: Settings, timeline: Timeline, count: int, interv
     async with bench_channel(settings) as channel:
         for vip in orders(count, user_type="vip", prefix=VIP_PREFIX):
             await asyncio.sleep(interval)
-            message = build_message(vip, prioritize(vip, vip_priority=0, max_priority=settings.max_priority))
+            message, queue = addressed(settings, vip)
             timeline.vip_published[vip.order_id] = time.perf_counter()
-            await channel.default_exchange.publish(message, routing_key=settings.queue)
+            await channel.default_exchange.publish(message, routing_key=queue)
 
 
 RunConsumer = Callable[[Settings, Timeline, float], Coroutine[Any, Any, None]]
@@ -119,11 +120,11 @@ async def orderlane_consumer(settings: Settings, timeline: Timeline, handler_sec
         await asyncio.sleep(handler_seconds)
 
     async with open_broker(settings) as broker:
-        await broker.channel.set_qos(prefetch_count=settings.prefetch)
-        consumer = Consumer(broker, handler, settings)
-        await consumer.start()
+        consumers = lane_consumers(broker, handler, settings, prefetch=settings.prefetch, metrics=ConsumerMetrics())
+        for consumer in consumers:
+            await consumer.start()
         await timeline.done.wait()
-        await consumer.stop(grace_seconds=0)
+        await asyncio.gather(*(consumer.stop(grace_seconds=0) for consumer in consumers))
 
 
 async def raw_consumer(settings: Settings, timeline: Timeline, handler_seconds: float) -> None:
@@ -147,9 +148,16 @@ CONSUMERS: dict[str, RunConsumer] = {"orderlane": orderlane_consumer, "raw": raw
 
 
 async def measure_priority(
-    consumer: str, prefetch: int, handler_ms: float, backlog: int, vips: int, vip_interval: float
+    consumer: str,
+    prefetch: int,
+    handler_ms: float,
+    backlog: int,
+    vips: int,
+    vip_interval: float,
+    lanes: str = "",
 ) -> PriorityResult:
-    settings = bench_settings(prefetch=prefetch)
+    """`lanes` (ORDERLANE_LANES syntax) splits the queue; `prefetch` is then the lanes' default."""
+    settings = bench_settings(prefetch=prefetch, lanes=lanes)
     timeline = Timeline(vips=vips)
     try:
         async with open_broker(settings):
@@ -160,4 +168,4 @@ async def measure_priority(
             await consuming
     finally:
         await delete_queues(settings)
-    return summarize(consumer, prefetch, handler_ms, backlog, timeline)
+    return summarize(f"{consumer}+lanes" if lanes else consumer, prefetch, handler_ms, backlog, timeline)

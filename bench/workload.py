@@ -23,7 +23,7 @@ PUBLISH_WINDOW = 256
 
 def bench_settings(**overrides: object) -> Settings:
     """Settings on a queue of the benchmark's own; everything else from the environment."""
-    return Settings().model_copy(update={"queue": f"bench-{uuid.uuid4().hex[:8]}", **overrides})
+    return Settings(queue=f"bench-{uuid.uuid4().hex[:8]}", **overrides)  # type: ignore[arg-type]
 
 
 def orders(count: int, *, priority: int = 5, user_type: str = "regular", prefix: str = "b") -> list[Order]:
@@ -40,26 +40,25 @@ async def bench_channel(settings: Settings) -> AsyncIterator[AbstractChannel]:
         yield await connection.channel(on_return_raises=True)
 
 
+def addressed(settings: Settings, order: Order) -> tuple[aio_pika.Message, str]:
+    """The message the API would publish for `order`, and the work queue of its lane."""
+    priority = prioritize(order, vip_priority=settings.vip_priority, max_priority=settings.max_priority)
+    return build_message(order, priority), build_topology(settings).lane_for(priority.effective).work.name
+
+
 async def fill(settings: Settings, backlog: list[Order]) -> None:
-    """Publish `backlog` as the API would (same message, persistent, confirmed), PUBLISH_WINDOW at a time."""
+    """Publish `backlog` as the API would (same messages, persistent, confirmed), PUBLISH_WINDOW at a time."""
     async with bench_channel(settings) as channel:
         for start in range(0, len(backlog), PUBLISH_WINDOW):
-            batch = backlog[start : start + PUBLISH_WINDOW]
+            batch = [addressed(settings, order) for order in backlog[start : start + PUBLISH_WINDOW]]
             await asyncio.gather(
-                *(
-                    channel.default_exchange.publish(
-                        build_message(order, prioritize(order, vip_priority=0, max_priority=settings.max_priority)),
-                        routing_key=settings.queue,
-                    )
-                    for order in batch
-                )
+                *(channel.default_exchange.publish(message, routing_key=queue) for message, queue in batch)
             )
 
 
 async def delete_queues(settings: Settings) -> None:
-    topology = build_topology(settings)
     async with bench_channel(settings) as channel:
-        for spec in (topology.work, topology.dead_letter, *topology.retries):
+        for spec in build_topology(settings).queues:
             await channel.queue_delete(spec.name)
 
 

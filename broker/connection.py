@@ -11,7 +11,7 @@ from typing import Final
 
 import aio_pika
 import aiormq.exceptions
-from aio_pika.abc import AbstractQueue, AbstractRobustChannel, AbstractRobustConnection
+from aio_pika.abc import AbstractRobustChannel, AbstractRobustConnection
 from yarl import URL
 
 from broker.errors import BrokerRefused, BrokerUnavailable
@@ -54,8 +54,8 @@ class Broker:
 
     connection: AbstractRobustConnection
     channel: AbstractRobustChannel
+    """The confirm channel everything is published on; consumers open channels of their own (one per lane)."""
     topology: Topology
-    work_queue: AbstractQueue
 
     @property
     def is_ready(self) -> bool:
@@ -151,10 +151,10 @@ async def open_broker(settings: Settings) -> AsyncIterator[Broker]:
         try:
             channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
             topology = build_topology(settings)
-            work_queue = await declare_topology(channel, topology)
+            await declare_topology(channel, topology)
         except BROKER_ERRORS as exc:
             raise BrokerRefused(f"the broker refused to set up the queues: {exc}") from exc
-        logger.info("connected, queue %r ready", topology.work.name)
-        yield Broker(connection=connection, channel=channel, topology=topology, work_queue=work_queue)
+        logger.info("connected, queues ready: %s", ", ".join(lane.work.name for lane in topology.lanes))
+        yield Broker(connection=connection, channel=channel, topology=topology)
     finally:
         await connection.close()

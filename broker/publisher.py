@@ -74,11 +74,10 @@ async def publish_confirmed(
 
 
 class OrderPublisher:
-    """Publishes orders to the work queue, each with its priority, persistent and confirmed."""
+    """Publishes each order to its lane's work queue with its priority, persistent and confirmed."""
 
     def __init__(self, broker: Broker, settings: Settings) -> None:
         self._broker = broker
-        self._queue = settings.queue
         self._vip_priority = settings.vip_priority
         self._max_priority = settings.max_priority
         self._timeout = settings.publish_timeout
@@ -89,7 +88,8 @@ class OrderPublisher:
 
     async def publish(self, order: Order) -> Receipt:
         priority = prioritize(order, vip_priority=self._vip_priority, max_priority=self._max_priority)
+        queue = self._broker.topology.lane_for(priority.effective).work.name
         await publish_confirmed(
-            self._broker.channel, build_message(order, priority), queue=self._queue, confirm_within=self._timeout
+            self._broker.channel, build_message(order, priority), queue=queue, confirm_within=self._timeout
         )
-        return Receipt(order_id=order.order_id, priority=priority, queue=self._queue)
+        return Receipt(order_id=order.order_id, priority=priority, queue=queue)

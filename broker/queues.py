@@ -18,18 +18,13 @@ class QueueStats:
     consumers: int | None
 
 
-def queue_names(topology: Topology) -> list[str]:
-    """Work queue first, then the delay queues in order, then the dead-letter queue."""
-    return [topology.work.name, *(spec.name for spec in topology.retries), topology.dead_letter.name]
-
-
 async def queue_stats(connection: AbstractRobustConnection, topology: Topology) -> list[QueueStats]:
     """Passive declares on a short-lived channel of their own: a missing queue makes the broker close the
     channel it was asked on, which must not be the one that publishes or consumes."""
     stats = []
     channel: AbstractChannel = await connection.channel(publisher_confirms=False)
     try:
-        for name in queue_names(topology):
+        for name in (spec.name for spec in topology.queues):
             try:
                 declared = await channel.declare_queue(name, passive=True)
             except aiormq.exceptions.ChannelNotFoundEntity:

@@ -2,13 +2,54 @@
 
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass
 from typing import Annotated, Literal
 
-from pydantic import AmqpDsn, Field, SecretStr, field_validator
+from pydantic import AfterValidator, AmqpDsn, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 QueueName = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9._:-]+$")]
 OPEN_PATHS = ("/healthz", "/readyz", "/metrics", "/queues", "/openapi.json")
+
+
+@dataclass(frozen=True, slots=True)
+class LaneConfig:
+    """One lane of ORDERLANE_LANES, `name:first-last[:prefetch]`, for example `high:0-2:10`."""
+
+    name: str
+    first: int
+    last: int
+    prefetch: int | None
+
+    @classmethod
+    def parse(cls, text: str) -> LaneConfig:
+        match = _LANE.fullmatch(text.strip())
+        if match is None:
+            raise ValueError(f"lane {text!r} is not name:first-last[:prefetch], for example high:0-2:10")
+        name, first, last, prefetch = match.groups()
+        return cls(name, int(first), int(last), int(prefetch) if prefetch else None)
+
+
+_LANE = re.compile(r"([A-Za-z0-9_-]+):([0-9])-([0-9])(?::([1-9][0-9]{0,4}))?")
+
+
+def check_lanes(lanes: tuple[LaneConfig, ...]) -> tuple[LaneConfig, ...]:
+    """Lanes must cover the priorities 0..9 once each, in order, with distinct names."""
+    if not lanes:
+        return lanes
+    expected_first = 0
+    for lane in lanes:
+        if lane.first != expected_first or lane.last < lane.first:
+            raise ValueError(
+                "lanes must cover the priorities 0..9 in order, each once: for example high:0-2,default:3-9"
+            )
+        expected_first = lane.last + 1
+    if expected_first != 10:
+        raise ValueError("lanes must cover the priorities up to 9")
+    if len({lane.name for lane in lanes}) != len(lanes):
+        raise ValueError("lane names must differ")
+    return lanes
 
 
 class Settings(BaseSettings):
@@ -22,6 +63,7 @@ class Settings(BaseSettings):
     max_priority: Annotated[int, Field(ge=1, le=255)] = 10
     prefetch: Annotated[int, Field(ge=1, le=65535)] = 32
     vip_priority: Annotated[int, Field(ge=0, le=9)] = 0
+    lanes: Annotated[tuple[LaneConfig, ...], NoDecode, AfterValidator(check_lanes)] = ()
 
     max_body_bytes: Annotated[int, Field(ge=1024)] = 64 * 1024
     publish_timeout: Annotated[float, Field(gt=0)] = 5.0
@@ -52,6 +94,15 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return tuple(item.strip() for item in value.split(",") if item.strip())
         return value
+
+    @field_validator("lanes", mode="before")
+    @classmethod
+    def _parse_lanes(cls, value: object) -> object:
+        """`ORDERLANE_LANES=high:0-2:10,default:3-9`, or a sequence of such strings or of LaneConfig."""
+        items = cls._comma_separated(value)
+        if isinstance(items, tuple | list):
+            return tuple(LaneConfig.parse(item) if isinstance(item, str) else item for item in items)
+        return items
 
     @property
     def dead_letter_queue(self) -> str:

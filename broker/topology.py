@@ -10,7 +10,7 @@ from aio_pika.abc import AbstractQueue, AbstractRobustChannel
 from pamqp.common import FieldTable
 
 from broker.errors import ConfigurationError, TopologyConflict
-from broker.settings import Settings
+from broker.settings import LaneConfig, Settings
 
 DEFAULT_EXCHANGE = ""
 
@@ -22,14 +22,37 @@ class QueueSpec:
 
 
 @dataclass(frozen=True, slots=True)
-class Topology:
+class Lane:
+    """A work queue of its own for a range of effective priorities, with its own delay queues and prefetch."""
+
+    name: str
+    priorities: range
+    """The effective priorities (0 most urgent) whose orders go to this lane."""
+    prefetch: int | None
+    """Unacked messages per consumer on this lane; None: ORDERLANE_PREFETCH (or --prefetch)."""
     work: QueueSpec
-    dead_letter: QueueSpec
     retries: tuple[QueueSpec, ...]
     """`retries[n - 1]` holds the messages whose attempt n failed, until their per-message TTL sends them back."""
 
     def retry_queue(self, failed_attempt: int) -> QueueSpec:
         return self.retries[failed_attempt - 1]
+
+
+@dataclass(frozen=True, slots=True)
+class Topology:
+    lanes: tuple[Lane, ...]
+    dead_letter: QueueSpec
+
+    def lane_for(self, effective_priority: int) -> Lane:
+        for lane in self.lanes:
+            if effective_priority in lane.priorities:
+                return lane
+        raise ValueError(f"no lane takes priority {effective_priority}")
+
+    @property
+    def queues(self) -> tuple[QueueSpec, ...]:
+        """Every queue, in the order an operator reads them: each lane's work queue and delay queues, then the DLQ."""
+        return (*(spec for lane in self.lanes for spec in (lane.work, *lane.retries)), self.dead_letter)
 
 
 def retry_queue_name(queue: str, failed_attempt: int) -> str:
@@ -60,34 +83,41 @@ def check_queue_type(settings: Settings, server_version: str) -> None:
 
 
 def build_topology(settings: Settings) -> Topology:
-    """The durable priority work queue (dead-lettering into `<queue>.dlq`), that dead-letter queue, and one
-    delay queue per retry step, each dead-lettering expired messages back into the work queue.
+    """Per lane, a durable priority work queue (dead-lettering into `<queue>.dlq`) and one delay queue per retry
+    step, each dead-lettering expired messages back into that lane's work queue; and the shared dead-letter queue.
 
-    One queue per step because a per-message TTL only expires at the head of a queue: messages of one step
-    have about the same delay, so none waits long behind another.
+    Without ORDERLANE_LANES there is one lane, whose work queue is ORDERLANE_QUEUE itself. One delay queue per step,
+    because a per-message TTL only expires at the head of a queue: messages of one step have about the same delay,
+    so none waits long behind another.
     """
     typed = queue_type_arguments(settings)
     priorities: FieldTable = {} if settings.queue_type == "quorum" else {"x-max-priority": settings.max_priority}
     dead_letter = QueueSpec(name=settings.dead_letter_queue, arguments=typed)
-    work = QueueSpec(
-        name=settings.queue,
-        arguments={
-            **typed,
-            **priorities,
-            "x-dead-letter-exchange": DEFAULT_EXCHANGE,
-            "x-dead-letter-routing-key": dead_letter.name,
-        },
-    )
-    back_to_work: FieldTable = {
-        **typed,
+    to_dead_letters: FieldTable = {
         "x-dead-letter-exchange": DEFAULT_EXCHANGE,
-        "x-dead-letter-routing-key": work.name,
+        "x-dead-letter-routing-key": dead_letter.name,
     }
-    retries = tuple(
-        QueueSpec(name=retry_queue_name(settings.queue, attempt), arguments=back_to_work)
-        for attempt in range(1, settings.max_attempts)
-    )
-    return Topology(work=work, dead_letter=dead_letter, retries=retries)
+    lanes = []
+    for config in settings.lanes or (LaneConfig(name="", first=0, last=9, prefetch=None),):
+        queue = f"{settings.queue}.{config.name}" if config.name else settings.queue
+        back_to_work: FieldTable = {
+            **typed,
+            "x-dead-letter-exchange": DEFAULT_EXCHANGE,
+            "x-dead-letter-routing-key": queue,
+        }
+        lanes.append(
+            Lane(
+                name=config.name or "default",
+                priorities=range(config.first, config.last + 1),
+                prefetch=config.prefetch,
+                work=QueueSpec(name=queue, arguments={**typed, **priorities, **to_dead_letters}),
+                retries=tuple(
+                    QueueSpec(name=retry_queue_name(queue, attempt), arguments=back_to_work)
+                    for attempt in range(1, settings.max_attempts)
+                ),
+            )
+        )
+    return Topology(lanes=tuple(lanes), dead_letter=dead_letter)
 
 
 _INEQUIVALENT_ARG = re.compile(r"inequivalent arg '[^']+'")
@@ -103,9 +133,7 @@ async def declare_queue(channel: AbstractRobustChannel, spec: QueueSpec) -> Abst
         raise TopologyConflict(spec.name, reason[match.start() :] if match else reason) from exc
 
 
-async def declare_topology(channel: AbstractRobustChannel, topology: Topology) -> AbstractQueue:
-    """Declare every queue (idempotent) and return the work queue; the robust channel re-declares on reconnect."""
-    await declare_queue(channel, topology.dead_letter)
-    for retry in topology.retries:
-        await declare_queue(channel, retry)
-    return await declare_queue(channel, topology.work)
+async def declare_topology(channel: AbstractRobustChannel, topology: Topology) -> None:
+    """Declare every queue (idempotent); the robust channel declares them again after a reconnect."""
+    for spec in topology.queues:
+        await declare_queue(channel, spec)

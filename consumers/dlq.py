@@ -55,14 +55,15 @@ async def peek_dead_letters(broker: Broker, settings: Settings, limit: int) -> t
 
 
 async def replay_dead_letters(broker: Broker, settings: Settings, limit: int) -> list[str]:
-    """Move up to `limit` dead letters back to the work queue (same priority, attempt count reset), each acked
-    in the dead-letter queue only after the broker confirmed its copy in the work queue."""
+    """Move up to `limit` dead letters back to the work queue of their priority's lane (same priority, attempt
+    count reset), each acked in the dead-letter queue only after the broker confirmed its copy there."""
     queue = await broker.channel.get_queue(settings.dead_letter_queue)
     replayed: list[str] = []
     while len(replayed) < limit and (message := await queue.get(fail=False)) is not None:
+        lane = broker.topology.lane_for(int_header(message, PRIORITY_HEADER, settings.vip_priority))
         try:
             await publish_confirmed(
-                broker.channel, replay_message(message), queue=settings.queue, confirm_within=settings.publish_timeout
+                broker.channel, replay_message(message), queue=lane.work.name, confirm_within=settings.publish_timeout
             )
         except PublishError:
             await message.nack(requeue=True)

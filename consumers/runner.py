@@ -27,7 +27,7 @@ from collections.abc import Awaitable
 from contextlib import AsyncExitStack
 
 import aio_pika
-from aio_pika.abc import AbstractIncomingMessage, ConsumerTag
+from aio_pika.abc import AbstractIncomingMessage, AbstractQueue, AbstractRobustChannel, ConsumerTag
 from prometheus_client import start_http_server
 
 from broker.connection import BROKER_ERRORS, Broker, open_broker
@@ -35,6 +35,7 @@ from broker.errors import InvalidMessage, PermanentFailure, PublishError
 from broker.messages import Order
 from broker.publisher import ATTEMPT_HEADER, PRIORITY_HEADER, publish_confirmed
 from broker.settings import Settings
+from broker.topology import Lane, declare_queue
 from consumers.deadlines import Deadlines
 from consumers.delivery import (
     Delivery,
@@ -55,14 +56,25 @@ REQUEUE_PAUSE_SECONDS = 1.0
 
 
 class Consumer:
-    """Consumes one queue; every delivery runs in its own task, so `prefetch` is also the handler concurrency."""
+    """Consumes one lane's work queue on a channel of its own, whose QoS is the lane's prefetch. Every delivery
+    runs in its own task, so the prefetch is also the handler concurrency."""
 
     def __init__(
-        self, broker: Broker, handler: Handler, settings: Settings, metrics: ConsumerMetrics | None = None
+        self,
+        broker: Broker,
+        handler: Handler,
+        settings: Settings,
+        *,
+        lane: Lane,
+        prefetch: int,
+        metrics: ConsumerMetrics | None = None,
     ) -> None:
         self._broker = broker
+        self.lane = lane
+        self.prefetch = prefetch
         self.metrics = metrics or ConsumerMetrics()
-        self._queue = broker.work_queue
+        self._channel: AbstractRobustChannel | None = None
+        self._queue: AbstractQueue | None = None
         self._handler = handler
         self._settings = settings
         self._retry_policy = RetryPolicy.from_settings(settings)
@@ -79,16 +91,20 @@ class Consumer:
         return len(self._in_flight)
 
     async def start(self) -> None:
-        if self._tag is not None:
+        if self._channel is not None:
             raise RuntimeError("consumer already started")
+        self._channel = await self._broker.connection.channel(publisher_confirms=False)
+        await self._channel.set_qos(prefetch_count=self.prefetch)
+        # Declared (not just looked up) on this channel, so that the robust channel restores the consumer too.
+        self._queue = await declare_queue(self._channel, self.lane.work)
         self._deadlines.start()
         self._tag = await self._queue.consume(self._on_message)
-        logger.info("consuming queue %r", self._queue.name)
+        logger.info("consuming queue %r, prefetch %d", self._queue.name, self.prefetch)
 
     async def stop(self, grace_seconds: float) -> None:
         """Stop taking messages, let in-flight handlers finish and settle for up to `grace_seconds` (or until
         `force()`), then cancel the rest: unacked, so the broker redelivers them."""
-        if self._tag is not None:
+        if self._tag is not None and self._queue is not None:
             try:
                 await self._queue.cancel(self._tag)
             except BROKER_ERRORS as exc:
@@ -108,6 +124,8 @@ class Consumer:
             logger.warning("cancelling %d handlers still running", self.in_flight)
             await self._abort()
         await self._deadlines.close()
+        if self._channel is not None:
+            await self._channel.close()  # anything still unacked goes back to the queue now
 
     def force(self) -> None:
         """Make a pending or later `stop()` cancel in-flight handlers at once."""
@@ -192,7 +210,7 @@ class Consumer:
     async def _retry(self, message: AbstractIncomingMessage, failed_attempt: int) -> None:
         delay = self._retry_policy.delay_seconds(failed_attempt, self._rng)
         copy = retry_message(message, next_attempt=failed_attempt + 1, delay_seconds=delay)
-        await self._move(message, copy, self._broker.topology.retry_queue(failed_attempt).name)
+        await self._move(message, copy, self.lane.retry_queue(failed_attempt).name)
 
     async def _dead_letter(self, message: AbstractIncomingMessage, error: BaseException, attempts: int) -> None:
         reason = str(error) or repr(error)
@@ -238,36 +256,49 @@ def _fields(delivery: Delivery) -> dict[str, object]:
     return log_fields(delivery.order_id, delivery.priority, delivery.attempt)
 
 
+def lane_consumers(
+    broker: Broker, handler: Handler, settings: Settings, *, prefetch: int, metrics: ConsumerMetrics
+) -> list[Consumer]:
+    """One consumer per lane, each at the lane's prefetch or else at `prefetch`, all counting into `metrics`."""
+    return [
+        Consumer(broker, handler, settings, lane=lane, prefetch=lane.prefetch or prefetch, metrics=metrics)
+        for lane in broker.topology.lanes
+    ]
+
+
 async def consume_until_stopped(
     settings: Settings, handler: Handler, *, prefetch: int, metrics_port: int | None = None
 ) -> None:
-    """Run one consumer until SIGTERM or SIGINT; a second signal cancels in-flight handlers at once.
+    """Run one consumer per lane until SIGTERM or SIGINT; a second signal cancels in-flight handlers at once.
 
-    With `metrics_port`, Prometheus metrics are served on it (any path), queue depths included.
+    `prefetch` applies to the lanes that do not set their own. With `metrics_port`, Prometheus metrics are
+    served on it (any path), queue depths included.
     """
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
+    metrics = ConsumerMetrics()
     async with open_broker(settings) as broker, AsyncExitStack() as cleanup:
-        await broker.channel.set_qos(prefetch_count=prefetch)
-        consumer = Consumer(broker, handler, settings)
+        consumers = lane_consumers(broker, handler, settings, prefetch=prefetch, metrics=metrics)
         if metrics_port is not None:
-            server, _ = start_http_server(metrics_port, registry=consumer.metrics.registry)
+            server, _ = start_http_server(metrics_port, registry=metrics.registry)
             cleanup.callback(server.shutdown)
-            polling = asyncio.create_task(consumer.metrics.poll_queues(broker, settings.queue_poll_seconds))
+            polling = asyncio.create_task(metrics.poll_queues(broker, settings.queue_poll_seconds))
             cleanup.callback(polling.cancel)
             logger.info("metrics on port %d", metrics_port)
 
         def on_signal() -> None:
             if stop.is_set():
-                logger.warning("second signal: not waiting for %d in-flight handlers", consumer.in_flight)
-                consumer.force()
+                logger.warning("second signal: not waiting for in-flight handlers")
+                for consumer in consumers:
+                    consumer.force()
             stop.set()
 
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, on_signal)
             cleanup.callback(loop.remove_signal_handler, signum)
-        await consumer.start()
-        logger.info("consumer ready, prefetch %d", prefetch)
+        for consumer in consumers:
+            await consumer.start()
+        logger.info("consumer ready")
         await stop.wait()
-        await consumer.stop(settings.shutdown_timeout)
+        await asyncio.gather(*(consumer.stop(settings.shutdown_timeout) for consumer in consumers))
     logger.info("consumer stopped")

@@ -67,8 +67,7 @@ async def delete_queues(*names: str) -> None:
 
 async def delete_topology(settings: Settings) -> None:
     """Delete every queue orderlane declares for `settings`: work, dead-letter and retry queues."""
-    topology = build_topology(settings)
-    await delete_queues(*(spec.name for spec in (topology.work, topology.dead_letter, *topology.retries)))
+    await delete_queues(*(spec.name for spec in build_topology(settings).queues))
 
 
 async def wait_until(predicate: Callable[[], Awaitable[bool]], *, within: float = 30.0, what: str) -> None:

@@ -21,8 +21,7 @@ def order_message(order_id: str, **properties: object) -> aio_pika.Message:
 
 
 async def start_consumer(broker: Broker, handler: Handler, settings: Settings) -> Consumer:
-    await broker.channel.set_qos(prefetch_count=1)
-    consumer = Consumer(broker, handler, settings)
+    consumer = Consumer(broker, handler, settings, lane=broker.topology.lanes[0], prefetch=1)
     await consumer.start()
     return consumer
 

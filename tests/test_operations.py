@@ -97,10 +97,11 @@ async def test_consumer_serves_metrics_with_queue_depths(settings: Settings, bro
         async with httpx.AsyncClient() as client, asyncio.timeout(30):
             while True:
                 scrape = samples((await client.get(f"http://127.0.0.1:{port}/metrics")).text)
-                if value(scrape, "orderlane_queue_messages", queue=settings.dead_letter_queue) == 3:
+                depth = value(scrape, "orderlane_queue_messages", queue=settings.dead_letter_queue)
+                consumers = value(scrape, "orderlane_queue_consumers", queue=settings.queue)
+                if (depth, consumers) == (3, 1):
                     break
                 await asyncio.sleep(0.1)
-        assert value(scrape, "orderlane_queue_consumers", queue=settings.queue) == 1
     finally:
         consumer.terminate()
         await consumer.wait()
@@ -165,12 +166,12 @@ async def test_openapi_document_validates_and_describes_the_order(settings: Sett
 
 def test_queue_type_arguments_classic_and_quorum() -> None:
     classic = build_topology(Settings(queue="q", queue_type="classic", max_priority=7))
-    assert classic.work.arguments["x-max-priority"] == 7
-    assert "x-queue-type" not in classic.work.arguments
+    assert classic.lanes[0].work.arguments["x-max-priority"] == 7
+    assert "x-queue-type" not in classic.lanes[0].work.arguments
     quorum = build_topology(Settings(queue="q", queue_type="quorum"))
-    assert quorum.work.arguments["x-queue-type"] == "quorum"
-    assert "x-max-priority" not in quorum.work.arguments
-    assert {spec.arguments["x-queue-type"] for spec in (quorum.dead_letter, *quorum.retries)} == {"quorum"}
+    assert quorum.lanes[0].work.arguments["x-queue-type"] == "quorum"
+    assert "x-max-priority" not in quorum.lanes[0].work.arguments
+    assert {spec.arguments["x-queue-type"] for spec in (quorum.dead_letter, *quorum.lanes[0].retries)} == {"quorum"}
 
 
 def test_quorum_needs_rabbitmq_4() -> None:

@@ -6,6 +6,7 @@ import asyncio
 import random
 
 from api.app import create_app
+from bench.priority import measure_priority
 from broker.connection import Broker, open_broker
 from broker.messages import Order
 from broker.publisher import OrderPublisher
@@ -59,3 +60,14 @@ async def test_consumer_processes_by_effective_priority_fifo_within_a_level_exac
     by_priority = sorted(orders, key=lambda o: 0 if o.user_type == "vip" else o.priority)  # stable: FIFO per level
     assert processed == [o.order_id for o in by_priority]
     assert await queue_depth(settings.queue) == 0  # every one acked
+
+
+async def test_lanes_give_urgent_orders_capacity_of_their_own(settings: Settings) -> None:
+    """The default lane is saturated by slow handlers; a VIP order in the high lane does not wait its turn."""
+    result = await measure_priority(
+        "orderlane", prefetch=4, handler_ms=50, backlog=300, vips=3, vip_interval=0.1, lanes="high:0-2:2,default:3-9"
+    )
+    assert result.met_backlog == 3
+    assert result.overtaken_max <= 2, "at most the regular orders already being started may go first"
+    single = await measure_priority("orderlane", prefetch=4, handler_ms=50, backlog=300, vips=3, vip_interval=0.1)
+    assert single.overtaken_mean >= result.overtaken_mean

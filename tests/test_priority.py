@@ -1,9 +1,12 @@
 from __future__ import annotations
 
 import pytest
+from pydantic import ValidationError
 
 from broker.messages import Order
 from broker.priority import Priority, broker_priority, effective_priority, prioritize
+from broker.settings import LaneConfig, Settings
+from broker.topology import build_topology
 
 
 def order(priority: int, user_type: str = "regular") -> Order:
@@ -49,3 +52,25 @@ def test_effective_priority(priority: int, user_type: str, vip_priority: int, ex
 def test_prioritize_combines_the_vip_boost_and_the_broker_mapping() -> None:
     assert prioritize(order(7, "vip"), vip_priority=0, max_priority=10) == Priority(effective=0, broker=10)
     assert prioritize(order(7), vip_priority=0, max_priority=10) == Priority(effective=7, broker=2)
+
+
+def test_lanes_parse_and_cover_every_priority_once() -> None:
+    settings = Settings(lanes="high:0-2:10, default:3-9")
+    assert settings.lanes == (LaneConfig("high", 0, 2, 10), LaneConfig("default", 3, 9, None))
+    topology = build_topology(settings.model_copy(update={"queue": "shop"}))
+    assert [lane.work.name for lane in topology.lanes] == ["shop.high", "shop.default"]
+    assert [topology.lane_for(p).name for p in range(10)] == ["high"] * 3 + ["default"] * 7
+    assert topology.lanes[0].retry_queue(1).arguments["x-dead-letter-routing-key"] == "shop.high"
+    assert {lane.work.arguments["x-dead-letter-routing-key"] for lane in topology.lanes} == {"shop.dlq"}
+    assert topology.queues[-1].name == "shop.dlq"
+
+
+@pytest.mark.parametrize("lanes", ["high:0-2", "high:0-2,default:4-9", "a:0-9,b:0-9", "high:0-2,high:3-9", "x:0-9:0"])
+def test_lanes_that_miss_or_repeat_priorities_are_refused(lanes: str) -> None:
+    with pytest.raises(ValidationError):
+        Settings(lanes=lanes)
+
+
+def test_without_lanes_the_queue_is_the_single_lane() -> None:
+    [lane] = build_topology(Settings(queue="shop")).lanes
+    assert (lane.work.name, lane.priorities, lane.prefetch) == ("shop", range(10), None)

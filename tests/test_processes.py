@@ -48,7 +48,7 @@ async def test_sigterm_mid_batch_finishes_in_flight_orders_and_loses_none(settin
 
 
 async def test_topology_conflict_is_one_line_naming_queue_and_argument(settings: Settings) -> None:
-    arguments = {**build_topology(settings).work.arguments, "x-max-priority": 5}
+    arguments = {**build_topology(settings).lanes[0].work.arguments, "x-max-priority": 5}
     async with operator_channel() as channel:
         await channel.declare_queue(settings.queue, durable=True, arguments=arguments)
     for module in ("consumers", "api"):

@@ -11,7 +11,8 @@ from api.app import create_app
 from broker.connection import Broker
 from broker.errors import PublishError
 from broker.messages import Order
-from broker.publisher import PRIORITY_HEADER, OrderPublisher
+from broker.priority import Priority
+from broker.publisher import PRIORITY_HEADER, OrderPublisher, build_message, publish_confirmed
 from broker.settings import Settings
 from tests.amqp import delete_queues, drain, operator_channel, queue_depth
 from tests.http import app_client
@@ -71,9 +72,9 @@ async def test_nacked_order_raises_publish_error(settings: Settings, broker: Bro
     async with operator_channel() as channel:
         await channel.declare_queue(full, arguments={"x-max-length": 0, "x-overflow": "reject-publish"})
     try:
-        publisher = OrderPublisher(broker, settings.model_copy(update={"queue": full}))
+        message = build_message(Order.model_validate(ORDER), Priority(effective=5, broker=4))
         with pytest.raises(PublishError):
-            await publisher.publish(Order.model_validate(ORDER))
+            await publish_confirmed(broker.channel, message, queue=full, confirm_within=5)
     finally:
         await delete_queues(full)
 

@@ -1,5 +1,5 @@
 """`python -m bench SCENARIO [--quick]`: run a benchmark beside raw aio-pika, print its table, and write its JSON
-and PNG to bench/results/. SCENARIO is intake, drain, priority or all."""
+and PNG to bench/results/. SCENARIO is intake, drain, priority, endtoend or all."""
 
 from __future__ import annotations
 
@@ -14,9 +14,11 @@ from typing import Any
 from tqdm import tqdm
 
 from bench.drain import DrainResult, measure_drain
+from bench.endtoend import EndToEndResult, measure_end_to_end
 from bench.intake import IntakeResult, measure_intake
 from bench.priority import PriorityResult, measure_priority
-from bench.report import plot_drain, plot_intake, plot_priority, save_json
+from bench.report import plot_drain, plot_end_to_end, plot_intake, plot_priority, save_json
+from broker.settings import Prefetch
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +33,8 @@ class Plan:
     priority_backlog: int
     priority_vips: int
     vip_interval: float
+    end_to_end_rate: float
+    end_to_end_seconds: float
 
 
 FULL = Plan(
@@ -44,6 +48,8 @@ FULL = Plan(
     priority_backlog=10_000,
     priority_vips=20,
     vip_interval=0.1,
+    end_to_end_rate=500,
+    end_to_end_seconds=8,
 )
 QUICK = Plan(
     intake_clients=(1, 32),
@@ -56,14 +62,17 @@ QUICK = Plan(
     priority_backlog=3_000,
     priority_vips=10,
     vip_interval=0.05,
+    end_to_end_rate=400,
+    end_to_end_seconds=3,
 )
 
 
 def table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
-    lines = [" ".join(f"{name:>10}" for name in header)]
-    for row in rows:
-        lines.append(" ".join(f"{cell:>10,.1f}" if isinstance(cell, float) else f"{cell!s:>10}" for cell in row))
-    return "\n".join(lines)
+    cells = [list(header)] + [
+        [f"{cell:,.1f}" if isinstance(cell, float) else str(cell) for cell in row] for row in rows
+    ]
+    widths = [max(len(row[column]) for row in cells) for column in range(len(header))]
+    return "\n".join(" ".join(cell.rjust(width) for cell, width in zip(row, widths, strict=True)) for row in cells)
 
 
 async def intake(plan: Plan, progress: tqdm[Any]) -> list[IntakeResult]:
@@ -82,18 +91,44 @@ async def drain(plan: Plan, progress: tqdm[Any]) -> list[DrainResult]:
     return results
 
 
+LANES = "high:0-2:10,default:3-9"
+PRIORITY_VARIANTS: tuple[tuple[str, str], ...] = (("orderlane", ""), ("orderlane", LANES), ("raw", ""))
+
+
 async def priority(plan: Plan, progress: tqdm[Any]) -> list[PriorityResult]:
+    """Every prefetch for a single queue, for lanes and for raw aio-pika; then the automatic prefetch."""
     results = []
     for handler_ms in plan.priority_handler_ms:
-        for prefetch in plan.priority_prefetch:
-            for consumer in ("orderlane", "raw"):
-                results.append(
-                    await measure_priority(
-                        consumer, prefetch, handler_ms, plan.priority_backlog, plan.priority_vips, plan.vip_interval
-                    )
+        runs: list[tuple[str, Prefetch, str]] = [
+            (consumer, prefetch, lanes) for prefetch in plan.priority_prefetch for consumer, lanes in PRIORITY_VARIANTS
+        ]
+        runs.append(("orderlane", "auto", ""))
+        for consumer, prefetch, lanes in runs:
+            results.append(
+                await measure_priority(
+                    consumer,
+                    prefetch,
+                    handler_ms,
+                    plan.priority_backlog,
+                    plan.priority_vips,
+                    plan.vip_interval,
+                    lanes=lanes,
                 )
-                progress.update()
+            )
+            progress.update()
     return results
+
+
+async def end_to_end(plan: Plan, progress: tqdm[Any]) -> list[EndToEndResult]:
+    """Posted faster than one consumer with a 20 ms handler and prefetch 8 can take: a backlog builds."""
+    result = await measure_end_to_end(plan.end_to_end_rate, plan.end_to_end_seconds, 20, 8, port=8766)
+    progress.update()
+    return [result]
+
+
+def show_end_to_end(results: list[EndToEndResult]) -> str:
+    header = ("priority", "orders", "p50 ms", "p99 ms", "max ms")
+    return table(header, [(x.priority, x.orders, x.p50_ms, x.p99_ms, x.max_ms) for x in results[0].levels])
 
 
 def show_intake(results: list[IntakeResult]) -> str:
@@ -150,8 +185,12 @@ SCENARIOS = {
     "intake": Scenario(intake, lambda p: len(p.intake_clients), show_intake, plot_intake),
     "drain": Scenario(drain, lambda p: len(p.drain_prefetch), show_drain, plot_drain),
     "priority": Scenario(
-        priority, lambda p: 2 * len(p.priority_prefetch) * len(p.priority_handler_ms), show_priority, plot_priority
+        priority,
+        lambda p: (len(PRIORITY_VARIANTS) * len(p.priority_prefetch) + 1) * len(p.priority_handler_ms),
+        show_priority,
+        plot_priority,
     ),
+    "endtoend": Scenario(end_to_end, lambda p: 1, show_end_to_end, plot_end_to_end),
 }
 
 

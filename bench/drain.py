@@ -61,6 +61,7 @@ async def raw_drain(settings: Settings, count: int) -> float:
     connection = await aio_pika.connect(str(settings.amqp_url))
     async with connection:
         channel = await connection.channel()
+        assert isinstance(settings.prefetch, int), "raw aio-pika has no automatic prefetch"
         await channel.set_qos(prefetch_count=settings.prefetch)
         queue = await channel.get_queue(settings.queue)
         handled = 0

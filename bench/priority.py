@@ -22,7 +22,7 @@ from aio_pika.abc import AbstractIncomingMessage
 from bench.workload import addressed, bench_channel, bench_settings, delete_queues, fill, orders
 from broker.connection import open_broker
 from broker.messages import Order
-from broker.settings import Settings
+from broker.settings import Prefetch, Settings
 from consumers.metrics import ConsumerMetrics
 from consumers.runner import lane_consumers
 
@@ -51,7 +51,7 @@ class Timeline:
 @dataclass(frozen=True, slots=True)
 class PriorityResult:
     consumer: str
-    prefetch: int
+    prefetch: Prefetch
     handler_ms: float
     backlog: int
     vips: int
@@ -64,7 +64,7 @@ class PriorityResult:
     regular_per_second: float
 
 
-def summarize(consumer: str, prefetch: int, handler_ms: float, backlog: int, timeline: Timeline) -> PriorityResult:
+def summarize(consumer: str, prefetch: Prefetch, handler_ms: float, backlog: int, timeline: Timeline) -> PriorityResult:
     position = {order_id: index for index, (order_id, _) in enumerate(timeline.started)}
     start_time = dict(timeline.started)
     waits, overtaken = [], []
@@ -131,6 +131,7 @@ async def raw_consumer(settings: Settings, timeline: Timeline, handler_seconds: 
     connection = await aio_pika.connect(str(settings.amqp_url))
     async with connection:
         channel = await connection.channel()
+        assert isinstance(settings.prefetch, int), "raw aio-pika has no automatic prefetch"
         await channel.set_qos(prefetch_count=settings.prefetch)
         queue = await channel.get_queue(settings.queue)
 
@@ -149,7 +150,7 @@ CONSUMERS: dict[str, RunConsumer] = {"orderlane": orderlane_consumer, "raw": raw
 
 async def measure_priority(
     consumer: str,
-    prefetch: int,
+    prefetch: Prefetch,
     handler_ms: float,
     backlog: int,
     vips: int,

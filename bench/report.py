@@ -17,6 +17,7 @@ matplotlib.use("Agg")  # files only, no screen
 import matplotlib.pyplot as plt
 
 from bench.drain import DrainResult
+from bench.endtoend import EndToEndResult
 from bench.intake import IntakeResult
 from bench.priority import PriorityResult
 
@@ -72,17 +73,39 @@ def plot_priority(results: Sequence[PriorityResult]) -> Path:
     figure, axes = plt.subplots(2, len(handlers), figsize=(5 * len(handlers), 7), squeeze=False)
     for column, handler_ms in enumerate(handlers):
         wait, rate = axes[0][column], axes[1][column]
-        for consumer, style in (("orderlane", "o-"), ("raw", "s--")):
-            rows = [r for r in results if r.handler_ms == handler_ms and r.consumer == consumer]
+        for consumer, style in (("orderlane", "o-"), ("orderlane+lanes", "^-"), ("raw", "s--")):
+            rows = [
+                r for r in results if r.handler_ms == handler_ms and r.consumer == consumer and r.prefetch != "auto"
+            ]
             prefetch = [r.prefetch for r in rows]
             wait.plot(prefetch, [r.wait_p50_ms for r in rows], style, label=f"{consumer} p50")
-            wait.plot(prefetch, [r.wait_max_ms for r in rows], style, alpha=0.5, label=f"{consumer} max")
+            wait.plot(prefetch, [r.wait_max_ms for r in rows], style, alpha=0.4, label=f"{consumer} max")
             rate.plot(prefetch, [r.regular_per_second for r in rows], style, label=consumer)
+        for auto in (r for r in results if r.handler_ms == handler_ms and r.prefetch == "auto"):
+            wait.axhline(auto.wait_p50_ms, color="black", linestyle=":", label="auto prefetch p50")
+            rate.axhline(auto.regular_per_second, color="black", linestyle=":", label="auto prefetch")
         wait.set(
             xscale="log", yscale="log", xlabel="prefetch", ylabel="VIP wait, ms", title=f"{handler_ms:g} ms handler"
         )
         rate.set(xscale="log", xlabel="prefetch", ylabel="regular orders / s")
     return _finish(figure, [axis for row in axes for axis in row], "priority")
+
+
+def plot_end_to_end(results: Sequence[EndToEndResult]) -> Path:
+    figure, axis = plt.subplots(figsize=(8, 4.5))
+    for result in results:
+        levels = [level.priority for level in result.levels]
+        axis.plot(levels, [level.p50_ms for level in result.levels], "o-", label="p50")
+        axis.plot(levels, [level.p99_ms for level in result.levels], "s--", label="p99")
+        axis.plot(levels, [level.max_ms for level in result.levels], "^:", label="max")
+        title = (
+            f"HTTP post to handler start, {result.rate:g} orders/s posted for {result.seconds:g} s, "
+            f"{result.handler_ms:g} ms handler, prefetch {result.prefetch}"
+        )
+        axis.set(yscale="log", xlabel="effective priority (0 = most urgent)", ylabel="ms", title=title)
+        axis.set_xticks(levels)
+    axis.title.set_fontsize("small")
+    return _finish(figure, [axis], "endtoend")
 
 
 def _finish(figure: Any, axes: Sequence[Any], scenario: str) -> Path:

@@ -52,6 +52,10 @@ def check_lanes(lanes: tuple[LaneConfig, ...]) -> tuple[LaneConfig, ...]:
     return lanes
 
 
+Prefetch = int | Literal["auto"]
+"""Unacked messages per consumer, or "auto": adapted while running (consumers/autoprefetch.py)."""
+
+
 class Settings(BaseSettings):
     """Every knob of orderlane; the README's configuration table lists the same fields."""
 
@@ -61,7 +65,7 @@ class Settings(BaseSettings):
     amqp_failover_urls: Annotated[tuple[AmqpDsn, ...], NoDecode] = ()
     queue: QueueName = "orders"
     max_priority: Annotated[int, Field(ge=1, le=255)] = 10
-    prefetch: Annotated[int, Field(ge=1, le=65535)] = 32
+    prefetch: Annotated[int, Field(ge=1, le=65535)] | Literal["auto"] = 32
     vip_priority: Annotated[int, Field(ge=0, le=9)] = 0
     lanes: Annotated[tuple[LaneConfig, ...], NoDecode, AfterValidator(check_lanes)] = ()
 

@@ -10,7 +10,7 @@ import argparse
 from broker.cli import port_number, run_main
 from broker.connection import open_broker
 from broker.queues import queue_stats
-from broker.settings import Settings
+from broker.settings import Prefetch, Settings
 from consumers.delivery import Handler
 from consumers.dlq import peek_dead_letters, replay_dead_letters
 from consumers.handlers import OrderProcessor, load_handler
@@ -51,6 +51,10 @@ async def replay(settings: Settings, limit: int) -> None:
 MAX_PREFETCH = 65535  # basic.qos carries prefetch_count in 16 bits
 
 
+def prefetch_value(text: str) -> Prefetch:
+    return "auto" if text == "auto" else positive(text)
+
+
 def positive(text: str) -> int:
     value = int(text)
     if not 1 <= value <= MAX_PREFETCH:
@@ -61,7 +65,9 @@ def positive(text: str) -> int:
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m consumers", description="run one orderlane consumer")
     parser.add_argument("--handler", help="async handler as module:callable (default: the built-in order processor)")
-    parser.add_argument("--prefetch", type=positive, help="unacked messages in flight (default: ORDERLANE_PREFETCH)")
+    parser.add_argument(
+        "--prefetch", type=prefetch_value, help="unacked messages in flight, or auto (default: ORDERLANE_PREFETCH)"
+    )
     parser.add_argument(
         "--metrics-port", type=port_number, help="serve Prometheus metrics here (default: ORDERLANE_METRICS_PORT)"
     )

@@ -34,8 +34,9 @@ from broker.connection import BROKER_ERRORS, Broker, open_broker
 from broker.errors import InvalidMessage, PermanentFailure, PublishError
 from broker.messages import Order
 from broker.publisher import ATTEMPT_HEADER, PRIORITY_HEADER, publish_confirmed
-from broker.settings import Settings
+from broker.settings import Prefetch, Settings
 from broker.topology import Lane, declare_queue
+from consumers.autoprefetch import START_PREFETCH, AutoPrefetch
 from consumers.deadlines import Deadlines
 from consumers.delivery import (
     Delivery,
@@ -66,12 +67,19 @@ class Consumer:
         settings: Settings,
         *,
         lane: Lane,
-        prefetch: int,
+        prefetch: Prefetch,
         metrics: ConsumerMetrics | None = None,
     ) -> None:
         self._broker = broker
         self.lane = lane
-        self.prefetch = prefetch
+        self._auto = (
+            AutoPrefetch(lambda: len(self._in_flight), self._take_handler_times, self._set_prefetch)
+            if prefetch == "auto"
+            else None
+        )
+        self.prefetch = START_PREFETCH if prefetch == "auto" else prefetch
+        self._handler_times: list[float] | None = [] if self._auto else None
+        self._background: list[asyncio.Task[None]] = []
         self.metrics = metrics or ConsumerMetrics()
         self._channel: AbstractRobustChannel | None = None
         self._queue: AbstractQueue | None = None
@@ -98,8 +106,30 @@ class Consumer:
         # Declared (not just looked up) on this channel, so that the robust channel restores the consumer too.
         self._queue = await declare_queue(self._channel, self.lane.work)
         self._deadlines.start()
+        if self._auto is not None:
+            self._background.append(asyncio.create_task(self._auto.run()))
         self._tag = await self._queue.consume(self._on_message)
-        logger.info("consuming queue %r, prefetch %d", self._queue.name, self.prefetch)
+        logger.info("consuming queue %r, prefetch %s", self._queue.name, "auto" if self._auto else self.prefetch)
+
+    async def _set_prefetch(self, prefetch: int) -> None:
+        """RabbitMQ fixes a consumer's prefetch when it subscribes (per-consumer QoS), so a new prefetch means a
+        new subscription: subscribe again under the new QoS, then cancel the old one. The orders the old one holds
+        stay ackable on this channel; for a moment both hold some."""
+        if self._channel is None or self._channel.is_closed or self._queue is None or self._tag is None:
+            return
+        try:
+            await self._channel.set_qos(prefetch_count=prefetch)
+            new_tag = await self._queue.consume(self._on_message)
+            await self._queue.cancel(self._tag)
+        except BROKER_ERRORS as exc:
+            logger.warning("could not change the prefetch to %d: %s", prefetch, exc)
+            return
+        self._tag = new_tag
+        self.prefetch = prefetch
+
+    def _take_handler_times(self) -> list[float]:
+        taken, self._handler_times = self._handler_times or [], []
+        return taken
 
     async def stop(self, grace_seconds: float) -> None:
         """Stop taking messages, let in-flight handlers finish and settle for up to `grace_seconds` (or until
@@ -124,6 +154,8 @@ class Consumer:
             logger.warning("cancelling %d handlers still running", self.in_flight)
             await self._abort()
         await self._deadlines.close()
+        for task in self._background:
+            task.cancel()
         if self._channel is not None:
             await self._channel.close()  # anything still unacked goes back to the queue now
 
@@ -204,7 +236,10 @@ class Consumer:
         finally:
             if self._deadlines.disarm(task):  # it returned or raised, swallowing the watchdog's cancellation
                 task.uncancel()
-            self.metrics.handler_seconds.observe(time.perf_counter() - started)
+            elapsed = time.perf_counter() - started
+            self.metrics.handler_seconds.observe(elapsed)
+            if self._handler_times is not None:
+                self._handler_times.append(elapsed)
         return failure
 
     async def _retry(self, message: AbstractIncomingMessage, failed_attempt: int) -> None:
@@ -257,7 +292,7 @@ def _fields(delivery: Delivery) -> dict[str, object]:
 
 
 def lane_consumers(
-    broker: Broker, handler: Handler, settings: Settings, *, prefetch: int, metrics: ConsumerMetrics
+    broker: Broker, handler: Handler, settings: Settings, *, prefetch: Prefetch, metrics: ConsumerMetrics
 ) -> list[Consumer]:
     """One consumer per lane, each at the lane's prefetch or else at `prefetch`, all counting into `metrics`."""
     return [
@@ -267,7 +302,7 @@ def lane_consumers(
 
 
 async def consume_until_stopped(
-    settings: Settings, handler: Handler, *, prefetch: int, metrics_port: int | None = None
+    settings: Settings, handler: Handler, *, prefetch: Prefetch, metrics_port: int | None = None
 ) -> None:
     """Run one consumer per lane until SIGTERM or SIGINT; a second signal cancels in-flight handlers at once.
 

@@ -1,5 +1,5 @@
 """`python -m bench SCENARIO [--quick]`: run a benchmark beside raw aio-pika, print its table, and write its JSON
-and PNG to bench/results/. SCENARIO is intake, drain, priority, endtoend or all."""
+and PNG to bench/results/. SCENARIO is intake, drain, priority, endtoend, memory or all."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from tqdm import tqdm
 from bench.drain import DrainResult, measure_drain
 from bench.endtoend import EndToEndResult, measure_end_to_end
 from bench.intake import IntakeResult, measure_intake
+from bench.memory import MemoryResult, measure_memory
 from bench.priority import PriorityResult, measure_priority
 from bench.report import plot_drain, plot_end_to_end, plot_intake, plot_priority, save_json
 from broker.settings import Prefetch
@@ -35,6 +36,7 @@ class Plan:
     vip_interval: float
     end_to_end_rate: float
     end_to_end_seconds: float
+    memory_messages: int
 
 
 FULL = Plan(
@@ -50,6 +52,7 @@ FULL = Plan(
     vip_interval=0.1,
     end_to_end_rate=500,
     end_to_end_seconds=8,
+    memory_messages=100_000,
 )
 QUICK = Plan(
     intake_clients=(1, 32),
@@ -64,6 +67,7 @@ QUICK = Plan(
     vip_interval=0.05,
     end_to_end_rate=400,
     end_to_end_seconds=3,
+    memory_messages=20_000,
 )
 
 
@@ -131,6 +135,18 @@ def show_end_to_end(results: list[EndToEndResult]) -> str:
     return table(header, [(x.priority, x.orders, x.p50_ms, x.p99_ms, x.max_ms) for x in results[0].levels])
 
 
+async def memory(plan: Plan, progress: tqdm[Any]) -> list[MemoryResult]:
+    result = await measure_memory(plan.memory_messages, prefetch=64)
+    progress.update()
+    return [result]
+
+
+def show_memory(results: list[MemoryResult]) -> str:
+    result = results[0]
+    rows = [(f"{(n + 1) * 10_000:,}", rss) for n, rss in enumerate(result.rss_mb)]
+    return table(("orders", "RSS MB"), rows) + f"\ngrowth: {result.growth_mb:.1f} MB"
+
+
 def show_intake(results: list[IntakeResult]) -> str:
     header = ("clients", "api/s", "p50 ms", "p99 ms", "raw/s", "raw p50", "raw p99", "ratio")
     rows = [
@@ -191,6 +207,7 @@ SCENARIOS = {
         plot_priority,
     ),
     "endtoend": Scenario(end_to_end, lambda p: 1, show_end_to_end, plot_end_to_end),
+    "memory": Scenario(memory, lambda p: 1, show_memory, lambda results: "no plot"),
 }
 
 

@@ -9,10 +9,9 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
-import aio_pika
 from aio_pika.abc import AbstractIncomingMessage
 
-from bench.workload import bench_settings, delete_queues, fill, orders, timed
+from bench.workload import bench_settings, delete_queues, fill, orders, raw_queue, timed
 from broker.connection import open_broker
 from broker.messages import Order
 from broker.settings import Settings
@@ -58,12 +57,7 @@ async def raw_drain(settings: Settings, count: int) -> float:
     """The same backlog in the same queue, consumed with aio-pika alone."""
     async with open_broker(settings):  # declares the same queue
         await fill(settings, orders(count))
-    connection = await aio_pika.connect(str(settings.amqp_url))
-    async with connection:
-        channel = await connection.channel()
-        assert isinstance(settings.prefetch, int), "raw aio-pika has no automatic prefetch"
-        await channel.set_qos(prefetch_count=settings.prefetch)
-        queue = await channel.get_queue(settings.queue)
+    async with raw_queue(settings) as queue:
         handled = 0
         all_handled = asyncio.Event()
 

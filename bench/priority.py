@@ -16,10 +16,9 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
-import aio_pika
 from aio_pika.abc import AbstractIncomingMessage
 
-from bench.workload import addressed, bench_channel, bench_settings, delete_queues, fill, orders
+from bench.workload import addressed, bench_channel, bench_settings, delete_queues, fill, orders, raw_queue
 from broker.connection import open_broker
 from broker.messages import Order
 from broker.settings import Prefetch, Settings
@@ -128,12 +127,7 @@ async def orderlane_consumer(settings: Settings, timeline: Timeline, handler_sec
 
 
 async def raw_consumer(settings: Settings, timeline: Timeline, handler_seconds: float) -> None:
-    connection = await aio_pika.connect(str(settings.amqp_url))
-    async with connection:
-        channel = await connection.channel()
-        assert isinstance(settings.prefetch, int), "raw aio-pika has no automatic prefetch"
-        await channel.set_qos(prefetch_count=settings.prefetch)
-        queue = await channel.get_queue(settings.queue)
+    async with raw_queue(settings) as queue:
 
         async def on_message(message: AbstractIncomingMessage) -> None:
             order = Order.model_validate_json(message.body)

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
 import aio_pika
-from aio_pika.abc import AbstractChannel
+from aio_pika.abc import AbstractChannel, AbstractQueue
 
 from broker.messages import Order, encode_order
 from broker.priority import prioritize
@@ -38,6 +38,17 @@ async def bench_channel(settings: Settings) -> AsyncIterator[AbstractChannel]:
     connection = await aio_pika.connect(str(settings.amqp_url))
     async with connection:
         yield await connection.channel(on_return_raises=True)
+
+
+@asynccontextmanager
+async def raw_queue(settings: Settings) -> AsyncIterator[AbstractQueue]:
+    """The work queue on a plain aio-pika connection of its own, at the settings' prefetch: the baseline."""
+    assert isinstance(settings.prefetch, int), "raw aio-pika has no automatic prefetch"
+    connection = await aio_pika.connect(str(settings.amqp_url))
+    async with connection:
+        channel = await connection.channel()
+        await channel.set_qos(prefetch_count=settings.prefetch)
+        yield await channel.get_queue(settings.queue)
 
 
 def addressed(settings: Settings, order: Order) -> tuple[aio_pika.Message, str]:

@@ -65,7 +65,7 @@ class Settings(BaseSettings):
     amqp_failover_urls: Annotated[tuple[AmqpDsn, ...], NoDecode] = ()
     queue: QueueName = "orders"
     max_priority: Annotated[int, Field(ge=1, le=255)] = 10
-    prefetch: Annotated[int, Field(ge=1, le=65535)] | Literal["auto"] = 32
+    prefetch: Annotated[int, Field(ge=1, le=65535)] | Literal["auto"] = "auto"
     vip_priority: Annotated[int, Field(ge=0, le=9)] = 0
     lanes: Annotated[tuple[LaneConfig, ...], NoDecode, AfterValidator(check_lanes)] = ()
 

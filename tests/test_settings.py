@@ -13,7 +13,9 @@ def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.delenv(f"ORDERLANE_{name}", raising=False)
     settings = Settings()
     assert str(settings.amqp_url) == "amqp://guest:guest@127.0.0.1:5672/"
-    assert (settings.queue, settings.max_priority, settings.prefetch, settings.vip_priority) == ("orders", 10, "auto", 0)
+    assert (settings.queue, settings.max_priority, settings.vip_priority) == ("orders", 10, 0)
+    assert settings.prefetch == "auto"
+    assert settings.lanes == ()
     assert settings.dead_letter_queue == "orders.dlq"
     assert settings.max_body_bytes == 64 * 1024
 

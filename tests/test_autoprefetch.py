@@ -2,8 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from bench.priority import measure_priority
-from consumers.autoprefetch import MAX_PREFETCH, MIN_PREFETCH, PrefetchController, Window
+from broker.connection import Broker
+from broker.messages import Order
+from broker.settings import Settings
+from consumers.autoprefetch import MAX_PREFETCH, MIN_PREFETCH, START_PREFETCH, PrefetchController, Window
+from consumers.runner import Consumer
+from tests.amqp import consumers_are, publish_raw, wait_until
+from tests.consuming import order_message
 
 
 def window(throughput: float, *, own_ms: float, lag_ms: float, busy: float = 1.0) -> Window:
@@ -43,3 +51,27 @@ async def test_auto_prefetch_keeps_vip_orders_near_the_front_on_the_real_broker(
     result = await measure_priority("orderlane", "auto", handler_ms=2, backlog=3000, vips=5, vip_interval=0.1)
     assert result.met_backlog >= 1
     assert result.overtaken_max <= 100, "auto must not open the window to the whole backlog"
+
+
+async def test_a_new_prefetch_takes_effect_by_subscribing_again(settings: Settings, broker: Broker) -> None:
+    """RabbitMQ fixes a consumer's prefetch when it subscribes; the broker must deliver beyond the first window."""
+    await publish_raw(settings.queue, *(order_message(f"a-{n}") for n in range(3000)))
+    most_in_flight = 0
+
+    async def waits_on_io(order: Order) -> None:
+        nonlocal most_in_flight
+        most_in_flight = max(most_in_flight, consumer.in_flight)
+        await asyncio.sleep(0.05)
+
+    consumer = Consumer(broker, waits_on_io, settings, lane=broker.topology.lanes[0], prefetch="auto")
+    await consumer.start()
+
+    async def grown() -> bool:
+        return most_in_flight > START_PREFETCH
+
+    try:
+        await wait_until(grown, within=30, what="more orders in flight than the first prefetch allowed")
+        assert consumer.prefetch > START_PREFETCH
+        assert await consumers_are(settings.queue, 1), "the old subscription is cancelled"
+    finally:
+        await consumer.stop(grace_seconds=5)

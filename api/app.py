@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib.metadata import version
@@ -19,6 +20,8 @@ from broker.connection import open_broker
 from broker.publisher import OrderPublisher, Publisher
 from broker.queues import queue_stats
 from broker.settings import Settings
+
+logger = logging.getLogger(__name__)
 
 
 def create_app(
@@ -54,6 +57,9 @@ def create_app(
     if settings.api_keys:
         keys = tuple(key.get_secret_value().encode() for key in settings.api_keys)
         middleware.append(Middleware(ApiKeys, keys=keys, open_paths=settings.open_paths))
+        logger.info("API keys required (%d keys), except on %s", len(keys), ", ".join(settings.open_paths))
+    else:
+        logger.info("no API keys configured: POST /orders is open to anyone who can reach it")
     return Starlette(
         routes=routes, middleware=middleware, lifespan=lifespan, exception_handlers=dict(EXCEPTION_HANDLERS)
     )

@@ -6,6 +6,7 @@
 | pydantic ValidationError, invalid JSON   | 400    | `json_invalid`                      |
 | pydantic ValidationError, otherwise      | 422    | pydantic's errors                   |
 | PublishError (broker down, nack, return) | 503    | `broker_unavailable`, Retry-After   |
+| BrokerUnavailable (`/queues`, broker away) | 503  | `broker_unavailable`, Retry-After   |
 | HTTPException (404, 405, ...)            | its own                              |
 """
 
@@ -21,7 +22,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from api.responses import error_response, problem, validation_error_response
-from broker.errors import PublishError
+from broker.errors import BrokerUnavailable, PublishError
 
 logger = logging.getLogger(__name__)
 
@@ -51,10 +52,18 @@ async def invalid(request: Request, exc: Exception) -> Response:
 async def not_published(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, PublishError)
     logger.warning("order not accepted: %s", exc)
-    state = request.state.services
-    state.metrics.broker_errors.inc()
-    retry_after = {"Retry-After": str(state.settings.retry_after_seconds)}
+    request.state.services.metrics.broker_errors.inc()
     message = "the broker did not confirm the order, so it may not be stored; retry with the same order_id"
+    return unavailable(request, message)
+
+
+async def broker_down(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, BrokerUnavailable)
+    return unavailable(request, str(exc))
+
+
+def unavailable(request: Request, message: str) -> Response:
+    retry_after = {"Retry-After": str(request.state.services.settings.retry_after_seconds)}
     return error_response(503, [problem("broker_unavailable", message)], retry_after)
 
 
@@ -67,5 +76,6 @@ EXCEPTION_HANDLERS: Mapping[Any, Any] = {
     RequestRejected: rejected,
     ValidationError: invalid,
     PublishError: not_published,
+    BrokerUnavailable: broker_down,
     HTTPException: http_error,
 }

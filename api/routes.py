@@ -12,8 +12,10 @@ from starlette.responses import Response
 
 from api.errors import RequestRejected
 from api.metrics import ApiMetrics
-from api.openapi import Accepted
+from api.openapi import Accepted, Backlog, QueueDepth
 from api.responses import JSONResponse, error_response, problem
+from broker.connection import BROKER_ERRORS
+from broker.errors import BrokerUnavailable
 from broker.messages import Order, is_json_media_type
 from broker.publisher import Publisher
 from broker.queues import QueueStats
@@ -85,13 +87,17 @@ async def readyz(request: Request) -> Response:
 
 async def queues(request: Request) -> Response:
     """The backlog the seed asks to watch: ready messages and consumers of every queue, the DLQ included."""
-    backlog = services(request).backlog
-    if backlog is None:
+    state = services(request)
+    if state.backlog is None:
         raise RequestRejected(503, "backlog_unavailable", "this API instance has no broker connection to ask")
-    stats = await backlog()
-    return JSONResponse(
-        {"queues": [{"queue": s.queue, "messages": s.messages, "consumers": s.consumers} for s in stats]}
-    )
+    if not state.publisher.is_ready:
+        raise BrokerUnavailable("the broker connection is down")
+    try:
+        stats = await state.backlog()
+    except (*BROKER_ERRORS, RuntimeError) as exc:  # RuntimeError: aio-pika while it reconnects
+        raise BrokerUnavailable(f"the broker did not answer: {exc!r}") from exc
+    depths = [QueueDepth(queue=s.queue, messages=s.messages, consumers=s.consumers) for s in stats]
+    return JSONResponse(Backlog(queues=depths).model_dump())
 
 
 async def metrics(request: Request) -> Response:

@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, AmqpDsn, Field, SecretStr, field_validator
+from pydantic import AfterValidator, AmqpDsn, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 QueueName = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9._:-]+$")]
@@ -28,9 +28,15 @@ class LaneConfig:
         if match is None:
             raise ValueError(f"lane {text!r} is not name:first-last[:prefetch], for example high:0-2:10")
         name, first, last, prefetch = match.groups()
+        if name == "dlq":
+            raise ValueError("a lane cannot be called dlq: <queue>.dlq is the dead-letter queue")
+        if prefetch and int(prefetch) > MAX_PREFETCH:
+            raise ValueError(f"lane {name}: a prefetch is at most {MAX_PREFETCH}")
         return cls(name, int(first), int(last), int(prefetch) if prefetch else None)
 
 
+MAX_PREFETCH = 65535
+"""basic.qos carries prefetch_count in 16 bits."""
 _LANE = re.compile(r"([A-Za-z0-9_-]+):([0-9])-([0-9])(?::([1-9][0-9]{0,4}))?")
 
 
@@ -65,7 +71,7 @@ class Settings(BaseSettings):
     amqp_failover_urls: Annotated[tuple[AmqpDsn, ...], NoDecode] = ()
     queue: QueueName = "orders"
     max_priority: Annotated[int, Field(ge=1, le=255)] = 10
-    prefetch: Annotated[int, Field(ge=1, le=65535)] | Literal["auto"] = "auto"
+    prefetch: Annotated[int, Field(ge=1, le=MAX_PREFETCH)] | Literal["auto"] = "auto"
     vip_priority: Annotated[int, Field(ge=0, le=9)] = 0
     lanes: Annotated[tuple[LaneConfig, ...], NoDecode, AfterValidator(check_lanes)] = ()
 
@@ -75,7 +81,9 @@ class Settings(BaseSettings):
     startup_timeout: Annotated[float, Field(ge=0)] = 30.0
     shutdown_timeout: Annotated[float, Field(gt=0)] = 30.0
     simulated_work_ms: Annotated[float, Field(ge=0)] = 0.0
-    handler_timeout: Annotated[float, Field(gt=0, lt=1800)] = 60.0
+    handler_timeout: Annotated[float, Field(gt=0, le=1700)] = 60.0
+    """At most 1,700 s: with the watchdog's second and a republish it must stay under the broker's consumer_timeout
+    (30 min by default), or the broker closes the channel first."""
     max_attempts: Annotated[int, Field(ge=1, le=50)] = 5
     retry_base_seconds: Annotated[float, Field(gt=0)] = 1.0
     retry_max_seconds: Annotated[float, Field(gt=0)] = 300.0
@@ -96,7 +104,10 @@ class Settings(BaseSettings):
     def _comma_separated(cls, value: object) -> object:
         """`ORDERLANE_API_KEYS=key1,key2`: the environment gives one string; code may pass a sequence."""
         if isinstance(value, str):
-            return tuple(item.strip() for item in value.split(",") if item.strip())
+            items = tuple(item.strip() for item in value.split(",") if item.strip())
+            if value.strip() and not items:
+                raise ValueError("holds commas but no value")  # " , " is a mistake, not "none"
+            return items
         return value
 
     @field_validator("lanes", mode="before")
@@ -107,6 +118,12 @@ class Settings(BaseSettings):
         if isinstance(items, tuple | list):
             return tuple(LaneConfig.parse(item) if isinstance(item, str) else item for item in items)
         return items
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Settings:
+        if self.retry_base_seconds > self.retry_max_seconds:
+            raise ValueError("ORDERLANE_RETRY_BASE_SECONDS must not exceed ORDERLANE_RETRY_MAX_SECONDS")
+        return self
 
     @property
     def dead_letter_queue(self) -> str:

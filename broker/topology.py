@@ -13,6 +13,7 @@ from broker.errors import ConfigurationError, TopologyConflict
 from broker.settings import LaneConfig, Settings
 
 DEFAULT_EXCHANGE = ""
+LEAST_URGENT = 9
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +49,10 @@ class Topology:
             if effective_priority in lane.priorities:
                 return lane
         raise ValueError(f"no lane takes priority {effective_priority}")
+
+    def lane_for_header(self, priority: int) -> Lane:
+        """The lane for a priority read from an untrusted header: out of 0..9 (or absent), the least urgent."""
+        return self.lane_for(priority) if 0 <= priority <= LEAST_URGENT else self.lanes[-1]
 
     @property
     def queues(self) -> tuple[QueueSpec, ...]:

@@ -10,7 +10,7 @@ import argparse
 from broker.cli import port_number, run_main
 from broker.connection import open_broker
 from broker.queues import queue_stats
-from broker.settings import Prefetch, Settings
+from broker.settings import MAX_PREFETCH, Prefetch, Settings
 from consumers.delivery import Handler
 from consumers.dlq import peek_dead_letters, replay_dead_letters
 from consumers.handlers import OrderProcessor, load_handler
@@ -45,10 +45,7 @@ async def list_dead_letters(settings: Settings, limit: int) -> None:
 async def replay(settings: Settings, limit: int) -> None:
     async with open_broker(settings) as broker:
         replayed = await replay_dead_letters(broker, settings, limit)
-    print(f"replayed {len(replayed)} dead letters from {settings.dead_letter_queue} to {settings.queue}")
-
-
-MAX_PREFETCH = 65535  # basic.qos carries prefetch_count in 16 bits
+    print(f"replayed {len(replayed)} dead letters from {settings.dead_letter_queue} to their lanes' work queues")
 
 
 def prefetch_value(text: str) -> Prefetch:

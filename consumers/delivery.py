@@ -14,8 +14,10 @@ from broker.messages import Order, decode_order, is_json_media_type
 from broker.publisher import ATTEMPT_HEADER, PRIORITY_HEADER
 
 Handler = Callable[[Order], Awaitable[None]]
-"""A handler receives the validated order. It never acks: it returns (ack) or raises (the message is
-dead-lettered). It may run more than once for one order: make it idempotent on `order.order_id`."""
+"""A handler receives the validated order. It never acks: it returns (ack) or raises (the order is retried, or
+dead-lettered at once for PermanentFailure). It may run more than once for one order: make it idempotent on
+`order.order_id`."""
+PRIORITIES = range(10)
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,11 +52,19 @@ def int_header(message: AbstractIncomingMessage, name: str, default: int) -> int
     return value if isinstance(value, int) and not isinstance(value, bool) else default
 
 
+def attempt_of(message: AbstractIncomingMessage) -> int:
+    """The attempt this delivery is (1 when the header is absent); headers are untrusted, so never below 1."""
+    return max(1, int_header(message, ATTEMPT_HEADER, 1))
+
+
 def describe(message: AbstractIncomingMessage, order: Order) -> Delivery:
+    """The delivery as a handler sees it. The effective priority comes from the API's header when it holds one
+    of 0..9 (anything else is not ours to trust), else from the order itself."""
+    priority = int_header(message, PRIORITY_HEADER, order.priority)
     return Delivery(
         order_id=order.order_id,
-        priority=int_header(message, PRIORITY_HEADER, order.priority),
-        attempt=int_header(message, ATTEMPT_HEADER, 1),
+        priority=priority if priority in PRIORITIES else order.priority,
+        attempt=attempt_of(message),
         redelivered=bool(message.redelivered),
     )
 

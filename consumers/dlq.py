@@ -60,7 +60,7 @@ async def replay_dead_letters(broker: Broker, settings: Settings, limit: int) ->
     queue = await broker.channel.get_queue(settings.dead_letter_queue)
     replayed: list[str] = []
     while len(replayed) < limit and (message := await queue.get(fail=False)) is not None:
-        lane = broker.topology.lane_for(int_header(message, PRIORITY_HEADER, settings.vip_priority))
+        lane = broker.topology.lane_for_header(int_header(message, PRIORITY_HEADER, -1))
         try:
             await publish_confirmed(
                 broker.channel, replay_message(message), queue=lane.work.name, confirm_within=settings.publish_timeout

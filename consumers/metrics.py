@@ -10,7 +10,7 @@ from typing import Final
 from aio_pika.abc import AbstractIncomingMessage
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from broker.connection import BROKER_ERRORS, Broker
+from broker.connection import Broker
 from broker.publisher import PUBLISHED_AT_HEADER
 from broker.queues import queue_stats
 
@@ -95,6 +95,7 @@ class ConsumerMetrics:
                 for stats in await queue_stats(broker.connection, broker.topology):
                     self.queue_messages.labels(queue=stats.queue).set(stats.messages or 0)
                     self.queue_consumers.labels(queue=stats.queue).set(stats.consumers or 0)
-            except BROKER_ERRORS as exc:
-                logger.warning("could not poll the queue depths: %s", exc)
+            # The gauges must outlive any outage; while it reconnects, aio-pika raises even RuntimeError.
+            except Exception as exc:
+                logger.warning("could not poll the queue depths: %r", exc)
             await asyncio.sleep(every_seconds)

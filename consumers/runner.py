@@ -41,6 +41,7 @@ from consumers.deadlines import Deadlines
 from consumers.delivery import (
     Delivery,
     Handler,
+    attempt_of,
     describe,
     int_header,
     log_fields,
@@ -80,6 +81,8 @@ class Consumer:
         self.prefetch = START_PREFETCH if prefetch == "auto" else prefetch
         self._handler_times: list[float] | None = [] if self._auto else None
         self._background: list[asyncio.Task[None]] = []
+        self._stopping = False
+        self._resubscribing = asyncio.Lock()
         self.metrics = metrics or ConsumerMetrics()
         self._channel: AbstractRobustChannel | None = None
         self._queue: AbstractQueue | None = None
@@ -115,17 +118,19 @@ class Consumer:
         """RabbitMQ fixes a consumer's prefetch when it subscribes (per-consumer QoS), so a new prefetch means a
         new subscription: subscribe again under the new QoS, then cancel the old one. The orders the old one holds
         stay ackable on this channel; for a moment both hold some."""
-        if self._channel is None or self._channel.is_closed or self._queue is None or self._tag is None:
-            return
-        try:
-            await self._channel.set_qos(prefetch_count=prefetch)
-            new_tag = await self._queue.consume(self._on_message)
-            await self._queue.cancel(self._tag)
-        except BROKER_ERRORS as exc:
-            logger.warning("could not change the prefetch to %d: %s", prefetch, exc)
-            return
-        self._tag = new_tag
-        self.prefetch = prefetch
+        async with self._resubscribing:
+            if self._stopping or self._channel is None or self._channel.is_closed or self._queue is None:
+                return
+            old_tag = self._tag
+            try:
+                await self._channel.set_qos(prefetch_count=prefetch)
+                self._tag = await self._queue.consume(self._on_message)
+                if old_tag is not None:
+                    await self._queue.cancel(old_tag)
+            except BROKER_ERRORS as exc:
+                logger.warning("could not change the prefetch to %d: %s", prefetch, exc)
+                return
+            self.prefetch = prefetch
 
     def _take_handler_times(self) -> list[float]:
         taken, self._handler_times = self._handler_times or [], []
@@ -134,6 +139,11 @@ class Consumer:
     async def stop(self, grace_seconds: float) -> None:
         """Stop taking messages, let in-flight handlers finish and settle for up to `grace_seconds` (or until
         `force()`), then cancel the rest: unacked, so the broker redelivers them."""
+        self._stopping = True
+        async with self._resubscribing:  # let a change of prefetch under way finish; later ones see _stopping
+            for task in self._background:
+                task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
         if self._tag is not None and self._queue is not None:
             try:
                 await self._queue.cancel(self._tag)
@@ -154,8 +164,6 @@ class Consumer:
             logger.warning("cancelling %d handlers still running", self.in_flight)
             await self._abort()
         await self._deadlines.close()
-        for task in self._background:
-            task.cancel()
         if self._channel is not None:
             await self._channel.close()  # anything still unacked goes back to the queue now
 
@@ -187,7 +195,7 @@ class Consumer:
         try:
             order = parse_order(message, max_body_bytes=self._settings.max_body_bytes)
         except InvalidMessage as exc:
-            attempt = int_header(message, ATTEMPT_HEADER, 1)
+            attempt = attempt_of(message)
             logger.error("invalid message dead-lettered: %s", exc, extra=log_fields(message.message_id, None, attempt))
             self.metrics.dead_lettered.labels(priority="unknown", reason="invalid").inc()
             await self._dead_letter(message, exc, attempt)
@@ -228,7 +236,8 @@ class Consumer:
         except asyncio.CancelledError:
             if not self._deadlines.disarm(task):
                 raise
-            task.uncancel()
+            if task.uncancel() > 0:  # cancelled by a stop as well, not only by the watchdog: stay unacked
+                raise
             timeout = self._settings.handler_timeout
             failure = TimeoutError(f"the handler ran longer than ORDERLANE_HANDLER_TIMEOUT={timeout:g}s")
         except Exception as exc:

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import aio_pika
 
-from broker.connection import Broker
+from broker.connection import Broker, open_broker
 from broker.publisher import ATTEMPT_HEADER, PRIORITY_HEADER
-from broker.settings import Settings
+from broker.settings import LaneConfig, Settings
 from consumers.retry import dead_letter_message
-from tests.amqp import drain, publish_raw, queue_depth
+from tests.amqp import delete_topology, drain, publish_raw, queue_depth
 from tests.consuming import order_message
 from tests.processes import environment, run
 
@@ -54,3 +54,24 @@ async def test_replay_sends_letters_back_with_their_priority_and_a_fresh_attempt
         assert message.headers[PRIORITY_HEADER] == 1
         assert ATTEMPT_HEADER not in message.headers
         assert not any(key.startswith("x-orderlane-error") for key in message.headers)
+
+
+async def test_replay_sends_a_letter_with_a_foreign_priority_to_the_least_urgent_lane(settings: Settings) -> None:
+    laned = settings.model_copy(update={"lanes": (LaneConfig("high", 0, 2, None), LaneConfig("rest", 3, 9, None))})
+    async with open_broker(laned):
+        pass
+    try:
+        letter = dead_letter_message(
+            aio_pika.Message(b"not an order", headers={PRIORITY_HEADER: 42}, message_id="odd"),
+            error_type="InvalidMessage",
+            error="not JSON",
+            attempts=1,
+        )
+        await publish_raw(laned.dead_letter_queue, letter)
+        env = environment(laned, ORDERLANE_LANES="high:0-2,rest:3-9")
+        code, stdout = await run("consumers", "dlq", "replay", env=env, stdout=True)
+        assert code == 0, stdout
+        assert await queue_depth(f"{laned.queue}.rest") == 1
+        assert await queue_depth(f"{laned.queue}.high") == 0
+    finally:
+        await delete_topology(laned)

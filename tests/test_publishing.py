@@ -13,6 +13,7 @@ from broker.errors import PublishError
 from broker.messages import Order
 from broker.priority import Priority
 from broker.publisher import PRIORITY_HEADER, OrderPublisher, build_message, publish_confirmed
+from broker.queues import queue_stats
 from broker.settings import Settings
 from tests.amqp import delete_queues, drain, operator_channel, queue_depth
 from tests.http import app_client
@@ -87,3 +88,18 @@ async def test_closed_connection_is_503_and_not_ready(settings: Settings, broker
         assert response.status_code == 503
         assert (await client.get("/readyz")).status_code == 503
         assert (await client.get("/healthz")).status_code == 200
+
+
+async def test_backlog_view_is_503_while_the_broker_is_away(settings: Settings, broker: Broker) -> None:
+    app = create_app(
+        settings,
+        publisher=OrderPublisher(broker, settings),
+        backlog=lambda: queue_stats(broker.connection, broker.topology),
+    )
+    async with app_client(app) as client:
+        assert (await client.get("/queues")).status_code == 200
+        await broker.connection.close()
+        response = await client.get("/queues")
+    assert response.status_code == 503
+    assert "retry-after" in response.headers
+    assert response.json()["details"][0]["type"] == "broker_unavailable"

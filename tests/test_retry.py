@@ -153,3 +153,24 @@ async def test_timeout_on_the_last_attempt_dead_letters_with_the_reason(settings
     [dead] = await drain(settings.dead_letter_queue)
     assert dead.headers[ERROR_TYPE_HEADER] == "TimeoutError"
     assert "ORDERLANE_HANDLER_TIMEOUT" in str(dead.headers[ERROR_HEADER])
+
+
+async def test_an_attempt_header_out_of_range_cannot_stall_the_consumer(settings: Settings, broker: Broker) -> None:
+    """Headers are untrusted: attempt -10 counts as attempt 1, and the order goes through the retries as usual."""
+    await publish_raw(settings.queue, order_message("forged", headers={ATTEMPT_HEADER: -10}), order_message("next"))
+    attempts: list[int] = []
+    retried = asyncio.Event()
+
+    async def fails_first(order: Order) -> None:
+        if order.order_id == "next":
+            return
+        attempts.append(current_delivery().attempt)
+        if len(attempts) == 1:
+            raise ValueError("first try fails")
+        retried.set()
+
+    async with consuming(broker, fails_first, settings):
+        async with asyncio.timeout(30):
+            await retried.wait()
+        await wait_until(lambda: depth_is(settings.queue, 0), what="both settled")
+    assert attempts == [1, 2]

@@ -53,3 +53,26 @@ def test_readme_documents_every_setting() -> None:
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
     for name in Settings.model_fields:
         assert f"`ORDERLANE_{name.upper()}`" in readme, name
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("api_keys", " , "),
+        ("lanes", "high:0-2:70000,default:3-9"),
+        ("lanes", "high:0-2,dlq:3-9"),
+        ("handler_timeout", 1799),
+    ],
+)
+def test_mistakes_that_would_bite_later_are_refused_at_start(field: str, value: object) -> None:
+    with pytest.raises(ValidationError):
+        Settings.model_validate({field: value})
+
+
+def test_retry_base_must_not_exceed_the_cap() -> None:
+    with pytest.raises(ValidationError, match="RETRY_BASE"):
+        Settings(retry_base_seconds=600, retry_max_seconds=1)
+
+
+def test_an_empty_key_list_means_no_keys() -> None:
+    assert Settings.model_validate({"api_keys": ""}).api_keys == ()

@@ -15,7 +15,8 @@ from api.auth import ApiKeys
 from api.errors import EXCEPTION_HANDLERS
 from api.metrics import ApiMetrics, RequestMetrics
 from api.openapi import openapi_document
-from api.routes import BacklogSource, Services, healthz, metrics, openapi, post_order, queues, readyz
+from api.routes import healthz, metrics, openapi, post_order, queues, readyz
+from api.state import BacklogSource, Services
 from broker.connection import open_broker
 from broker.publisher import OrderPublisher, Publisher
 from broker.queues import queue_stats

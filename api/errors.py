@@ -22,6 +22,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from api.responses import error_response, problem, validation_error_response
+from api.state import services
 from broker.errors import BrokerUnavailable, PublishError
 
 logger = logging.getLogger(__name__)
@@ -52,7 +53,7 @@ async def invalid(request: Request, exc: Exception) -> Response:
 async def not_published(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, PublishError)
     logger.warning("order not accepted: %s", exc)
-    request.state.services.metrics.broker_errors.inc()
+    services(request).metrics.broker_errors.inc()
     message = "the broker did not confirm the order, so it may not be stored; retry with the same order_id"
     return unavailable(request, message)
 
@@ -63,7 +64,7 @@ async def broker_down(request: Request, exc: Exception) -> Response:
 
 
 def unavailable(request: Request, message: str) -> Response:
-    retry_after = {"Retry-After": str(request.state.services.settings.retry_after_seconds)}
+    retry_after = {"Retry-After": str(services(request).settings.retry_after_seconds)}
     return error_response(503, [problem("broker_unavailable", message)], retry_after)
 
 

@@ -2,43 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from typing import Any
-
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from api.errors import RequestRejected
-from api.metrics import ApiMetrics
 from api.openapi import Accepted, Backlog, QueueDepth
 from api.responses import JSONResponse, error_response, problem
+from api.state import services
 from broker.connection import BROKER_ERRORS
 from broker.errors import BrokerUnavailable
 from broker.messages import Order, is_json_media_type
-from broker.publisher import Publisher
-from broker.queues import QueueStats
-from broker.settings import Settings
-
-BacklogSource = Callable[[], Awaitable[list[QueueStats]]]
-
-
-@dataclass(frozen=True, slots=True)
-class Services:
-    """What the lifespan hands to every request."""
-
-    settings: Settings
-    publisher: Publisher
-    metrics: ApiMetrics
-    backlog: BacklogSource | None
-    openapi: dict[str, Any]
-
-
-def services(request: Request) -> Services:
-    """The only reader of `request.state`."""
-    found: Services = request.state.services
-    return found
 
 
 async def read_body(request: Request, limit: int) -> bytes:

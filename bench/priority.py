@@ -22,6 +22,7 @@ from bench.workload import addressed, bench_channel, bench_settings, delete_queu
 from broker.connection import open_broker
 from broker.messages import Order
 from broker.settings import Prefetch, Settings
+from broker.topology import build_topology
 from consumers.metrics import ConsumerMetrics
 from consumers.runner import lane_consumers
 
@@ -102,10 +103,11 @@ def summarize(consumer: str, prefetch: Prefetch, handler_ms: float, backlog: int
 
 
 async def inject_vips(settings: Settings, timeline: Timeline, count: int, interval: float) -> None:
+    topology = build_topology(settings)
     async with bench_channel(settings) as channel:
         for vip in orders(count, user_type="vip", prefix=VIP_PREFIX):
             await asyncio.sleep(interval)
-            message, queue = addressed(settings, vip)
+            message, queue = addressed(settings, topology, vip)
             timeline.vip_published[vip.order_id] = time.perf_counter()
             await channel.default_exchange.publish(message, routing_key=queue)
 

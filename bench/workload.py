@@ -15,7 +15,7 @@ from broker.messages import Order, encode_order
 from broker.priority import prioritize
 from broker.publisher import build_message
 from broker.settings import Settings
-from broker.topology import build_topology
+from broker.topology import Topology, build_topology
 
 PUBLISH_WINDOW = 256
 """Publishes awaited concurrently when filling a queue: confirms are pipelined, a lone awaited one is slow."""
@@ -51,17 +51,18 @@ async def raw_queue(settings: Settings) -> AsyncIterator[AbstractQueue]:
         yield await channel.get_queue(settings.queue)
 
 
-def addressed(settings: Settings, order: Order) -> tuple[aio_pika.Message, str]:
+def addressed(settings: Settings, topology: Topology, order: Order) -> tuple[aio_pika.Message, str]:
     """The message the API would publish for `order`, and the work queue of its lane."""
     priority = prioritize(order, vip_priority=settings.vip_priority, max_priority=settings.max_priority)
-    return build_message(order, priority), build_topology(settings).lane_for(priority.effective).work.name
+    return build_message(order, priority), topology.lane_for(priority.effective).work.name
 
 
 async def fill(settings: Settings, backlog: list[Order]) -> None:
     """Publish `backlog` as the API would (same messages, persistent, confirmed), PUBLISH_WINDOW at a time."""
+    topology = build_topology(settings)
     async with bench_channel(settings) as channel:
         for start in range(0, len(backlog), PUBLISH_WINDOW):
-            batch = [addressed(settings, order) for order in backlog[start : start + PUBLISH_WINDOW]]
+            batch = [addressed(settings, topology, order) for order in backlog[start : start + PUBLISH_WINDOW]]
             await asyncio.gather(
                 *(channel.default_exchange.publish(message, routing_key=queue) for message, queue in batch)
             )

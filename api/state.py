@@ -1,0 +1,33 @@
+"""What the lifespan hands to every request, and the one function that reads it."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from starlette.requests import Request
+
+from api.metrics import ApiMetrics
+from broker.publisher import Publisher
+from broker.queues import QueueStats
+from broker.settings import Settings
+
+BacklogSource = Callable[[], Awaitable[list[QueueStats]]]
+
+
+@dataclass(frozen=True, slots=True)
+class Services:
+    """What the lifespan hands to every request."""
+
+    settings: Settings
+    publisher: Publisher
+    metrics: ApiMetrics
+    backlog: BacklogSource | None
+    openapi: dict[str, Any]
+
+
+def services(request: Request) -> Services:
+    """The only reader of `request.state`."""
+    found: Services = request.state.services
+    return found

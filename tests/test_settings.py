@@ -1,10 +1,12 @@
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
 
+from broker.logs import ConsoleFormatter
 from broker.settings import Settings
 
 
@@ -76,3 +78,10 @@ def test_retry_base_must_not_exceed_the_cap() -> None:
 
 def test_an_empty_key_list_means_no_keys() -> None:
     assert Settings.model_validate({"api_keys": ""}).api_keys == ()
+
+
+def test_console_lines_carry_message_fields_but_not_uvicorns_colour_copy() -> None:
+    record = logging.LogRecord("x", logging.INFO, "", 0, "order processed", (), None)
+    record.__dict__.update(order_id="A-1", priority=0, attempt=1, color_message="\x1b[1morder processed\x1b[0m")
+    line = ConsoleFormatter(("s3cret",), "%(message)s").format(record)
+    assert line == "order processed order_id=A-1 priority=0 attempt=1"

@@ -11,7 +11,7 @@ from contextlib import asynccontextmanager
 import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractQueue
 
-from broker.messages import Order, encode_order
+from broker.messages import Order
 from broker.priority import prioritize
 from broker.publisher import build_message
 from broker.settings import Settings
@@ -78,7 +78,3 @@ async def timed(run: Callable[[], Awaitable[None]]) -> float:
     started = time.perf_counter()
     await run()
     return time.perf_counter() - started
-
-
-def encoded(order: Order) -> bytes:
-    return encode_order(order)

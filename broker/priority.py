@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from broker.messages import Order
 
 LEAST_URGENT = 9
+PRIORITIES = range(LEAST_URGENT + 1)
+"""Every effective priority, most urgent first."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,10 +10,10 @@ from aio_pika.abc import AbstractQueue, AbstractRobustChannel
 from pamqp.common import FieldTable
 
 from broker.errors import ConfigurationError, TopologyConflict
+from broker.priority import PRIORITIES
 from broker.settings import LaneConfig, Settings
 
 DEFAULT_EXCHANGE = ""
-LEAST_URGENT = 9
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,7 +52,7 @@ class Topology:
 
     def lane_for_header(self, priority: int) -> Lane:
         """The lane for a priority read from an untrusted header: out of 0..9 (or absent), the least urgent."""
-        return self.lane_for(priority) if 0 <= priority <= LEAST_URGENT else self.lanes[-1]
+        return self.lane_for(priority) if priority in PRIORITIES else self.lanes[-1]
 
     @property
     def queues(self) -> tuple[QueueSpec, ...]:

@@ -11,13 +11,13 @@ from pydantic import ValidationError
 
 from broker.errors import InvalidMessage
 from broker.messages import Order, decode_order, is_json_media_type
+from broker.priority import PRIORITIES
 from broker.publisher import ATTEMPT_HEADER, PRIORITY_HEADER
 
 Handler = Callable[[Order], Awaitable[None]]
 """A handler receives the validated order. It never acks: it returns (ack) or raises (the order is retried, or
 dead-lettered at once for PermanentFailure). It may run more than once for one order: make it idempotent on
 `order.order_id`."""
-PRIORITIES = range(10)
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,6 +11,7 @@ from aio_pika.abc import AbstractIncomingMessage
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from broker.connection import Broker
+from broker.priority import PRIORITIES
 from broker.publisher import PUBLISHED_AT_HEADER
 from broker.queues import queue_stats
 
@@ -18,9 +19,6 @@ logger = logging.getLogger(__name__)
 
 WAIT_BUCKETS: Final = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
 HANDLER_BUCKETS: Final = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
-
-
-PRIORITY_LEVELS: Final = range(10)
 
 
 class PriorityMetrics:
@@ -76,7 +74,7 @@ class ConsumerMetrics:
             "orderlane_queue_consumers", "Consumers per queue (polled)", ["queue"], registry=self.registry
         )
 
-        self.for_priority = {level: PriorityMetrics(self, str(level)) for level in PRIORITY_LEVELS}
+        self.for_priority = {level: PriorityMetrics(self, str(level)) for level in PRIORITIES}
 
     def of(self, priority: int) -> PriorityMetrics:
         """The children for one priority level, bound once: `labels()` on every message costs a lock and a lookup."""

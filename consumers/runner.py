@@ -33,7 +33,8 @@ from prometheus_client import start_http_server
 from broker.connection import BROKER_ERRORS, Broker, open_broker
 from broker.errors import InvalidMessage, PermanentFailure, PublishError
 from broker.messages import Order
-from broker.publisher import ATTEMPT_HEADER, PRIORITY_HEADER, publish_confirmed
+from broker.priority import PRIORITIES
+from broker.publisher import PRIORITY_HEADER, publish_confirmed
 from broker.settings import Prefetch, Settings
 from broker.topology import Lane, declare_queue
 from consumers.autoprefetch import START_PREFETCH, AutoPrefetch
@@ -196,7 +197,7 @@ class Consumer:
             order = parse_order(message, max_body_bytes=self._settings.max_body_bytes)
         except InvalidMessage as exc:
             attempt = attempt_of(message)
-            logger.error("invalid message dead-lettered: %s", exc, extra=log_fields(message.message_id, None, attempt))
+            logger.error("invalid message dead-lettered: %s", exc, extra=_message_fields(message))
             self.metrics.dead_lettered.labels(priority="unknown", reason="invalid").inc()
             await self._dead_letter(message, exc, attempt)
             return
@@ -291,9 +292,8 @@ class Consumer:
 
 def _message_fields(message: AbstractIncomingMessage) -> dict[str, object]:
     """Log fields for a message whose body may not be an order: what its properties and headers say."""
-    return log_fields(
-        message.message_id, int_header(message, PRIORITY_HEADER, -1), int_header(message, ATTEMPT_HEADER, 1)
-    )
+    priority = int_header(message, PRIORITY_HEADER, -1)
+    return log_fields(message.message_id, priority if priority in PRIORITIES else None, attempt_of(message))
 
 
 def _fields(delivery: Delivery) -> dict[str, object]:

@@ -17,9 +17,8 @@ from bench.drain import DrainResult, measure_drain
 from bench.endtoend import EndToEndResult, measure_end_to_end
 from bench.intake import IntakeResult, measure_intake
 from bench.memory import MemoryResult, measure_memory
-from bench.priority import PriorityResult, measure_priority
+from bench.priority import SYSTEMS, PriorityResult, System, measure_priority, median_result
 from bench.report import plot_drain, plot_end_to_end, plot_intake, plot_priority, save_json
-from broker.settings import Prefetch
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,11 +28,12 @@ class Plan:
     drain_prefetch: Sequence[int]
     drain_messages: int
     drain_rounds: int
-    priority_prefetch: Sequence[int]
     priority_handler_ms: Sequence[float]
     priority_backlog: int
     priority_vips: int
     vip_interval: float
+    vip_warmup: float
+    priority_rounds: int
     end_to_end_rate: float
     end_to_end_seconds: float
     memory_messages: int
@@ -45,11 +45,12 @@ FULL = Plan(
     drain_prefetch=(1, 4, 16, 32, 64, 128, 256),
     drain_messages=20_000,
     drain_rounds=3,
-    priority_prefetch=(1, 10, 32, 50, 200),
     priority_handler_ms=(1, 5, 20),
-    priority_backlog=10_000,
+    priority_backlog=40_000,
     priority_vips=20,
     vip_interval=0.1,
+    vip_warmup=1.5,
+    priority_rounds=3,
     end_to_end_rate=500,
     end_to_end_seconds=8,
     memory_messages=100_000,
@@ -60,11 +61,12 @@ QUICK = Plan(
     drain_prefetch=(1, 32, 128),
     drain_messages=3_000,
     drain_rounds=1,
-    priority_prefetch=(10, 32, 200),
     priority_handler_ms=(5,),
-    priority_backlog=3_000,
+    priority_backlog=12_000,
     priority_vips=10,
     vip_interval=0.05,
+    vip_warmup=0.5,
+    priority_rounds=1,
     end_to_end_rate=400,
     end_to_end_seconds=3,
     memory_messages=20_000,
@@ -95,31 +97,36 @@ async def drain(plan: Plan, progress: tqdm[Any]) -> list[DrainResult]:
     return results
 
 
-LANES = "high:0-2:10,default:3-9"
-PRIORITY_VARIANTS: tuple[tuple[str, str], ...] = (("orderlane", ""), ("orderlane", LANES), ("raw", ""))
-
-
 async def priority(plan: Plan, progress: tqdm[Any]) -> list[PriorityResult]:
-    """Every prefetch for a single queue, for lanes and for raw aio-pika; then the automatic prefetch."""
+    """Every system on the same workload, the rounds interleaved; per system the median of each measure."""
+    return await compare(SYSTEMS, plan, progress)
+
+
+async def peers(plan: Plan, progress: tqdm[Any]) -> list[PriorityResult]:
+    """orderlane beside raw aio-pika and the libraries users would pick instead (the `peers` extra)."""
+    from bench.peers import PEER_SYSTEMS  # only with the peers extra installed
+
+    return await compare((*SYSTEMS, *PEER_SYSTEMS), plan, progress)
+
+
+def peer_count() -> int:
+    from bench.peers import PEER_SYSTEMS
+
+    return len(PEER_SYSTEMS)
+
+
+async def compare(systems: Sequence[System], plan: Plan, progress: tqdm[Any]) -> list[PriorityResult]:
     results = []
     for handler_ms in plan.priority_handler_ms:
-        runs: list[tuple[str, Prefetch, str]] = [
-            (consumer, prefetch, lanes) for prefetch in plan.priority_prefetch for consumer, lanes in PRIORITY_VARIANTS
-        ]
-        runs.append(("orderlane", "auto", ""))
-        for consumer, prefetch, lanes in runs:
-            results.append(
-                await measure_priority(
-                    consumer,
-                    prefetch,
-                    handler_ms,
-                    plan.priority_backlog,
-                    plan.priority_vips,
-                    plan.vip_interval,
-                    lanes=lanes,
+        runs: dict[str, list[PriorityResult]] = {system.name: [] for system in systems}
+        for _ in range(plan.priority_rounds):
+            for system in systems:
+                result = await measure_priority(
+                    system, handler_ms, plan.priority_backlog, plan.priority_vips, plan.vip_interval, plan.vip_warmup
                 )
-            )
-            progress.update()
+                runs[system.name].append(result)
+                progress.update()
+        results += [median_result(rounds) for rounds in runs.values()]
     return results
 
 
@@ -136,7 +143,7 @@ def show_end_to_end(results: list[EndToEndResult]) -> str:
 
 
 async def memory(plan: Plan, progress: tqdm[Any]) -> list[MemoryResult]:
-    result = await measure_memory(plan.memory_messages, prefetch=64)
+    result = await measure_memory(plan.memory_messages)
     progress.update()
     return [result]
 
@@ -171,18 +178,16 @@ def show_drain(results: list[DrainResult]) -> str:
 
 
 def show_priority(results: list[PriorityResult]) -> str:
-    header = ("consumer", "prefetch", "handler", "p50 ms", "p99 ms", "max ms", "overtook", "met bl", "regular/s")
+    header = ("system", "handler ms", "VIP p50 ms", "max ms", "overtook", "regular/s", "backlog outlasted VIPs")
     rows = [
         (
-            r.consumer,
-            r.prefetch,
+            r.system,
             f"{r.handler_ms:g}",
             r.wait_p50_ms,
-            r.wait_p99_ms,
             r.wait_max_ms,
             r.overtaken_mean,
-            r.met_backlog,
             r.regular_per_second,
+            "yes" if r.conclusive else "NO: inconclusive",
         )
         for r in results
     ]
@@ -202,9 +207,15 @@ SCENARIOS = {
     "drain": Scenario(drain, lambda p: len(p.drain_prefetch), show_drain, plot_drain),
     "priority": Scenario(
         priority,
-        lambda p: (len(PRIORITY_VARIANTS) * len(p.priority_prefetch) + 1) * len(p.priority_handler_ms),
+        lambda p: len(SYSTEMS) * p.priority_rounds * len(p.priority_handler_ms),
         show_priority,
         plot_priority,
+    ),
+    "peers": Scenario(
+        peers,
+        lambda p: (len(SYSTEMS) + peer_count()) * p.priority_rounds * len(p.priority_handler_ms),
+        show_priority,
+        lambda results: plot_priority(results, "peers"),
     ),
     "endtoend": Scenario(end_to_end, lambda p: 1, show_end_to_end, plot_end_to_end),
     "memory": Scenario(memory, lambda p: 1, show_memory, lambda results: "no plot"),
@@ -225,7 +236,7 @@ def main() -> None:
     parser.add_argument("scenario", choices=[*SCENARIOS, "all"])
     parser.add_argument("--quick", action="store_true", help="a short run of each (make bench)")
     args = parser.parse_args()
-    names = list(SCENARIOS) if args.scenario == "all" else [args.scenario]
+    names = [name for name in SCENARIOS if name != "peers"] if args.scenario == "all" else [args.scenario]
     command = "python -m bench " + " ".join(sys.argv[1:])
     logging.basicConfig(level=logging.ERROR)  # the progress bar and the tables are the output
     asyncio.run(run(names, QUICK if args.quick else FULL, command))

@@ -42,7 +42,7 @@ async def orderlane_drain(settings: Settings, count: int) -> float:
             if handled == count:
                 all_handled.set()
 
-        consumer = Consumer(broker, handler, settings, lane=broker.topology.lanes[0], prefetch=settings.prefetch)
+        consumer = Consumer(broker, handler, settings, concurrency=settings.prefetch)
 
         async def drain() -> None:
             await consumer.start()

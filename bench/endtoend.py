@@ -19,8 +19,7 @@ from bench.intake import PROJECT_ROOT, wait_ready
 from bench.workload import bench_settings, delete_queues
 from broker.connection import open_broker
 from broker.messages import Order
-from consumers.metrics import ConsumerMetrics
-from consumers.runner import lane_consumers
+from consumers.runner import Consumer
 
 CLIENTS = 16
 
@@ -90,13 +89,12 @@ async def measure_end_to_end(
     try:
         await wait_ready(port)
         async with open_broker(settings) as broker:
-            consumers = lane_consumers(broker, handler, settings, prefetch=prefetch, metrics=ConsumerMetrics())
-            for consumer in consumers:
-                await consumer.start()
+            consumer = Consumer(broker, handler, settings, concurrency=prefetch)
+            await consumer.start()
             await post_steadily(port, rate, seconds, posted)
             async with asyncio.timeout(600):
                 await all_started.wait()
-            await asyncio.gather(*(consumer.stop(grace_seconds=5) for consumer in consumers))
+            await consumer.stop(grace_seconds=5)
     finally:
         api.send_signal(signal.SIGTERM)
         await api.wait()

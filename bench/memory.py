@@ -32,8 +32,9 @@ class MemoryResult:
         return self.rss_mb[-1] - self.rss_mb[0]
 
 
-async def measure_memory(messages: int, prefetch: int) -> MemoryResult:
-    settings = bench_settings(prefetch=prefetch)
+async def measure_memory(messages: int) -> MemoryResult:
+    """At the default (automatic) prefetch and concurrency."""
+    settings = bench_settings()
     samples: list[float] = []
     try:
         async with open_broker(settings) as broker:
@@ -46,7 +47,7 @@ async def measure_memory(messages: int, prefetch: int) -> MemoryResult:
                 if handled % BATCH == 0:
                     batch_done.set()
 
-            consumer = Consumer(broker, handler, settings, lane=broker.topology.lanes[0], prefetch=prefetch)
+            consumer = Consumer(broker, handler, settings)
             await consumer.start()
             for _ in range(messages // BATCH):
                 await fill(settings, orders(BATCH))

@@ -1,10 +1,14 @@
-"""Priority: how long a VIP order waits behind a backlog, and how many regular orders overtake it.
+"""Priority: how long a VIP order waits behind a sustained backlog, and at what throughput the backlog drains.
 
 A backlog of regular orders (priority 5) is published first; a consumer with a handler of `handler_ms` starts
-draining it; then VIP orders (effective priority 0, the top broker priority) are published one by one,
-`vip_interval` apart. For each VIP: the wait from its publish to its handler's start, and the number of regular
-orders whose handler started in between (they were already prefetched, or were ahead in the consumer). The same
-workload runs through orderlane's Consumer and through a raw aio-pika consumer at the same prefetch.
+draining it; after a warm-up (so that whatever tunes itself has settled) VIP orders (effective priority 0, the top
+broker priority) are published one by one, `vip_interval` apart. For each VIP: the wait from its publish to its
+handler's start, and the number of regular orders whose handler started in between. The regular throughput is
+measured over the same stretch, from the first VIP's publish to the last VIP's start. A run in which the backlog
+ran dry before the last VIP started is inconclusive: it says nothing about priority under a backlog.
+
+The same workload runs through orderlane's Consumer, through raw aio-pika consumers, and (bench/peers.py) through
+the libraries users would pick instead.
 """
 
 from __future__ import annotations
@@ -12,21 +16,23 @@ from __future__ import annotations
 import asyncio
 import statistics
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import aio_pika
 from aio_pika.abc import AbstractIncomingMessage
 
-from bench.workload import addressed, bench_channel, bench_settings, delete_queues, fill, orders, raw_queue
+from bench.workload import Address, addressed, bench_channel, bench_settings, delete_queues, fill, orders
 from broker.connection import open_broker
-from broker.messages import Order
-from broker.settings import Prefetch, Settings
+from broker.messages import Order, decode_order
+from broker.settings import Settings
 from broker.topology import build_topology
-from consumers.metrics import ConsumerMetrics
-from consumers.runner import lane_consumers
+from consumers.runner import Consumer
 
 VIP_PREFIX = "vip"
+LANES = "high:0-2,default:3-9"
+"""Lanes at their default (automatic) prefetch: the VIPs have a queue of their own."""
 
 
 @dataclass
@@ -48,121 +54,160 @@ class Timeline:
                 self.done.set()
 
 
+RunConsumer = Callable[[Settings, Timeline, float], Coroutine[Any, Any, None]]
+
+
+@dataclass(frozen=True, slots=True)
+class System:
+    name: str
+    consume: RunConsumer
+    settings: dict[str, object] = field(default_factory=dict)
+    """Settings overrides: the prefetch a raw consumer uses, lanes."""
+    address: Address = addressed
+
+
 @dataclass(frozen=True, slots=True)
 class PriorityResult:
-    consumer: str
-    prefetch: Prefetch
+    system: str
     handler_ms: float
     backlog: int
     vips: int
     wait_p50_ms: float
-    wait_p99_ms: float
     wait_max_ms: float
     overtaken_mean: float
     overtaken_max: int
-    met_backlog: int
     regular_per_second: float
+    conclusive: bool
+    """The backlog outlasted the last VIP: regular orders were still waiting when it started."""
 
 
-def summarize(consumer: str, prefetch: Prefetch, handler_ms: float, backlog: int, timeline: Timeline) -> PriorityResult:
+def summarize(system: str, handler_ms: float, backlog: int, timeline: Timeline) -> PriorityResult:
     position = {order_id: index for index, (order_id, _) in enumerate(timeline.started)}
     start_time = dict(timeline.started)
     waits, overtaken = [], []
-    met_backlog = 0
     for vip, published in timeline.vip_published.items():
         waits.append((start_time[vip] - published) * 1000)
-        overtakers = sum(
-            1
-            for order_id, started in timeline.started[: position[vip]]
-            if not order_id.startswith(VIP_PREFIX) and started > published
+        overtaken.append(
+            sum(
+                1
+                for order_id, started in timeline.started[: position[vip]]
+                if not order_id.startswith(VIP_PREFIX) and started > published
+            )
         )
-        overtaken.append(overtakers)
-        regular_before = sum(
-            1 for order_id, started in timeline.started if not order_id.startswith(VIP_PREFIX) and started <= published
-        )
-        met_backlog += regular_before < backlog  # regular orders were still waiting when the VIP came
+    first_publish = min(timeline.vip_published.values())
     last_vip = max(start_time[vip] for vip in timeline.vip_published)
-    regular_times = [
-        started for order_id, started in timeline.started if not order_id.startswith(VIP_PREFIX) and started <= last_vip
-    ]
-    cuts = statistics.quantiles(waits, n=100, method="inclusive") if len(waits) > 1 else waits * 99
+    regular_before_last_vip = {
+        order_id for order_id, started in timeline.started if not order_id.startswith(VIP_PREFIX) and started < last_vip
+    }
+    during = sum(
+        1
+        for order_id, started in timeline.started
+        if not order_id.startswith(VIP_PREFIX) and first_publish <= started <= last_vip
+    )
     return PriorityResult(
-        consumer=consumer,
-        prefetch=prefetch,
+        system=system,
         handler_ms=handler_ms,
         backlog=backlog,
         vips=len(waits),
         wait_p50_ms=statistics.median(waits),
-        wait_p99_ms=cuts[98],
         wait_max_ms=max(waits),
         overtaken_mean=statistics.fmean(overtaken),
         overtaken_max=max(overtaken),
-        met_backlog=met_backlog,
-        regular_per_second=len(regular_times) / (max(regular_times) - min(regular_times)),
+        regular_per_second=during / (last_vip - first_publish),
+        conclusive=len(regular_before_last_vip) < backlog,
     )
 
 
-async def inject_vips(settings: Settings, timeline: Timeline, count: int, interval: float) -> None:
+def median_result(rounds: Sequence[PriorityResult]) -> PriorityResult:
+    """One system's rounds as one row: the median of each measure; conclusive only if every round was."""
+    first = rounds[0]
+    return PriorityResult(
+        system=first.system,
+        handler_ms=first.handler_ms,
+        backlog=first.backlog,
+        vips=first.vips,
+        wait_p50_ms=statistics.median(r.wait_p50_ms for r in rounds),
+        wait_max_ms=statistics.median(r.wait_max_ms for r in rounds),
+        overtaken_mean=statistics.median(r.overtaken_mean for r in rounds),
+        overtaken_max=max(r.overtaken_max for r in rounds),
+        regular_per_second=statistics.median(r.regular_per_second for r in rounds),
+        conclusive=all(r.conclusive for r in rounds),
+    )
+
+
+async def inject_vips(
+    settings: Settings, address: Address, timeline: Timeline, count: int, interval: float, warmup: float
+) -> None:
     topology = build_topology(settings)
+    await asyncio.sleep(warmup)
     async with bench_channel(settings) as channel:
         for vip in orders(count, user_type="vip", prefix=VIP_PREFIX):
             await asyncio.sleep(interval)
-            message, queue = addressed(settings, topology, vip)
+            message, queue = address(settings, topology, vip)
             timeline.vip_published[vip.order_id] = time.perf_counter()
             await channel.default_exchange.publish(message, routing_key=queue)
 
 
-RunConsumer = Callable[[Settings, Timeline, float], Coroutine[Any, Any, None]]
-
-
-async def orderlane_consumer(settings: Settings, timeline: Timeline, handler_seconds: float) -> None:
+def recording_handler(timeline: Timeline, handler_seconds: float) -> Callable[[Order], Coroutine[Any, Any, None]]:
     async def handler(order: Order) -> None:
         timeline.handler_started(order.order_id)
         await asyncio.sleep(handler_seconds)
 
+    return handler
+
+
+async def orderlane_consumer(settings: Settings, timeline: Timeline, handler_seconds: float) -> None:
     async with open_broker(settings) as broker:
-        consumers = lane_consumers(broker, handler, settings, prefetch=settings.prefetch, metrics=ConsumerMetrics())
-        for consumer in consumers:
-            await consumer.start()
+        consumer = Consumer(broker, recording_handler(timeline, handler_seconds), settings)
+        await consumer.start()
         await timeline.done.wait()
-        await asyncio.gather(*(consumer.stop(grace_seconds=0) for consumer in consumers))
+        await consumer.stop(grace_seconds=0)
 
 
 async def raw_consumer(settings: Settings, timeline: Timeline, handler_seconds: float) -> None:
-    async with raw_queue(settings) as queue:
+    """aio-pika alone, as its documentation shows: a channel per lane at the lane's prefetch (or the settings'),
+    a task per delivery, validate, handle, ack."""
+    connection = await aio_pika.connect(str(settings.amqp_url))
+    async with connection:
 
         async def on_message(message: AbstractIncomingMessage) -> None:
-            order = Order.model_validate_json(message.body)
+            order = decode_order(message.body)
             timeline.handler_started(order.order_id)
             await asyncio.sleep(handler_seconds)
             await message.ack()
 
-        await queue.consume(on_message)
+        for lane in build_topology(settings).lanes:
+            channel = await connection.channel()
+            prefetch = lane.prefetch or settings.prefetch
+            assert isinstance(prefetch, int), "raw aio-pika has no automatic prefetch"
+            await channel.set_qos(prefetch_count=prefetch)
+            queue = await channel.get_queue(lane.work.name)
+            await queue.consume(on_message)
         await timeline.done.wait()
 
 
-CONSUMERS: dict[str, RunConsumer] = {"orderlane": orderlane_consumer, "raw": raw_consumer}
+SYSTEMS = (
+    System("orderlane", orderlane_consumer),
+    System("orderlane lanes", orderlane_consumer, {"lanes": LANES}),
+    System("raw p10", raw_consumer, {"prefetch": 10}),
+    System("raw p50", raw_consumer, {"prefetch": 50}),
+    System("raw p200", raw_consumer, {"prefetch": 200}),
+    System("raw two queues", raw_consumer, {"lanes": "high:0-2:10,default:3-9:50"}),
+)
 
 
 async def measure_priority(
-    consumer: str,
-    prefetch: Prefetch,
-    handler_ms: float,
-    backlog: int,
-    vips: int,
-    vip_interval: float,
-    lanes: str = "",
+    system: System, handler_ms: float, backlog: int, vips: int, vip_interval: float, warmup: float
 ) -> PriorityResult:
-    """`lanes` (ORDERLANE_LANES syntax) splits the queue; `prefetch` is then the lanes' default."""
-    settings = bench_settings(prefetch=prefetch, lanes=lanes)
+    settings = bench_settings(**system.settings)
     timeline = Timeline(vips=vips)
     try:
         async with open_broker(settings):
-            await fill(settings, orders(backlog))
-        consuming = asyncio.create_task(CONSUMERS[consumer](settings, timeline, handler_ms / 1000))
-        await inject_vips(settings, timeline, vips, vip_interval)
+            await fill(settings, orders(backlog), system.address)
+        consuming = asyncio.create_task(system.consume(settings, timeline, handler_ms / 1000))
+        await inject_vips(settings, system.address, timeline, vips, vip_interval, warmup)
         async with asyncio.timeout(600):
             await consuming
     finally:
         await delete_queues(settings)
-    return summarize(f"{consumer}+lanes" if lanes else consumer, prefetch, handler_ms, backlog, timeline)
+    return summarize(system.name, handler_ms, backlog, timeline)

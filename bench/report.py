@@ -68,27 +68,29 @@ def plot_drain(results: Sequence[DrainResult]) -> Path:
     return _finish(figure, [axis], "drain")
 
 
-def plot_priority(results: Sequence[PriorityResult]) -> Path:
+def plot_priority(results: Sequence[PriorityResult], scenario: str = "priority") -> Path:
+    """Per handler time, one point per system: regular throughput against the VIP wait (p50, bar up to max)."""
     handlers = sorted({r.handler_ms for r in results})
-    figure, axes = plt.subplots(2, len(handlers), figsize=(5 * len(handlers), 7), squeeze=False)
-    for column, handler_ms in enumerate(handlers):
-        wait, rate = axes[0][column], axes[1][column]
-        for consumer, style in (("orderlane", "o-"), ("orderlane+lanes", "^-"), ("raw", "s--")):
-            rows = [
-                r for r in results if r.handler_ms == handler_ms and r.consumer == consumer and r.prefetch != "auto"
-            ]
-            prefetch = [r.prefetch for r in rows]
-            wait.plot(prefetch, [r.wait_p50_ms for r in rows], style, label=f"{consumer} p50")
-            wait.plot(prefetch, [r.wait_max_ms for r in rows], style, alpha=0.4, label=f"{consumer} max")
-            rate.plot(prefetch, [r.regular_per_second for r in rows], style, label=consumer)
-        for auto in (r for r in results if r.handler_ms == handler_ms and r.prefetch == "auto"):
-            wait.axhline(auto.wait_p50_ms, color="black", linestyle=":", label="auto prefetch p50")
-            rate.axhline(auto.regular_per_second, color="black", linestyle=":", label="auto prefetch")
-        wait.set(
-            xscale="log", yscale="log", xlabel="prefetch", ylabel="VIP wait, ms", title=f"{handler_ms:g} ms handler"
+    figure, axes = plt.subplots(1, len(handlers), figsize=(5.5 * len(handlers), 4.5), squeeze=False)
+    for axis, handler_ms in zip(axes[0], handlers, strict=True):
+        for result in (r for r in results if r.handler_ms == handler_ms):
+            marker = "o" if result.system.startswith("orderlane") else "s"
+            axis.errorbar(
+                result.regular_per_second,
+                result.wait_p50_ms,
+                yerr=[[0], [result.wait_max_ms - result.wait_p50_ms]],
+                fmt=marker,
+                capsize=3,
+                alpha=1.0 if result.conclusive else 0.3,
+                label=result.system if result.conclusive else f"{result.system} (inconclusive)",
+            )
+        axis.set(
+            yscale="log",
+            xlabel="regular orders / s while the VIPs came",
+            ylabel="VIP wait, ms (p50, bar to max)",
+            title=f"{handler_ms:g} ms handler",
         )
-        rate.set(xscale="log", xlabel="prefetch", ylabel="regular orders / s")
-    return _finish(figure, [axis for row in axes for axis in row], "priority")
+    return _finish(figure, list(axes[0]), scenario)
 
 
 def plot_end_to_end(results: Sequence[EndToEndResult]) -> Path:

@@ -57,12 +57,17 @@ def addressed(settings: Settings, topology: Topology, order: Order) -> tuple[aio
     return build_message(order, priority), topology.lane_for(priority.effective).work.name
 
 
-async def fill(settings: Settings, backlog: list[Order]) -> None:
-    """Publish `backlog` as the API would (same messages, persistent, confirmed), PUBLISH_WINDOW at a time."""
+Address = Callable[[Settings, Topology, Order], tuple[aio_pika.Message, str]]
+"""The message a consumer understands for an order, and the queue it goes to."""
+
+
+async def fill(settings: Settings, backlog: list[Order], address: Address = addressed) -> None:
+    """Publish `backlog` as `address` says (by default as the API would: same messages, persistent), confirmed,
+    PUBLISH_WINDOW at a time."""
     topology = build_topology(settings)
     async with bench_channel(settings) as channel:
         for start in range(0, len(backlog), PUBLISH_WINDOW):
-            batch = [addressed(settings, topology, order) for order in backlog[start : start + PUBLISH_WINDOW]]
+            batch = [address(settings, topology, order) for order in backlog[start : start + PUBLISH_WINDOW]]
             await asyncio.gather(
                 *(channel.default_exchange.publish(message, routing_key=queue) for message, queue in batch)
             )

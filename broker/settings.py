@@ -58,8 +58,12 @@ def check_lanes(lanes: tuple[LaneConfig, ...]) -> tuple[LaneConfig, ...]:
     return lanes
 
 
+MAX_CONCURRENCY = 4096
 Prefetch = int | Literal["auto"]
-"""Unacked messages per consumer, or "auto": adapted while running (consumers/autoprefetch.py)."""
+"""Deliveries the broker may have sent to a consumer and not yet seen settled, per lane; or "auto": adapted while
+running (consumers/autotune.py)."""
+Concurrency = int | Literal["auto"]
+"""Handlers a consumer process runs at once, across its lanes; or "auto": adapted while running."""
 
 
 class Settings(BaseSettings):
@@ -72,6 +76,7 @@ class Settings(BaseSettings):
     queue: QueueName = "orders"
     max_priority: Annotated[int, Field(ge=1, le=255)] = 10
     prefetch: Annotated[int, Field(ge=1, le=MAX_PREFETCH)] | Literal["auto"] = "auto"
+    concurrency: Annotated[int, Field(ge=1, le=MAX_CONCURRENCY)] | Literal["auto"] = "auto"
     vip_priority: Annotated[int, Field(ge=0, le=9)] = 0
     lanes: Annotated[tuple[LaneConfig, ...], NoDecode, AfterValidator(check_lanes)] = ()
 

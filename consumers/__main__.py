@@ -1,4 +1,5 @@
-"""`python -m consumers [--handler module:callable] [--prefetch N] [--metrics-port P]`: run one consumer.
+"""`python -m consumers [--handler module:callable] [--prefetch N|auto] [--concurrency N|auto] [--metrics-port P]`:
+run one consumer process.
 
 `python -m consumers status`: the backlog. `python -m consumers dlq list|replay [--limit N]`: the dead letters.
 """
@@ -10,7 +11,7 @@ import argparse
 from broker.cli import port_number, run_main
 from broker.connection import open_broker
 from broker.queues import queue_stats
-from broker.settings import MAX_PREFETCH, Prefetch, Settings
+from broker.settings import MAX_CONCURRENCY, MAX_PREFETCH, Concurrency, Prefetch, Settings
 from consumers.delivery import Handler
 from consumers.dlq import peek_dead_letters, replay_dead_letters
 from consumers.handlers import OrderProcessor, load_handler
@@ -26,7 +27,11 @@ async def consume(settings: Settings, args: argparse.Namespace) -> None:
     )
     metrics_port = args.metrics_port or settings.metrics_port
     await consume_until_stopped(
-        settings, handler, prefetch=args.prefetch or settings.prefetch, metrics_port=metrics_port
+        settings,
+        handler,
+        prefetch=args.prefetch or settings.prefetch,
+        concurrency=args.concurrency or settings.concurrency,
+        metrics_port=metrics_port,
     )
 
 
@@ -52,10 +57,14 @@ def prefetch_value(text: str) -> Prefetch:
     return "auto" if text == "auto" else positive(text)
 
 
-def positive(text: str) -> int:
+def concurrency_value(text: str) -> Concurrency:
+    return "auto" if text == "auto" else positive(text, most=MAX_CONCURRENCY)
+
+
+def positive(text: str, most: int = MAX_PREFETCH) -> int:
     value = int(text)
-    if not 1 <= value <= MAX_PREFETCH:
-        raise argparse.ArgumentTypeError(f"must be 1..{MAX_PREFETCH}")
+    if not 1 <= value <= most:
+        raise argparse.ArgumentTypeError(f"must be 1..{most}")
     return value
 
 
@@ -63,7 +72,14 @@ def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m consumers", description="run one orderlane consumer")
     parser.add_argument("--handler", help="async handler as module:callable (default: the built-in order processor)")
     parser.add_argument(
-        "--prefetch", type=prefetch_value, help="unacked messages in flight, or auto (default: ORDERLANE_PREFETCH)"
+        "--prefetch",
+        type=prefetch_value,
+        help="deliveries held per queue (unacked), or auto (default: ORDERLANE_PREFETCH)",
+    )
+    parser.add_argument(
+        "--concurrency",
+        type=concurrency_value,
+        help="handlers run at once, or auto (default: ORDERLANE_CONCURRENCY)",
     )
     parser.add_argument(
         "--metrics-port", type=port_number, help="serve Prometheus metrics here (default: ORDERLANE_METRICS_PORT)"

@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Final
+from collections.abc import Sequence
+from typing import Final, Protocol
 
 from aio_pika.abc import AbstractIncomingMessage
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -21,6 +22,19 @@ WAIT_BUCKETS: Final = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1
 HANDLER_BUCKETS: Final = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
 
+class TrackedConsumer(Protocol):
+    @property
+    def in_flight(self) -> int: ...
+    @property
+    def held(self) -> int: ...
+    @property
+    def concurrency(self) -> int: ...
+    @property
+    def queues(self) -> Sequence[str]: ...
+    @property
+    def depths(self) -> Sequence[int]: ...
+
+
 class PriorityMetrics:
     """The per-priority children of the consumer's metrics, for one level."""
 
@@ -29,6 +43,7 @@ class PriorityMetrics:
         self.failed = metrics.failed.labels(priority=priority)
         self.retried = metrics.retried.labels(priority=priority)
         self.wait_seconds = metrics.wait_seconds.labels(priority=priority)
+        self.held_seconds = metrics.held_seconds.labels(priority=priority)
         self.exhausted = metrics.dead_lettered.labels(priority=priority, reason="exhausted")
         self.permanent = metrics.dead_lettered.labels(priority=priority, reason="permanent")
 
@@ -59,6 +74,27 @@ class ConsumerMetrics:
             "orderlane_handler_seconds", "Handler run time", buckets=HANDLER_BUCKETS, registry=self.registry
         )
         self.in_flight = Gauge("orderlane_orders_in_flight", "Deliveries being handled now", registry=self.registry)
+        self.held = Gauge(
+            "orderlane_orders_held",
+            "Deliveries received and waiting in the consumer for a free handler slot",
+            registry=self.registry,
+        )
+        self.held_seconds = Histogram(
+            "orderlane_order_held_seconds",
+            "From the delivery to the handler's start, per effective priority: the wait inside the consumer",
+            by_priority,
+            buckets=WAIT_BUCKETS,
+            registry=self.registry,
+        )
+        self.concurrency = Gauge(
+            "orderlane_consumer_concurrency", "Handler slots of the consumer process", registry=self.registry
+        )
+        self.prefetch = Gauge(
+            "orderlane_consumer_prefetch",
+            "Prefetch (deliveries in the consumer at most) per queue",
+            ["queue"],
+            registry=self.registry,
+        )
         self.wait_seconds = Histogram(
             "orderlane_order_wait_seconds",
             "From the API's publish to the handler's start, per effective priority: the number that shows "
@@ -75,6 +111,18 @@ class ConsumerMetrics:
         )
 
         self.for_priority = {level: PriorityMetrics(self, str(level)) for level in PRIORITIES}
+
+    def track(self, consumer: TrackedConsumer) -> None:
+        """Read the consumer's gauges when scraped: nothing to update per message."""
+        self.in_flight.set_function(lambda: consumer.in_flight)
+        self.held.set_function(lambda: consumer.held)
+        self.concurrency.set_function(lambda: consumer.concurrency)
+        for index, queue in enumerate(consumer.queues):
+
+            def depth(index: int = index) -> int:
+                return consumer.depths[index]
+
+            self.prefetch.labels(queue=queue).set_function(depth)
 
     def of(self, priority: int) -> PriorityMetrics:
         """The children for one priority level, bound once: `labels()` on every message costs a lock and a lookup."""

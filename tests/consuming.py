@@ -21,7 +21,7 @@ def order_message(order_id: str, **properties: object) -> aio_pika.Message:
 
 
 async def start_consumer(broker: Broker, handler: Handler, settings: Settings) -> Consumer:
-    consumer = Consumer(broker, handler, settings, lane=broker.topology.lanes[0], prefetch=1)
+    consumer = Consumer(broker, handler, settings, prefetch=1, concurrency=1)
     await consumer.start()
     return consumer
 

@@ -1,0 +1,233 @@
+"""`ORDERLANE_CONCURRENCY=auto` and `ORDERLANE_PREFETCH=auto`: the two knobs, tuned separately while running.
+
+Each window (a quarter of a second) the tuner looks at the process: its throughput X, the handler's own time W0 (a
+low percentile of the handler times), how full the slots were, the event loop's lag (how late a timer fires: how
+long a ready task, such as a VIP order's handler, waits for the CPU), and per lane how many deliveries were held
+unstarted at the least (the low-water mark) and whether the broker still had orders while a slot stood empty.
+
+Concurrency (handler slots), by Little's law:
+- Slots mostly empty: there is no backlog to be fast on; it stays.
+- The loop lags: the process is out of CPU, and more handlers at once only queue inside it. Shrink towards
+  X x W0 plus headroom.
+- The loop keeps up and the slots are full: more concurrency gives more throughput (an I/O-bound handler); grow,
+  as long as the last growth paid off.
+
+Depth (the lane's prefetch: deliveries the broker may have sent): just enough to keep the slots fed at the current
+rate. A slot that found nothing held while the broker had orders ready means the refill (an ack out, the next
+delivery in) outlasted the buffer: grow. A buffer that never ran below some margin holds orders that another
+consumer process could be running: shrink by what was never needed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import statistics
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Final, Protocol
+
+logger = logging.getLogger(__name__)
+
+MIN_CONCURRENCY: Final = 4
+MAX_CONCURRENCY: Final = 512
+START_CONCURRENCY: Final = 16
+MIN_DEPTH: Final = 4
+MAX_DEPTH: Final = 1024
+MARGIN: Final = 4
+"""Held deliveries a lane keeps at its low-water mark: the buffer that covers a refill."""
+WINDOW_SECONDS: Final = 0.25
+SAMPLE_SECONDS: Final = 0.05
+BUSY: Final = 0.7
+"""Mean share of the slots in use above which there is a backlog to serve."""
+FULL: Final = 0.95
+"""Mean share of the slots in use below which some stood empty."""
+LAGGING: Final = 0.002
+"""Mean event-loop lag (seconds) above which the process is out of CPU."""
+GROWTH: Final = 2.0
+SHRINK: Final = 0.75
+HEADROOM: Final = 1.2
+PAYOFF: Final = 1.05
+"""A growth must raise the throughput by this much to be kept."""
+DEPTH_GROWTH: Final = 1.5
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    seconds: float
+    completed: int
+    handler_times: tuple[float, ...]
+    busy: float
+    """Mean share of the slots in use."""
+    loop_lag: float
+    """Mean lateness of the sampling timer, seconds."""
+
+    @property
+    def throughput(self) -> float:
+        return self.completed / self.seconds
+
+
+class ConcurrencyController:
+    """Pure decisions on the number of handler slots, one per window."""
+
+    def __init__(self, start: int = START_CONCURRENCY, ceiling: int = MAX_CONCURRENCY) -> None:
+        self.ceiling = ceiling
+        self.concurrency = self._bounded(start)
+        self._before_growth: tuple[int, float] | None = None
+        """The concurrency and throughput before the last growth, to undo it if it did not pay off."""
+
+    def decide(self, window: Window) -> int:
+        if window.completed < 10 or window.busy < BUSY:
+            self._before_growth = None
+            return self.concurrency
+        throughput = window.throughput
+        if self._before_growth is not None:
+            previous, previous_throughput = self._before_growth
+            self._before_growth = None
+            if throughput < previous_throughput * PAYOFF:
+                self.concurrency = previous
+                return self.concurrency
+        if window.loop_lag > LAGGING:
+            needed = math.ceil(throughput * _low_percentile(window.handler_times) * HEADROOM)
+            # Towards Little's law, but by at most a quarter per window: one lagging window may be the machine's.
+            shrunk = max(needed, math.ceil(self.concurrency * SHRINK))
+            self.concurrency = self._bounded(min(self.concurrency, shrunk))
+        elif self.concurrency < self.ceiling:
+            self._before_growth = (self.concurrency, throughput)
+            self.concurrency = self._bounded(math.ceil(self.concurrency * GROWTH))
+        return self.concurrency
+
+    def _bounded(self, concurrency: int) -> int:
+        return max(MIN_CONCURRENCY, min(self.ceiling, MAX_CONCURRENCY, concurrency))
+
+
+@dataclass(frozen=True, slots=True)
+class LaneWindow:
+    low_water: int
+    """The fewest of the lane's deliveries held unstarted when a slot took one."""
+    in_transit: float
+    """Mean of the depth less what the process holds and runs: deliveries the broker may have sent that the process
+    has not read yet (or that the broker had none to send for)."""
+    starved: bool
+    """Slots stood empty while the lane's queue had orders ready at the broker."""
+
+
+class DepthController:
+    """Pure decisions on one lane's depth, one per window: the slots plus a headroom that covers a refill.
+
+    - Slots stood empty, the broker had orders, and the process held its whole window: the window was too small
+      to cover the time from an ack to the next delivery. Grow the headroom.
+    - The buffer never ran below the margin: shrink the headroom by what was never needed.
+    - More was in transit than the headroom: the process reads deliveries slower than the broker sends them (it is
+      out of CPU), and a deeper window only lengthens the line a VIP order must wait in before the process even
+      sees it. Shrink the headroom.
+    """
+
+    def __init__(self, slots: int, headroom: int = 2 * MARGIN) -> None:
+        self.slots = slots
+        self.headroom = headroom
+
+    @property
+    def depth(self) -> int:
+        return max(MIN_DEPTH, min(MAX_DEPTH, self.slots + self.headroom))
+
+    def decide(self, window: LaneWindow, slots: int) -> int:
+        self.slots = slots
+        if window.starved and window.in_transit <= MARGIN:
+            self.headroom = min(max(slots, MARGIN), math.ceil(self.headroom * DEPTH_GROWTH))
+        elif window.low_water > MARGIN:
+            self.headroom = max(MARGIN, self.headroom - (window.low_water - MARGIN))
+        elif window.in_transit > self.headroom:
+            self.headroom = max(MARGIN, math.floor(self.headroom * SHRINK))
+        return self.depth
+
+
+def _low_percentile(values: Iterable[float]) -> float:
+    ordered = sorted(values)
+    return ordered[len(ordered) // 10]
+
+
+class TunedProcess(Protocol):
+    """What the tuner reads from the consumer process and how it applies its decisions."""
+
+    def running(self) -> int: ...
+    def in_transit(self) -> list[int]: ...
+    def take_handler_times(self) -> list[float]: ...
+    def take_low_waters(self) -> list[int]: ...
+    async def ready_at_broker(self, lane: int) -> int: ...
+    def set_concurrency(self, concurrency: int) -> None: ...
+    async def set_depth(self, lane: int, depth: int) -> None: ...
+
+
+class AutoTuner:
+    """Samples the process, asks the controllers once a window, and applies their answers. `concurrency` is None
+    when it is fixed; `depths[i]` is None for a lane whose depth is fixed."""
+
+    def __init__(
+        self,
+        process: TunedProcess,
+        concurrency: ConcurrencyController | None,
+        depths: Sequence[DepthController | None],
+        fixed_concurrency: int,
+    ) -> None:
+        self._process = process
+        self.concurrency = concurrency
+        self.depths = depths
+        self._fixed_concurrency = fixed_concurrency
+        self._task: asyncio.Task[None] | None = None
+        self._tuning: asyncio.Task[None] | None = None
+
+    @property
+    def slots(self) -> int:
+        return self.concurrency.concurrency if self.concurrency else self._fixed_concurrency
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run())
+
+    async def stop(self) -> None:
+        """Stop sampling; a decision being applied finishes first (a cancelled broker call would close its
+        channel)."""
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        if self._tuning is not None:
+            await asyncio.gather(self._tuning, return_exceptions=True)
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        lanes = len(self.depths)
+        while True:
+            started = loop.time()
+            busy, lags, in_transit = [], [], [0.0] * lanes
+            samples = 0
+            while (elapsed := loop.time() - started) < WINDOW_SECONDS:
+                before_sleep = loop.time()
+                await asyncio.sleep(SAMPLE_SECONDS)
+                lags.append(loop.time() - before_sleep - SAMPLE_SECONDS)
+                busy.append(self._process.running() / self.slots)
+                in_transit = [total + gap for total, gap in zip(in_transit, self._process.in_transit(), strict=True)]
+                samples += 1
+            times = self._process.take_handler_times()
+            window = Window(elapsed, len(times), tuple(times), statistics.fmean(busy), statistics.fmean(lags))
+            transit = [total / samples for total in in_transit]
+            self._tuning = asyncio.create_task(self._tune(window, transit))
+            await asyncio.shield(self._tuning)
+
+    async def _tune(self, window: Window, in_transit: Sequence[float]) -> None:
+        if self.concurrency is not None:
+            before = self.concurrency.concurrency
+            after = self.concurrency.decide(window)
+            if after != before:
+                logger.info("concurrency %d -> %d (%.0f orders/s)", before, after, window.throughput)
+                self._process.set_concurrency(after)
+        low_waters = self._process.take_low_waters()
+        for lane, controller in enumerate(self.depths):
+            if controller is None:
+                continue
+            starved = window.busy < FULL and low_waters[lane] <= 0 and await self._process.ready_at_broker(lane) > 0
+            before = controller.depth
+            after = controller.decide(LaneWindow(low_waters[lane], in_transit[lane], starved), self.slots)
+            if after != before:
+                logger.debug("lane %d: prefetch %d -> %d", lane, before, after)
+                await self._process.set_depth(lane, after)

@@ -1,0 +1,107 @@
+"""The automatic concurrency and depth: their decisions window by window (pure), and on the real broker."""
+
+from __future__ import annotations
+
+import asyncio
+
+from broker.connection import Broker
+from broker.messages import Order
+from broker.settings import Settings
+from consumers.autotune import (
+    MARGIN,
+    MAX_CONCURRENCY,
+    MIN_CONCURRENCY,
+    START_CONCURRENCY,
+    ConcurrencyController,
+    DepthController,
+    LaneWindow,
+    Window,
+)
+from consumers.runner import Consumer
+from tests.amqp import consumers_are, publish_raw, wait_until
+from tests.consuming import order_message
+
+
+def window(throughput: float, *, own_ms: float, lag_ms: float, busy: float = 1.0) -> Window:
+    count = 100
+    times = (own_ms / 1000,) * 20 + ((own_ms + lag_ms) / 1000,) * (count - 20)
+    return Window(count / throughput, count, times, busy, lag_ms / 1000)
+
+
+def test_concurrency_grows_while_handlers_wait_on_io_and_growth_pays_off() -> None:
+    controller = ConcurrencyController(start=16)
+    assert controller.decide(window(3000, own_ms=5, lag_ms=0.2)) == 32
+    assert controller.decide(window(5000, own_ms=5, lag_ms=0.2)) == 64
+
+
+def test_a_growth_that_does_not_pay_off_is_undone() -> None:
+    controller = ConcurrencyController(start=16)
+    assert controller.decide(window(3000, own_ms=5, lag_ms=0.2)) == 32
+    assert controller.decide(window(3010, own_ms=5, lag_ms=0.2)) == 16
+
+
+def test_concurrency_shrinks_to_littles_law_when_the_loop_lags() -> None:
+    controller = ConcurrencyController(start=48)
+    # 6,000 orders/s with handlers of 5 ms of their own: 30 at once suffice; with 20 % headroom, 36.
+    assert controller.decide(window(6000, own_ms=5, lag_ms=25)) == 36
+    # never by more than a quarter at a time
+    assert ConcurrencyController(start=200).decide(window(6000, own_ms=5, lag_ms=25)) == 150
+
+
+def test_concurrency_holds_without_a_backlog_and_stays_within_bounds() -> None:
+    controller = ConcurrencyController(start=16)
+    assert controller.decide(window(100, own_ms=5, lag_ms=0.1, busy=0.2)) == 16
+    assert ConcurrencyController(start=MIN_CONCURRENCY).decide(window(10, own_ms=1, lag_ms=50)) == MIN_CONCURRENCY
+    top = ConcurrencyController(start=MAX_CONCURRENCY)
+    assert top.decide(window(9000, own_ms=5, lag_ms=0.1)) == MAX_CONCURRENCY
+    assert ConcurrencyController(start=16, ceiling=20).decide(window(3000, own_ms=5, lag_ms=0.2)) == 20
+
+
+def test_depth_is_the_slots_plus_a_headroom_that_follows_what_the_buffer_needed() -> None:
+    controller = DepthController(slots=16)
+    assert controller.depth == 16 + 2 * MARGIN
+    # slots stood empty while the broker had orders and the whole window was in hand: grow the headroom
+    grown = controller.decide(LaneWindow(low_water=0, in_transit=1, starved=True), slots=16)
+    assert grown > 16 + 2 * MARGIN
+    # the buffer never ran below 10: 10 - MARGIN of the headroom were never needed
+    headroom = controller.headroom
+    assert controller.decide(LaneWindow(low_water=10, in_transit=0, starved=False), slots=16) == 16 + max(
+        MARGIN, headroom - (10 - MARGIN)
+    )
+    # more in transit than the headroom: the process reads slower than the broker sends; a deeper window only
+    # lengthens the line before the process
+    controller = DepthController(slots=16, headroom=20)
+    assert controller.decide(LaneWindow(low_water=0, in_transit=40, starved=True), slots=16) == 16 + 15
+    # the depth follows the slots
+    assert controller.decide(LaneWindow(low_water=MARGIN, in_transit=0, starved=False), slots=64) == 64 + 15
+
+
+async def test_auto_moves_both_knobs_and_the_broker_sends_up_to_the_new_depth(
+    settings: Settings, broker: Broker
+) -> None:
+    """An I/O-bound handler: more concurrency pays, so `auto` grows it, and the depth with it. RabbitMQ fixes a
+    consumer's prefetch when it subscribes; the broker must deliver beyond the first depth."""
+    await publish_raw(settings.queue, *(order_message(f"a-{n}") for n in range(3000)))
+    most_running = most_outstanding = 0
+
+    async def waits_on_io(order: Order) -> None:
+        nonlocal most_running, most_outstanding
+        most_running = max(most_running, consumer.in_flight)
+        most_outstanding = max(most_outstanding, consumer.in_flight + consumer.held)
+        await asyncio.sleep(0.05)
+
+    consumer = Consumer(broker, waits_on_io, settings, prefetch="auto", concurrency="auto")
+    first_depth = consumer.depths[0]
+    await consumer.start()
+
+    async def grown() -> bool:
+        return most_running > START_CONCURRENCY and most_outstanding > first_depth
+
+    try:
+        await wait_until(grown, within=30, what="more handlers at once and more deliveries than at the start")
+        assert consumer.concurrency > START_CONCURRENCY
+        assert consumer.depths[0] > first_depth
+        assert most_running <= consumer.concurrency
+        assert await consumers_are(settings.queue, 1), "the old subscription is cancelled"
+    finally:
+        await consumer.stop(grace_seconds=5)

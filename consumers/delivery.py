@@ -6,13 +6,13 @@ from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
 from dataclasses import dataclass
 
-from aio_pika.abc import AbstractIncomingMessage
 from pydantic import ValidationError
 
 from broker.errors import InvalidMessage
 from broker.messages import Order, decode_order, is_json_media_type
 from broker.priority import PRIORITIES
 from broker.publisher import ATTEMPT_HEADER, PRIORITY_HEADER
+from consumers.received import Headed, Received
 
 Handler = Callable[[Order], Awaitable[None]]
 """A handler receives the validated order. It never acks: it returns (ack) or raises (the order is retried, or
@@ -35,7 +35,7 @@ def log_fields(order_id: str | None, priority: int | None, attempt: int) -> dict
     return {"order_id": order_id, "priority": priority, "attempt": attempt}
 
 
-def parse_order(message: AbstractIncomingMessage, *, max_body_bytes: int) -> Order:
+def parse_order(message: Received, *, max_body_bytes: int) -> Order:
     """Treat the body as untrusted: bounded size, JSON only, a valid order."""
     if len(message.body) > max_body_bytes:
         raise InvalidMessage(f"body of {len(message.body)} bytes exceeds {max_body_bytes}")
@@ -47,17 +47,17 @@ def parse_order(message: AbstractIncomingMessage, *, max_body_bytes: int) -> Ord
         raise InvalidMessage(f"not a valid order: {exc.error_count()} errors, first: {exc.errors()[0]['msg']}") from exc
 
 
-def int_header(message: AbstractIncomingMessage, name: str, default: int) -> int:
+def int_header(message: Headed, name: str, default: int) -> int:
     value = message.headers.get(name)
     return value if isinstance(value, int) and not isinstance(value, bool) else default
 
 
-def attempt_of(message: AbstractIncomingMessage) -> int:
+def attempt_of(message: Headed) -> int:
     """The attempt this delivery is (1 when the header is absent); headers are untrusted, so never below 1."""
     return max(1, int_header(message, ATTEMPT_HEADER, 1))
 
 
-def describe(message: AbstractIncomingMessage, order: Order) -> Delivery:
+def describe(message: Received, order: Order) -> Delivery:
     """The delivery as a handler sees it. The effective priority comes from the API's header when it holds one
     of 0..9 (anything else is not ours to trust), else from the order itself."""
     priority = int_header(message, PRIORITY_HEADER, order.priority)
@@ -65,7 +65,7 @@ def describe(message: AbstractIncomingMessage, order: Order) -> Delivery:
         order_id=order.order_id,
         priority=priority if priority in PRIORITIES else order.priority,
         attempt=attempt_of(message),
-        redelivered=bool(message.redelivered),
+        redelivered=message.redelivered,
     )
 
 

@@ -8,13 +8,13 @@ import time
 from collections.abc import Sequence
 from typing import Final, Protocol
 
-from aio_pika.abc import AbstractIncomingMessage
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from broker.connection import Broker
 from broker.priority import PRIORITIES
 from broker.publisher import PUBLISHED_AT_HEADER
 from broker.queues import queue_stats
+from consumers.received import Headed
 
 logger = logging.getLogger(__name__)
 
@@ -129,7 +129,7 @@ class ConsumerMetrics:
         found = self.for_priority.get(priority)
         return found if found is not None else PriorityMetrics(self, str(priority))
 
-    def observe_wait(self, message: AbstractIncomingMessage, metrics: PriorityMetrics) -> None:
+    def observe_wait(self, message: Headed, metrics: PriorityMetrics) -> None:
         published_at = message.headers.get(PUBLISHED_AT_HEADER)
         if isinstance(published_at, int | float) and not isinstance(published_at, bool):
             metrics.wait_seconds.observe(max(0.0, time.time() - published_at))

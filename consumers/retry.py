@@ -9,10 +9,10 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Final
+from typing import Final, Protocol
 
 import aio_pika
-from aio_pika.abc import AbstractMessage, HeadersType
+from aio_pika.abc import HeadersType
 
 from broker.publisher import ATTEMPT_HEADER
 from broker.settings import Settings
@@ -47,7 +47,32 @@ class RetryPolicy:
         return delay * rng.uniform(1 - JITTER, 1 + JITTER)
 
 
-def _copy(message: AbstractMessage, headers: HeadersType, expiration: float | None = None) -> aio_pika.Message:
+class Copyable(Protocol):
+    """What a copy keeps of a message: a delivery (consumers.received.Received) or a fetched aio-pika message."""
+
+    @property
+    def body(self) -> bytes: ...
+    @property
+    def headers(self) -> HeadersType: ...
+    @property
+    def content_type(self) -> str | None: ...
+    @property
+    def content_encoding(self) -> str | None: ...
+    @property
+    def priority(self) -> int | None: ...
+    @property
+    def correlation_id(self) -> str | None: ...
+    @property
+    def message_id(self) -> str | None: ...
+    @property
+    def timestamp(self) -> datetime | None: ...
+    @property
+    def type(self) -> str | None: ...
+    @property
+    def app_id(self) -> str | None: ...
+
+
+def _copy(message: Copyable, headers: HeadersType, expiration: float | None = None) -> aio_pika.Message:
     """The same message (body, priority, ids, timestamp) with new headers, persistent."""
     return aio_pika.Message(
         message.body,
@@ -65,16 +90,16 @@ def _copy(message: AbstractMessage, headers: HeadersType, expiration: float | No
     )
 
 
-def _own_headers(message: AbstractMessage) -> HeadersType:
+def _own_headers(message: Copyable) -> HeadersType:
     """The message's headers without the ones the broker adds when it dead-letters (it adds them again)."""
     return {key: value for key, value in message.headers.items() if key not in BROKER_HEADERS}
 
 
-def retry_message(message: AbstractMessage, *, next_attempt: int, delay_seconds: float) -> aio_pika.Message:
+def retry_message(message: Copyable, *, next_attempt: int, delay_seconds: float) -> aio_pika.Message:
     return _copy(message, {**_own_headers(message), ATTEMPT_HEADER: next_attempt}, expiration=delay_seconds)
 
 
-def dead_letter_message(message: AbstractMessage, *, error_type: str, error: str, attempts: int) -> aio_pika.Message:
+def dead_letter_message(message: Copyable, *, error_type: str, error: str, attempts: int) -> aio_pika.Message:
     headers: HeadersType = {
         **_own_headers(message),
         ERROR_TYPE_HEADER: error_type,
@@ -85,7 +110,7 @@ def dead_letter_message(message: AbstractMessage, *, error_type: str, error: str
     return _copy(message, headers)
 
 
-def replay_message(message: AbstractMessage) -> aio_pika.Message:
+def replay_message(message: Copyable) -> aio_pika.Message:
     """A dead letter made new: same body and priority, the failure headers gone, the attempt count reset."""
     excluded = {ATTEMPT_HEADER, *ORDERLANE_FAILURE_HEADERS}
     return _copy(message, {key: value for key, value in _own_headers(message).items() if key not in excluded})

@@ -14,7 +14,6 @@ import logging
 import signal
 from contextlib import AsyncExitStack
 
-from aio_pika.abc import AbstractIncomingMessage
 from prometheus_client import start_http_server
 
 from broker.connection import Broker, open_broker
@@ -29,12 +28,13 @@ from consumers.autotune import (
 from consumers.delivery import Handler
 from consumers.dispatcher import Dispatcher
 from consumers.metrics import ConsumerMetrics
+from consumers.received import Received
 from consumers.settling import Settler
 from consumers.subscription import Subscription
 
 logger = logging.getLogger(__name__)
 
-Held = tuple[AbstractIncomingMessage, Subscription]
+Held = tuple[Received, Subscription]
 
 
 class Consumer:
@@ -112,7 +112,7 @@ class Consumer:
         auto_concurrency = self._tuner is not None and self._tuner.concurrency is not None
         logger.info("concurrency %s", "auto" if auto_concurrency else self.concurrency)
 
-    def _hold(self, message: AbstractIncomingMessage, subscription: Subscription) -> None:
+    def _hold(self, message: Received, subscription: Subscription) -> None:
         self._dispatcher.hold((message, subscription), message.priority or 0)
 
     async def _process(self, held: Held, held_seconds: float) -> None:
@@ -156,7 +156,7 @@ class Consumer:
             await subscription.stop()
         released = self._dispatcher.release()
         for message, subscription in released:
-            await subscription.give_back(message)
+            subscription.give_back(message)
         logger.info("stopping: gave %d held orders back to the broker", len(released))
         logger.info("stopping: waiting up to %.0fs for %d in-flight orders", grace_seconds, self.in_flight)
         finished = asyncio.create_task(self._dispatcher.wait_finished())

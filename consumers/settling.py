@@ -20,12 +20,10 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Awaitable
 
 import aio_pika
-from aio_pika.abc import AbstractIncomingMessage
 
-from broker.connection import BROKER_ERRORS, Broker
+from broker.connection import Broker
 from broker.errors import InvalidMessage, PermanentFailure, PublishError
 from broker.messages import Order
 from broker.priority import PRIORITIES
@@ -44,6 +42,7 @@ from consumers.delivery import (
     set_current_delivery,
 )
 from consumers.metrics import ConsumerMetrics
+from consumers.received import Received
 from consumers.retry import RetryPolicy, dead_letter_message, retry_message
 
 logger = logging.getLogger(__name__)
@@ -66,7 +65,7 @@ class Settler:
         self.handler_times: list[float] | None = None
         """When a list, every handler's run time is appended to it (the automatic tuning reads and empties it)."""
 
-    async def settle(self, message: AbstractIncomingMessage, lane: Lane, held_seconds: float) -> None:
+    async def settle(self, message: Received, lane: Lane, held_seconds: float) -> None:
         """Process one delivery that waited `held_seconds` in the process for a free slot."""
         try:
             order = parse_order(message, max_body_bytes=self._settings.max_body_bytes)
@@ -84,7 +83,7 @@ class Settler:
         failure = await self._run_handler(order)
         if failure is None:
             metrics.processed.inc()
-            await self._ack(message)
+            message.ack()
             return
         metrics.failed.inc()
         if isinstance(failure, PermanentFailure):
@@ -128,19 +127,19 @@ class Settler:
                 self.handler_times.append(elapsed)
         return failure
 
-    async def _retry(self, message: AbstractIncomingMessage, lane: Lane, failed_attempt: int) -> None:
+    async def _retry(self, message: Received, lane: Lane, failed_attempt: int) -> None:
         delay = self._retry_policy.delay_seconds(failed_attempt, self._rng)
         copy = retry_message(message, next_attempt=failed_attempt + 1, delay_seconds=delay)
         await self._move(message, copy, lane.retry_queue(failed_attempt).name)
 
-    async def _dead_letter(self, message: AbstractIncomingMessage, error: BaseException, attempts: int) -> None:
+    async def _dead_letter(self, message: Received, error: BaseException, attempts: int) -> None:
         reason = str(error) or repr(error)
         copy = dead_letter_message(message, error_type=type(error).__name__, error=reason, attempts=attempts)
         await self._move(message, copy, self._broker.topology.dead_letter.name)
 
-    async def _move(self, message: AbstractIncomingMessage, copy: aio_pika.Message, queue: str) -> None:
+    async def _move(self, message: Received, copy: aio_pika.Message, queue: str) -> None:
         """Republish `copy` to `queue`, confirmed, then ack the original; on failure requeue the original."""
-        if message.channel.is_closed:
+        if message.channel_is_closed:
             logger.warning("channel gone before settling; the broker redelivers it", extra=message_fields(message))
             return
         try:
@@ -150,24 +149,12 @@ class Settler:
         except PublishError as exc:
             logger.error("could not move it to %r (%s); requeueing it", queue, exc, extra=message_fields(message))
             await asyncio.sleep(REQUEUE_PAUSE_SECONDS)
-            await settle_with(message.nack(requeue=True), message)
+            message.requeue()
             return
-        await self._ack(message)
-
-    async def _ack(self, message: AbstractIncomingMessage) -> None:
-        await settle_with(message.ack(), message)
+        message.ack()
 
 
-async def settle_with(settling: Awaitable[None], message: AbstractIncomingMessage) -> None:
-    """Await an ack or a nack; a closed channel is not an error (its delivery tags are void, the broker redelivers
-    the message)."""
-    try:
-        await settling
-    except BROKER_ERRORS as exc:
-        logger.warning("could not settle (%s); the broker will redeliver it", exc, extra=message_fields(message))
-
-
-def message_fields(message: AbstractIncomingMessage) -> dict[str, object]:
+def message_fields(message: Received) -> dict[str, object]:
     """Log fields for a message whose body may not be an order: what its properties and headers say."""
     priority = int_header(message, PRIORITY_HEADER, -1)
     return log_fields(message.message_id, priority if priority in PRIORITIES else None, attempt_of(message))

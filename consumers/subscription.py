@@ -1,20 +1,32 @@
-"""One lane's subscription: a channel of its own whose QoS is the lane's depth (prefetch), feeding the dispatcher."""
+"""One lane's subscription: a channel of its own whose QoS is the lane's depth (prefetch), feeding the dispatcher.
+
+The channel is aio-pika's robust channel: after a reconnect it comes back with its QoS and the lane's queue
+declared again. The consumer itself is registered on aiormq's channel underneath (consumers/received.py says
+why), so this module subscribes again itself: after every reopen of the channel, and after the broker cancelled
+the subscription (the queue was deleted, say), retrying until it holds.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 from collections.abc import Callable
+from typing import Final
 
-from aio_pika.abc import AbstractIncomingMessage, AbstractQueue, AbstractRobustChannel, ConsumerTag
+from aio_pika.abc import AbstractQueue, AbstractRobustChannel
+from aiormq.abc import AbstractChannel, DeliveredMessage
+from pamqp.commands import Basic
 
 from broker.connection import BROKER_ERRORS, Broker
 from broker.topology import Lane, declare_queue
-from consumers.settling import settle_with
+from consumers.acks import Acks
+from consumers.received import Received
 
 logger = logging.getLogger(__name__)
 
-Deliver = Callable[[AbstractIncomingMessage, "Subscription"], None]
+RESUBSCRIBE_INTERVAL: Final = 1.0
+
+Deliver = Callable[[Received, "Subscription"], None]
 
 
 class Subscription:
@@ -36,25 +48,79 @@ class Subscription:
         """The fewest deliveries of this lane held unstarted when a slot took one (since `take_low_water()`)."""
         self._channel: AbstractRobustChannel | None = None
         self._queue: AbstractQueue | None = None
-        self._tag: ConsumerTag | None = None
+        self._consuming: tuple[AbstractChannel, str] | None = None
+        """The aiormq channel and consumer tag of the subscription in force."""
+        self._acks: Acks | None = None
+        """Settles the deliveries of the aiormq channel in use."""
         self._stopping = False
         self._resubscribing = asyncio.Lock()
+        self._recovery: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         if self._channel is not None:
             raise RuntimeError("subscription already started")
         self._channel = await self._broker.connection.channel(publisher_confirms=False)
         await self._channel.set_qos(prefetch_count=self.depth)
-        # Declared (not just looked up) on this channel, so that the robust channel restores the consumer too.
         self._queue = await declare_queue(self._channel, self.lane.work)
-        self._tag = await self._queue.consume(self._on_message)
+        self._channel.reopen_callbacks.add(self._on_reopen)
+        async with self._resubscribing:
+            await self._subscribe()
 
-    async def _on_message(self, message: AbstractIncomingMessage) -> None:
+    async def _subscribe(self) -> None:
+        """Consume under the channel's current QoS; the caller holds `_resubscribing`."""
+        assert self._channel is not None
+        channel = await self._channel.get_underlay_channel()
+        channel.on_consumer_cancel_callbacks.add(self._on_broker_cancel)
+        if self._acks is None or self._acks.channel is not channel:
+            self._acks = Acks(channel)
+        consumed = await channel.basic_consume(self.lane.work.name, self._on_delivered)
+        assert consumed.consumer_tag is not None
+        self._consuming = (channel, consumed.consumer_tag)
+
+    async def _on_delivered(self, delivered: DeliveredMessage) -> None:
+        acks = self._acks
+        if acks is None or acks.channel is not delivered.channel:  # sent on a channel lost since
+            acks = Acks(delivered.channel)
+        received = Received(delivered, acks)
         if self._stopping:
-            await settle_with(message.nack(requeue=True), message)
+            received.requeue()
             return
         self.outstanding += 1
-        self._deliver(message, self)
+        self._deliver(received, self)
+
+    def _on_reopen(self, _: object) -> None:
+        """The robust channel is back after a reconnect, with its QoS and the queue; the subscription is not."""
+        self._consuming = None
+        self._resubscribe_soon(0.0)
+
+    def _on_broker_cancel(self, frame: Basic.Cancel) -> None:
+        if self._consuming is not None and frame.consumer_tag == self._consuming[1]:
+            logger.warning("the broker cancelled the subscription to %r; subscribing again", self.lane.work.name)
+            self._consuming = None
+            self._resubscribe_soon(RESUBSCRIBE_INTERVAL)
+
+    def _resubscribe_soon(self, delay: float) -> None:
+        if not self._stopping and self._recovery is None:
+            self._recovery = asyncio.get_running_loop().create_task(self._resubscribe(delay))
+
+    async def _resubscribe(self, delay: float) -> None:
+        try:
+            while True:
+                await asyncio.sleep(delay)
+                async with self._resubscribing:
+                    if self._stopping:
+                        return
+                    try:
+                        assert self._queue is not None
+                        await self._queue.declare()  # it may have been deleted: as the robust channel would
+                        await self._subscribe()
+                    except BROKER_ERRORS as exc:
+                        logger.warning("could not subscribe to %r again (%s); retrying", self.lane.work.name, exc)
+                    else:
+                        return
+                delay = RESUBSCRIBE_INTERVAL
+        finally:
+            self._recovery = None
 
     def took(self) -> None:
         held_after = self.outstanding - self.running - 1
@@ -85,14 +151,13 @@ class Subscription:
         subscription: subscribe again under the new QoS, then cancel the old one. The deliveries the old one
         holds stay ackable on this channel; for a moment both hold some."""
         async with self._resubscribing:
-            if self._stopping or self._channel is None or self._channel.is_closed or self._queue is None:
+            if self._stopping or self._channel is None or self._channel.is_closed or self._consuming is None:
                 return
-            old_tag = self._tag
+            channel, old_tag = self._consuming
             try:
                 await self._channel.set_qos(prefetch_count=depth)
-                self._tag = await self._queue.consume(self._on_message)
-                if old_tag is not None:
-                    await self._queue.cancel(old_tag)
+                await self._subscribe()
+                await channel.basic_cancel(old_tag)
             except BROKER_ERRORS as exc:
                 logger.warning("could not change the prefetch of %r to %d: %s", self.lane.work.name, depth, exc)
                 return
@@ -100,20 +165,25 @@ class Subscription:
 
     async def stop(self) -> None:
         """Cancel the subscription: the broker sends nothing more; what still arrives is given back at once."""
-        async with self._resubscribing:  # let a change of depth under way finish; later ones see _stopping
+        async with self._resubscribing:  # let a change under way finish; later ones see _stopping
             self._stopping = True
-        if self._tag is not None and self._queue is not None:
+        if self._recovery is not None:
+            self._recovery.cancel()
+        if self._consuming is not None:
+            channel, tag = self._consuming
+            self._consuming = None
             try:
-                await self._queue.cancel(self._tag)
+                await channel.basic_cancel(tag)
             except BROKER_ERRORS as exc:
                 logger.warning("could not cancel the consumer of %r cleanly: %s", self.lane.work.name, exc)
-            self._tag = None
 
-    async def give_back(self, message: AbstractIncomingMessage) -> None:
+    def give_back(self, message: Received) -> None:
         """Return a held, unstarted delivery to the broker (requeued at its priority)."""
-        await settle_with(message.nack(requeue=True), message)
+        message.requeue()
         self.outstanding -= 1
 
     async def close(self) -> None:
+        if self._acks is not None:
+            await self._acks.drain()
         if self._channel is not None:
             await self._channel.close()  # anything still unacked goes back to the queue now

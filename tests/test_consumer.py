@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import aio_pika
+import aiormq.exceptions
 import orjson
 
 from broker.connection import Broker
@@ -150,3 +151,31 @@ async def test_a_dead_letter_that_cannot_be_moved_is_kept_and_moved_later(settin
             await channel.declare_queue(settings.dead_letter_queue, durable=True)
         await wait_until(lambda: depth_is(settings.dead_letter_queue, 1), what="the garbage in the new DLQ")
     assert await queue_depth(settings.queue) == 0
+
+
+async def test_a_subscription_the_broker_cancels_comes_back(settings: Settings, broker: Broker) -> None:
+    """Deleting the work queue makes the broker cancel the consumer; the consumer declares it again and
+    subscribes anew, so orders published afterwards are processed without a restart."""
+    processed: list[str] = []
+
+    async def record(order: Order) -> None:
+        processed.append(order.order_id)
+
+    async with consuming(broker, record, settings):
+        await wait_until(lambda: consumers_are(settings.queue, 1), what="the consumer subscribed")
+        async with operator_channel() as channel:
+            await channel.queue_delete(settings.queue)
+
+        async def subscribed_again() -> bool:
+            try:
+                return await consumers_are(settings.queue, 1)
+            except aiormq.exceptions.ChannelNotFoundEntity:  # not declared again yet
+                return False
+
+        await wait_until(subscribed_again, what="the queue declared again and subscribed")
+        await publish_raw(settings.queue, order_message("after-delete"))
+
+        async def handled() -> bool:
+            return processed == ["after-delete"]
+
+        await wait_until(handled, what="the order published after the delete processed")

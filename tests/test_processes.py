@@ -23,7 +23,14 @@ PROCESSED = "order processed"
 async def test_sigterm_mid_batch_finishes_in_flight_orders_and_loses_none(settings: Settings, broker: Broker) -> None:
     total = 60
     await publish_raw(settings.queue, *(order_message(f"t-{n:03d}") for n in range(total)))
-    consumer = await start("consumers", "--prefetch", "4", env=environment(settings, ORDERLANE_SIMULATED_WORK_MS="200"))
+    consumer = await start(
+        "consumers",
+        "--prefetch",
+        "4",
+        "--concurrency",
+        "1",
+        env=environment(settings, ORDERLANE_SIMULATED_WORK_MS="200"),
+    )
     lines: list[str] = []
     try:
         async with asyncio.timeout(60):
@@ -43,8 +50,11 @@ async def test_sigterm_mid_batch_finishes_in_flight_orders_and_loses_none(settin
     [stopping] = [n for n, line in enumerate(lines) if "stopping: waiting" in line]
     in_flight_at_sigterm = int(lines[stopping].split(" for ")[1].split()[0])
     finished_after_sigterm = sum(PROCESSED in line for line in lines[stopping:])
-    assert in_flight_at_sigterm >= 1, lines[stopping]
+    assert in_flight_at_sigterm == 1, "".join(lines)
     assert finished_after_sigterm == in_flight_at_sigterm, "the orders in flight at SIGTERM are finished, not dropped"
+    [gave_back] = [line for line in lines if "held orders back" in line]
+    held_at_sigterm = int(gave_back.split("gave ")[1].split()[0])
+    assert 1 <= held_at_sigterm <= 3, "held, unstarted orders go back at once (prefetch 4, one running)"
 
 
 async def test_topology_conflict_is_one_line_naming_queue_and_argument(settings: Settings) -> None:

@@ -1,0 +1,101 @@
+"""Settling one channel's deliveries in batches: an ack (or reject) is recorded when the ack policy decides it
+and sent at the end of the event loop's turn, together with the others of that turn.
+
+Deliveries that finish in the same turn are mostly neighbours in delivery order, so one `basic.ack` with
+`multiple` covers the longest run of settled deliveries from the oldest unsettled one; the rest go one by one.
+The broker handles one frame instead of many: measured on this machine (docs/benchmarks.md), that is about an
+eighth more throughput on a busy queue. Nothing is acked before the ack policy said so: a `multiple` never
+reaches past a delivery that is still unsettled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+
+from aiormq.abc import AbstractChannel
+
+from broker.connection import BROKER_ERRORS
+
+logger = logging.getLogger(__name__)
+
+
+class Outcome(enum.Enum):
+    ACK = "ack"
+    REQUEUE = "requeue"
+    """Reject with requeue: the broker delivers it again."""
+
+
+Frame = tuple[int, Outcome, bool]
+"""(delivery tag, outcome, multiple)"""
+
+
+def take_frames(unsettled: dict[int, Outcome | None]) -> list[Frame]:
+    """The frames that send what was decided, in order, and forget those deliveries; `unsettled` holds the
+    delivery tags in delivery order with the decision on each (None: not yet)."""
+    frames: list[Frame] = []
+    settled: list[int] = []
+    run_end: int | None = None
+    oldest_first = True
+    for tag, outcome in unsettled.items():
+        if outcome is None:
+            oldest_first = False
+            continue
+        settled.append(tag)
+        if oldest_first and outcome is Outcome.ACK:
+            run_end = tag
+            continue
+        if run_end is not None:
+            frames.append((run_end, Outcome.ACK, True))
+            run_end = None
+        frames.append((tag, outcome, False))
+    if run_end is not None:
+        frames.append((run_end, Outcome.ACK, True))
+    for tag in settled:
+        del unsettled[tag]
+    return frames
+
+
+class Acks:
+    def __init__(self, channel: AbstractChannel) -> None:
+        self.channel = channel
+        self._unsettled: dict[int, Outcome | None] = {}
+        """Delivery tags in delivery order, with what the ack policy decided (None: not yet)."""
+        self._scheduled = False
+        self._sending: asyncio.Task[None] | None = None
+
+    def received(self, tag: int) -> None:
+        self._unsettled[tag] = None
+
+    def settle(self, tag: int, outcome: Outcome) -> None:
+        self._unsettled[tag] = outcome
+        if not self._scheduled:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    async def drain(self) -> None:
+        """Wait until everything settled so far has been handed to the connection."""
+        if self._scheduled:
+            self._flush()
+        if self._sending is not None:
+            await asyncio.gather(self._sending, return_exceptions=True)
+
+    def _flush(self) -> None:
+        self._scheduled = False
+        frames = take_frames(self._unsettled)
+        if frames:
+            self._sending = asyncio.get_running_loop().create_task(self._send(frames, after=self._sending))
+
+    async def _send(self, frames: list[Frame], after: asyncio.Task[None] | None) -> None:
+        if after is not None:
+            await asyncio.gather(after, return_exceptions=True)  # keep the frames in order
+        try:
+            for tag, outcome, multiple in frames:
+                if outcome is Outcome.ACK:
+                    await self.channel.basic_ack(tag, multiple=multiple, wait=False)
+                else:
+                    await self.channel.basic_reject(tag, requeue=True, wait=False)
+        except BROKER_ERRORS as exc:
+            # The channel that delivered them is gone: its tags are void and the broker redelivers the messages.
+            logger.warning("could not settle deliveries (%s); the broker will redeliver them", exc)

@@ -71,25 +71,20 @@ class Acks:
     def settle(self, tag: int, outcome: Outcome) -> None:
         self._unsettled[tag] = outcome
         if not self._scheduled:
+            # The task's first step runs on the loop's next turn, after every settle of this one.
             self._scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush)
+            self._sending = asyncio.get_running_loop().create_task(self._send(after=self._sending))
 
     async def drain(self) -> None:
         """Wait until everything settled so far has been handed to the connection."""
-        if self._scheduled:
-            self._flush()
-        if self._sending is not None:
-            await asyncio.gather(self._sending, return_exceptions=True)
+        while self._sending is not None and not self._sending.done():
+            await asyncio.wait((self._sending,))
 
-    def _flush(self) -> None:
+    async def _send(self, after: asyncio.Task[None] | None) -> None:
+        if after is not None and not after.done():
+            await asyncio.wait((after,))  # keep the frames in order
         self._scheduled = False
         frames = take_frames(self._unsettled)
-        if frames:
-            self._sending = asyncio.get_running_loop().create_task(self._send(frames, after=self._sending))
-
-    async def _send(self, frames: list[Frame], after: asyncio.Task[None] | None) -> None:
-        if after is not None:
-            await asyncio.gather(after, return_exceptions=True)  # keep the frames in order
         try:
             for tag, outcome, multiple in frames:
                 if outcome is Outcome.ACK:

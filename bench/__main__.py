@@ -19,13 +19,14 @@ from bench.intake import IntakeResult, measure_intake
 from bench.memory import MemoryResult, measure_memory
 from bench.priority import SYSTEMS, PriorityResult, System, measure_priority, median_result
 from bench.report import plot_drain, plot_end_to_end, plot_intake, plot_priority, save_json
+from broker.settings import Prefetch
 
 
 @dataclass(frozen=True, slots=True)
 class Plan:
     intake_clients: Sequence[int]
     intake_seconds: float
-    drain_prefetch: Sequence[int]
+    drain_prefetch: Sequence[Prefetch]
     drain_messages: int
     drain_rounds: int
     priority_handler_ms: Sequence[float]
@@ -42,7 +43,7 @@ class Plan:
 FULL = Plan(
     intake_clients=(1, 2, 4, 8, 16, 32, 64, 128),
     intake_seconds=5,
-    drain_prefetch=(1, 4, 16, 32, 64, 128, 256),
+    drain_prefetch=("auto", 1, 4, 16, 32, 64, 128, 256),
     drain_messages=20_000,
     drain_rounds=3,
     priority_handler_ms=(1, 5, 20),
@@ -58,7 +59,7 @@ FULL = Plan(
 QUICK = Plan(
     intake_clients=(1, 32),
     intake_seconds=2,
-    drain_prefetch=(1, 32, 128),
+    drain_prefetch=("auto", 32, 128),
     drain_messages=3_000,
     drain_rounds=1,
     priority_handler_ms=(5,),
@@ -174,7 +175,14 @@ def show_intake(results: list[IntakeResult]) -> str:
 
 def show_drain(results: list[DrainResult]) -> str:
     header = ("prefetch", "orderlane/s", "raw/s", "ratio")
-    return table(header, [(r.prefetch, r.orderlane_per_second, r.raw_per_second, f"{r.ratio:.2f}") for r in results])
+    rows = [
+        (r.prefetch, r.orderlane_per_second, r.raw_per_second or "-", f"{r.ratio:.2f}" if r.ratio else "-")
+        for r in results
+    ]
+    best_raw = max(r.raw_per_second or 0 for r in results)
+    auto = [r.orderlane_per_second for r in results if r.prefetch == "auto"]
+    summary = f"\ndefaults (auto) against raw aio-pika at its best prefetch: {auto[0] / best_raw:.2f}" if auto else ""
+    return table(header, rows) + summary
 
 
 def show_priority(results: list[PriorityResult]) -> str:

@@ -61,9 +61,12 @@ def plot_intake(results: Sequence[IntakeResult]) -> Path:
 
 def plot_drain(results: Sequence[DrainResult]) -> Path:
     figure, axis = plt.subplots(figsize=(7, 4))
-    prefetch = [r.prefetch for r in results]
-    axis.plot(prefetch, [r.orderlane_per_second for r in results], "o-", label="orderlane Consumer")
-    axis.plot(prefetch, [r.raw_per_second for r in results], "s--", label="raw aio-pika consumer")
+    fixed = [r for r in results if r.prefetch != "auto"]
+    prefetch = [r.prefetch for r in fixed]
+    axis.plot(prefetch, [r.orderlane_per_second for r in fixed], "o-", label="orderlane, concurrency = prefetch")
+    axis.plot(prefetch, [r.raw_per_second or 0.0 for r in fixed], "s--", label="raw aio-pika consumer")
+    for auto in (r for r in results if r.prefetch == "auto"):
+        axis.axhline(auto.orderlane_per_second, color="black", linestyle=":", label="orderlane defaults (auto)")
     axis.set(xscale="log", xlabel="prefetch", ylabel="orders / s", title="Drain (no-op handler)")
     return _finish(figure, [axis], "drain")
 

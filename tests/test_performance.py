@@ -18,6 +18,7 @@ from tests.processes import free_port
 
 async def test_drain_keeps_up_with_raw_aio_pika() -> None:
     result = await measure_drain(prefetch=32, count=3000, rounds=2)
+    assert result.raw_per_second is not None and result.ratio is not None
     print(f"\ndrain: orderlane {result.orderlane_per_second:,.0f}/s, raw {result.raw_per_second:,.0f}/s")
     assert result.ratio >= 0.7
 

@@ -1,5 +1,6 @@
 """`python -m bench SCENARIO [--quick]`: run a benchmark beside raw aio-pika, print its table, and write its JSON
-and PNG to bench/results/. SCENARIO is intake, drain, priority, endtoend, memory or all."""
+and PNG to bench/results/. SCENARIO is intake, drain, priority, peers, endtoend, memory, sharing or all (every one
+but peers, which needs the `peers` extra: FastStream and Taskiq)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from bench.intake import IntakeResult, measure_intake
 from bench.memory import MemoryResult, measure_memory
 from bench.priority import SYSTEMS, PriorityResult, System, measure_priority, median_result
 from bench.report import plot_drain, plot_end_to_end, plot_intake, plot_priority, save_json
+from bench.sharing import SharingResult, measure_sharing
 from broker.settings import Prefetch
 
 
@@ -38,6 +40,8 @@ class Plan:
     end_to_end_rate: float
     end_to_end_seconds: float
     memory_messages: int
+    sharing_processes: Sequence[int]
+    sharing_backlog: int
 
 
 FULL = Plan(
@@ -55,6 +59,8 @@ FULL = Plan(
     end_to_end_rate=500,
     end_to_end_seconds=8,
     memory_messages=100_000,
+    sharing_processes=(1, 2, 3),
+    sharing_backlog=30_000,
 )
 QUICK = Plan(
     intake_clients=(1, 32),
@@ -71,6 +77,8 @@ QUICK = Plan(
     end_to_end_rate=400,
     end_to_end_seconds=3,
     memory_messages=20_000,
+    sharing_processes=(2,),
+    sharing_backlog=8_000,
 )
 
 
@@ -141,6 +149,29 @@ async def end_to_end(plan: Plan, progress: tqdm[Any]) -> list[EndToEndResult]:
 def show_end_to_end(results: list[EndToEndResult]) -> str:
     header = ("priority", "orders", "p50 ms", "p99 ms", "max ms")
     return table(header, [(x.priority, x.orders, x.p50_ms, x.p99_ms, x.max_ms) for x in results[0].levels])
+
+
+async def sharing(plan: Plan, progress: tqdm[Any]) -> list[SharingResult]:
+    results = []
+    for processes in plan.sharing_processes:
+        results.append(await measure_sharing(processes, plan.sharing_backlog, handler_ms=5))
+        progress.update()
+    return results
+
+
+def show_sharing(results: list[SharingResult]) -> str:
+    header = ("processes", "orders/s", "handled by each", "most held by each", "idle while another held, ms")
+    rows = [
+        (
+            r.processes,
+            r.per_second,
+            " ".join(f"{n:,}" for n in r.handled),
+            " ".join(str(n) for n in r.most_held),
+            " ".join(f"{ms:.0f}" for ms in r.idle_while_others_held_ms),
+        )
+        for r in results
+    ]
+    return table(header, rows)
 
 
 async def memory(plan: Plan, progress: tqdm[Any]) -> list[MemoryResult]:
@@ -227,6 +258,7 @@ SCENARIOS = {
     ),
     "endtoend": Scenario(end_to_end, lambda p: 1, show_end_to_end, plot_end_to_end),
     "memory": Scenario(memory, lambda p: 1, show_memory, lambda results: "no plot"),
+    "sharing": Scenario(sharing, lambda p: len(p.sharing_processes), show_sharing, lambda results: "no plot"),
 }
 
 

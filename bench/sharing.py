@@ -1,0 +1,129 @@
+"""Sharing: several consumer processes on one backlog, each at its defaults.
+
+A process holds deliveries it has not started yet; while it holds them, no other process can take them. If one
+process sat on a deep buffer, the others would stand idle at the end of the backlog while it still worked through
+its own. Each `python -m consumers` process (the built-in handler with `ORDERLANE_SIMULATED_WORK_MS` of work) is
+sampled through its metrics every 50 ms: orders handled, held, running. Reported per process: orders handled, the
+most it held, and the time it stood idle while another process still held orders it could have run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass
+
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+
+from bench.intake import PROJECT_ROOT
+from bench.workload import bench_settings, delete_queues, fill, orders
+from broker.connection import open_broker
+from broker.settings import Settings
+
+SAMPLE_SECONDS = 0.05
+FIRST_METRICS_PORT = 9310
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    processed: float
+    held: float
+    running: float
+
+
+@dataclass(frozen=True, slots=True)
+class SharingResult:
+    processes: int
+    backlog: int
+    handler_ms: float
+    handled: tuple[int, ...]
+    most_held: tuple[int, ...]
+    idle_while_others_held_ms: tuple[float, ...]
+    seconds: float
+
+    @property
+    def per_second(self) -> float:
+        return sum(self.handled) / self.seconds
+
+
+async def scrape(client: httpx.AsyncClient, port: int) -> Sample:
+    values: dict[str, float] = {}
+    text = (await client.get(f"http://127.0.0.1:{port}/metrics")).text
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name in (
+                "orderlane_orders_processed_total",
+                "orderlane_orders_held",
+                "orderlane_orders_in_flight",
+            ):
+                values[sample.name] = values.get(sample.name, 0.0) + sample.value
+    return Sample(
+        processed=values.get("orderlane_orders_processed_total", 0.0),
+        held=values.get("orderlane_orders_held", 0.0),
+        running=values.get("orderlane_orders_in_flight", 0.0),
+    )
+
+
+async def start_consumer(settings: Settings, handler_ms: float, port: int) -> asyncio.subprocess.Process:
+    env = {
+        **os.environ,
+        "ORDERLANE_QUEUE": settings.queue,
+        "ORDERLANE_SIMULATED_WORK_MS": str(handler_ms),
+        "ORDERLANE_LOG_LEVEL": "WARNING",
+    }
+    return await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "consumers", "--metrics-port", str(port), cwd=PROJECT_ROOT, env=env
+    )
+
+
+async def measure_sharing(processes: int, backlog: int, handler_ms: float) -> SharingResult:
+    settings = bench_settings()
+    ports = [FIRST_METRICS_PORT + n for n in range(processes)]
+    timelines: list[list[Sample]] = [[] for _ in ports]
+    consumers: list[asyncio.subprocess.Process] = []
+    try:
+        async with open_broker(settings):
+            await fill(settings, orders(backlog))
+        consumers = [await start_consumer(settings, handler_ms, port) for port in ports]
+        async with httpx.AsyncClient() as client:
+            started = time.perf_counter()
+            while True:
+                try:
+                    samples = await asyncio.gather(*(scrape(client, port) for port in ports))
+                except httpx.TransportError:  # not serving metrics yet
+                    await asyncio.sleep(SAMPLE_SECONDS)
+                    continue
+                for timeline, sample in zip(timelines, samples, strict=True):
+                    timeline.append(sample)
+                if sum(sample.processed for sample in samples) >= backlog:
+                    break
+                await asyncio.sleep(SAMPLE_SECONDS)
+            seconds = time.perf_counter() - started
+    finally:
+        for consumer in consumers:
+            consumer.send_signal(signal.SIGTERM)
+        await asyncio.gather(*(consumer.wait() for consumer in consumers))
+        await delete_queues(settings)
+    return SharingResult(
+        processes=processes,
+        backlog=backlog,
+        handler_ms=handler_ms,
+        handled=tuple(int(timeline[-1].processed) for timeline in timelines),
+        most_held=tuple(int(max(sample.held for sample in timeline)) for timeline in timelines),
+        idle_while_others_held_ms=tuple(idle_while_others_held(timelines, n) * 1000 for n in range(processes)),
+        seconds=seconds,
+    )
+
+
+def idle_while_others_held(timelines: list[list[Sample]], process: int) -> float:
+    """Seconds in which `process` ran nothing and held nothing while another process held orders unstarted."""
+    idle = 0.0
+    for moment, sample in enumerate(timelines[process]):
+        others_held = any(timeline[moment].held > 0 for n, timeline in enumerate(timelines) if n != process)
+        if sample.running == 0 and sample.held == 0 and others_held:
+            idle += SAMPLE_SECONDS
+    return idle

@@ -63,13 +63,14 @@ class Broker:
         return not self.connection.is_closed and not self.channel.is_closed
 
 
-async def connect(settings: Settings) -> AbstractRobustConnection:
-    """Connect robustly, retrying with exponential backoff for at most `startup_timeout` seconds, trying the
-    broker URLs in turn. Once connected, aio-pika's robust connection heals drops by itself; with failover
-    URLs, every `FAILOVER_INTERVAL` without a connection moves it on to the next node."""
+async def connect(settings: Settings, name: str = "orderlane") -> AbstractRobustConnection:
+    """Connect robustly (`name` is what the broker shows for the connection), retrying with exponential backoff
+    for at most `startup_timeout` seconds, trying the broker URLs in turn. Once connected, aio-pika's robust
+    connection heals drops by itself; with failover URLs, every `FAILOVER_INTERVAL` without a connection moves it
+    on to the next node."""
     urls = [str(url) for url in settings.broker_urls]
     shown = [redacted(url) for url in settings.broker_urls]
-    connection, index = await _first_connection(settings, urls, shown)
+    connection, index = await _first_connection(settings, urls, shown, name)
     failover: set[asyncio.Task[None]] = set()
 
     async def fail_over() -> None:
@@ -99,7 +100,7 @@ async def connect(settings: Settings) -> AbstractRobustConnection:
 
 
 async def _first_connection(
-    settings: Settings, urls: list[str], shown: list[str]
+    settings: Settings, urls: list[str], shown: list[str], name: str
 ) -> tuple[AbstractRobustConnection, int]:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + settings.startup_timeout
@@ -112,7 +113,7 @@ async def _first_connection(
                 urls[index],
                 timeout=CONNECT_ATTEMPT_TIMEOUT,
                 reconnect_interval=RECONNECT_INTERVAL,
-                client_properties={"connection_name": "orderlane"},
+                client_properties={"connection_name": name},
             )
         except BROKER_ERRORS as exc:
             if refused := refusal(exc, shown[index]):

@@ -61,7 +61,7 @@ class Consumer:
         slots = concurrency if concurrency != "auto" else min(START_CONCURRENCY, fixed_total or START_CONCURRENCY)
         self._dispatcher: Dispatcher[Held] = Dispatcher(self._process, slots)
         self.subscriptions = [
-            Subscription(broker, lane, depth or DepthController(slots).depth, self._hold)
+            Subscription(settings, lane, depth or DepthController(slots).depth, self._hold)
             for lane, depth in zip(lanes, fixed_depths, strict=True)
         ]
         self._tuner: AutoTuner | None = None

@@ -1,4 +1,9 @@
-"""One lane's subscription: a channel of its own whose QoS is the lane's depth (prefetch), feeding the dispatcher.
+"""One lane's subscription: a connection and channel of its own whose QoS is the lane's depth (prefetch), feeding
+the dispatcher.
+
+A connection of its own because a connection is one TCP stream: a VIP order delivered on the high lane would
+otherwise queue in the broker's writer and in the socket behind every delivery of the default lane already on
+its way (measured in docs/benchmarks.md: the VIP wait with lanes fell from tens of milliseconds to a few).
 
 The channel is aio-pika's robust channel: after a reconnect it comes back with its QoS and the lane's queue
 declared again. The consumer itself is registered on aiormq's channel underneath (consumers/received.py says
@@ -13,11 +18,12 @@ import logging
 from collections.abc import Callable
 from typing import Final
 
-from aio_pika.abc import AbstractQueue, AbstractRobustChannel
+from aio_pika.abc import AbstractQueue, AbstractRobustChannel, AbstractRobustConnection
 from aiormq.abc import AbstractChannel, DeliveredMessage
 from pamqp.commands import Basic
 
-from broker.connection import BROKER_ERRORS, Broker
+from broker.connection import BROKER_ERRORS, connect
+from broker.settings import Settings
 from broker.topology import Lane, declare_queue
 from consumers.acks import Acks
 from consumers.received import Received
@@ -37,8 +43,8 @@ class Subscription:
     began, a delivery still arriving goes straight back to the broker.
     """
 
-    def __init__(self, broker: Broker, lane: Lane, depth: int, deliver: Deliver) -> None:
-        self._broker = broker
+    def __init__(self, settings: Settings, lane: Lane, depth: int, deliver: Deliver) -> None:
+        self._settings = settings
         self.lane = lane
         self.depth = depth
         self._deliver = deliver
@@ -46,6 +52,7 @@ class Subscription:
         self.running = 0
         self.low_water = 0
         """The fewest deliveries of this lane held unstarted when a slot took one (since `take_low_water()`)."""
+        self._connection: AbstractRobustConnection | None = None
         self._channel: AbstractRobustChannel | None = None
         self._queue: AbstractQueue | None = None
         self._consuming: tuple[AbstractChannel, str] | None = None
@@ -57,9 +64,10 @@ class Subscription:
         self._recovery: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        if self._channel is not None:
+        if self._connection is not None:
             raise RuntimeError("subscription already started")
-        self._channel = await self._broker.connection.channel(publisher_confirms=False)
+        self._connection = await connect(self._settings, name=f"orderlane consumer {self.lane.work.name}")
+        self._channel = await self._connection.channel(publisher_confirms=False)
         await self._channel.set_qos(prefetch_count=self.depth)
         self._queue = await declare_queue(self._channel, self.lane.work)
         self._channel.reopen_callbacks.add(self._on_reopen)
@@ -185,5 +193,5 @@ class Subscription:
     async def close(self) -> None:
         if self._acks is not None:
             await self._acks.drain()
-        if self._channel is not None:
-            await self._channel.close()  # anything still unacked goes back to the queue now
+        if self._connection is not None:
+            await self._connection.close()  # anything still unacked goes back to the queue now

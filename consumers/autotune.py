@@ -9,8 +9,9 @@ Concurrency (handler slots), by Little's law:
 - Slots mostly empty: there is no backlog to be fast on; it stays.
 - The loop lags: the process is out of CPU, and more handlers at once only queue inside it. Shrink towards
   X x W0 plus headroom.
-- The loop keeps up and the slots are full: more concurrency gives more throughput (an I/O-bound handler); grow,
-  as long as the last growth paid off.
+- The loop keeps up, the slots are full and deliveries always waited for one: more concurrency gives more
+  throughput (an I/O-bound handler); grow, as long as the last growth paid off. When the slots wait for
+  deliveries instead, the broker is what limits, and more slots would only stand empty.
 
 Depth (the lane's prefetch: deliveries the broker may have sent): just enough to keep the slots fed at the current
 rate. A slot that found nothing held while the broker had orders ready means the refill (an ack out, the next
@@ -41,6 +42,8 @@ WINDOW_SECONDS: Final = 0.25
 SAMPLE_SECONDS: Final = 0.05
 BUSY: Final = 0.7
 """Mean share of the slots in use above which there is a backlog to serve."""
+WAITING: Final = 1.0
+"""Mean deliveries held unstarted from which they wait for slots rather than slots for them."""
 FULL: Final = 0.95
 """Mean share of the slots in use below which some stood empty."""
 LAGGING: Final = 0.002
@@ -51,6 +54,8 @@ HEADROOM: Final = 1.2
 PAYOFF: Final = 1.05
 """A growth must raise the throughput by this much to be kept."""
 DEPTH_GROWTH: Final = 1.5
+COOLDOWN_WINDOWS: Final = 8
+"""Windows to wait after a growth of the depth that did not pay off."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +67,8 @@ class Window:
     """Mean share of the slots in use."""
     loop_lag: float
     """Mean lateness of the sampling timer, seconds."""
+    held: float
+    """Mean number of deliveries held unstarted: from about 1 up, deliveries waited for slots."""
 
     @property
     def throughput(self) -> float:
@@ -93,7 +100,7 @@ class ConcurrencyController:
             # Towards Little's law, but by at most a quarter per window: one lagging window may be the machine's.
             shrunk = max(needed, math.ceil(self.concurrency * SHRINK))
             self.concurrency = self._bounded(min(self.concurrency, shrunk))
-        elif self.concurrency < self.ceiling:
+        elif self.concurrency < self.ceiling and window.held >= WAITING:
             self._before_growth = (self.concurrency, throughput)
             self.concurrency = self._bounded(math.ceil(self.concurrency * GROWTH))
         return self.concurrency
@@ -106,40 +113,48 @@ class ConcurrencyController:
 class LaneWindow:
     low_water: int
     """The fewest of the lane's deliveries held unstarted when a slot took one."""
-    in_transit: float
-    """Mean of the depth less what the process holds and runs: deliveries the broker may have sent that the process
-    has not read yet (or that the broker had none to send for)."""
     starved: bool
-    """Slots stood empty while the lane's queue had orders ready at the broker."""
+    """Slots stood empty while the lane's buffer ran dry and its queue had orders ready at the broker."""
 
 
 class DepthController:
-    """Pure decisions on one lane's depth, one per window: the slots plus a headroom that covers a refill.
+    """Pure decisions on one lane's depth, one per window: the slots plus a headroom for the deliveries on their
+    way from the broker and a few held ready.
 
-    - Slots stood empty, the broker had orders, and the process held its whole window: the window was too small
-      to cover the time from an ack to the next delivery. Grow the headroom.
+    - Slots stood empty while the broker had orders ready and the buffer ran dry: the window did not cover the
+      time from an ack to the next delivery. Grow the headroom, and keep the growth only if the throughput rose:
+      when the broker itself is the limit, a deeper window only lengthens the line a VIP order waits in, at the
+      broker and on the wire. After a growth that did not pay, wait a while before trying again.
     - The buffer never ran below the margin: shrink the headroom by what was never needed.
-    - More was in transit than the headroom: the process reads deliveries slower than the broker sends them (it is
-      out of CPU), and a deeper window only lengthens the line a VIP order must wait in before the process even
-      sees it. Shrink the headroom.
     """
 
     def __init__(self, slots: int, headroom: int = 2 * MARGIN) -> None:
         self.slots = slots
         self.headroom = headroom
+        self._before_growth: tuple[int, float] | None = None
+        self._cooldown = 0
 
     @property
     def depth(self) -> int:
         return max(MIN_DEPTH, min(MAX_DEPTH, self.slots + self.headroom))
 
-    def decide(self, window: LaneWindow, slots: int) -> int:
+    def decide(self, window: LaneWindow, slots: int, throughput: float) -> int:
         self.slots = slots
-        if window.starved and window.in_transit <= MARGIN:
-            self.headroom = min(max(slots, MARGIN), math.ceil(self.headroom * DEPTH_GROWTH))
-        elif window.low_water > MARGIN:
+        if self._before_growth is not None:
+            previous, previous_throughput = self._before_growth
+            self._before_growth = None
+            if throughput < previous_throughput * PAYOFF:
+                self.headroom = previous
+                self._cooldown = COOLDOWN_WINDOWS
+                return self.depth
+        if self._cooldown > 0:
+            self._cooldown -= 1
+        elif window.starved:
+            self._before_growth = (self.headroom, throughput)
+            self.headroom = min(MAX_DEPTH, math.ceil(self.headroom * DEPTH_GROWTH))
+            return self.depth
+        if window.low_water > MARGIN:
             self.headroom = max(MARGIN, self.headroom - (window.low_water - MARGIN))
-        elif window.in_transit > self.headroom:
-            self.headroom = max(MARGIN, math.floor(self.headroom * SHRINK))
         return self.depth
 
 
@@ -151,8 +166,10 @@ def _low_percentile(values: Iterable[float]) -> float:
 class TunedProcess(Protocol):
     """What the tuner reads from the consumer process and how it applies its decisions."""
 
-    def running(self) -> int: ...
-    def in_transit(self) -> list[int]: ...
+    @property
+    def in_flight(self) -> int: ...
+    @property
+    def held(self) -> int: ...
     def take_handler_times(self) -> list[float]: ...
     def take_low_waters(self) -> list[int]: ...
     async def ready_at_broker(self, lane: int) -> int: ...
@@ -196,25 +213,28 @@ class AutoTuner:
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
-        lanes = len(self.depths)
         while True:
             started = loop.time()
-            busy, lags, in_transit = [], [], [0.0] * lanes
-            samples = 0
+            busy, lags, held = [], [], []
             while (elapsed := loop.time() - started) < WINDOW_SECONDS:
                 before_sleep = loop.time()
                 await asyncio.sleep(SAMPLE_SECONDS)
                 lags.append(loop.time() - before_sleep - SAMPLE_SECONDS)
-                busy.append(self._process.running() / self.slots)
-                in_transit = [total + gap for total, gap in zip(in_transit, self._process.in_transit(), strict=True)]
-                samples += 1
+                busy.append(self._process.in_flight / self.slots)
+                held.append(self._process.held)
             times = self._process.take_handler_times()
-            window = Window(elapsed, len(times), tuple(times), statistics.fmean(busy), statistics.fmean(lags))
-            transit = [total / samples for total in in_transit]
-            self._tuning = asyncio.create_task(self._tune(window, transit))
+            window = Window(
+                elapsed,
+                len(times),
+                tuple(times),
+                statistics.fmean(busy),
+                statistics.fmean(lags),
+                statistics.fmean(held),
+            )
+            self._tuning = asyncio.create_task(self._tune(window))
             await asyncio.shield(self._tuning)
 
-    async def _tune(self, window: Window, in_transit: Sequence[float]) -> None:
+    async def _tune(self, window: Window) -> None:
         if self.concurrency is not None:
             before = self.concurrency.concurrency
             after = self.concurrency.decide(window)
@@ -227,7 +247,7 @@ class AutoTuner:
                 continue
             starved = window.busy < FULL and low_waters[lane] <= 0 and await self._process.ready_at_broker(lane) > 0
             before = controller.depth
-            after = controller.decide(LaneWindow(low_waters[lane], in_transit[lane], starved), self.slots)
+            after = controller.decide(LaneWindow(low_waters[lane], starved), self.slots, window.throughput)
             if after != before:
                 logger.debug("lane %d: prefetch %d -> %d", lane, before, after)
                 await self._process.set_depth(lane, after)

@@ -43,7 +43,8 @@ class Dispatcher(Generic[T]):
         self.starved = 0
         """How often a free worker found nothing held (since the last `take_starved()`)."""
         self.low_water = 0
-        """The fewest deliveries held when a worker took one (since the last `take_low_water()`)."""
+        """The fewest deliveries left held when a worker took one, 0 if one found none (since the last
+        `take_low_water()`)."""
         self._loop: asyncio.AbstractEventLoop | None = None
 
     @property
@@ -129,13 +130,14 @@ class Dispatcher(Generic[T]):
                 if self._closed:
                     return
                 self.starved += 1
+                self.low_water = 0
                 waiter = loop.create_future()
                 self._idle.append(waiter)
                 await waiter
                 continue
+            _, _, held_at, item = heapq.heappop(held)
             if len(held) < self.low_water:
                 self.low_water = len(held)
-            _, _, held_at, item = heapq.heappop(held)
             self.running += 1
             try:
                 await self._process(item, loop.time() - held_at)

@@ -125,12 +125,6 @@ class Consumer:
 
     # What the tuner reads and sets (consumers.autotune.TunedProcess).
 
-    def running(self) -> int:
-        return self._dispatcher.running
-
-    def in_transit(self) -> list[int]:
-        return [subscription.depth - subscription.outstanding for subscription in self.subscriptions]
-
     def take_handler_times(self) -> list[float]:
         taken, self._settler.handler_times = self._settler.handler_times or [], []
         return taken

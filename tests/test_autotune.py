@@ -22,16 +22,21 @@ from tests.amqp import consumers_are, publish_raw, wait_until
 from tests.consuming import order_message
 
 
-def window(throughput: float, *, own_ms: float, lag_ms: float, busy: float = 1.0) -> Window:
+def window(throughput: float, *, own_ms: float, lag_ms: float, busy: float = 1.0, held: float = 2) -> Window:
     count = 100
     times = (own_ms / 1000,) * 20 + ((own_ms + lag_ms) / 1000,) * (count - 20)
-    return Window(count / throughput, count, times, busy, lag_ms / 1000)
+    return Window(count / throughput, count, times, busy, lag_ms / 1000, held)
 
 
 def test_concurrency_grows_while_handlers_wait_on_io_and_growth_pays_off() -> None:
     controller = ConcurrencyController(start=16)
     assert controller.decide(window(3000, own_ms=5, lag_ms=0.2)) == 32
     assert controller.decide(window(5000, own_ms=5, lag_ms=0.2)) == 64
+
+
+def test_no_growth_while_the_slots_wait_for_deliveries() -> None:
+    """The buffer ran dry: the broker limits, and more slots would stand empty."""
+    assert ConcurrencyController(start=16).decide(window(3000, own_ms=5, lag_ms=0.2, held=0)) == 16
 
 
 def test_a_growth_that_does_not_pay_off_is_undone() -> None:
@@ -57,23 +62,23 @@ def test_concurrency_holds_without_a_backlog_and_stays_within_bounds() -> None:
     assert ConcurrencyController(start=16, ceiling=20).decide(window(3000, own_ms=5, lag_ms=0.2)) == 20
 
 
-def test_depth_is_the_slots_plus_a_headroom_that_follows_what_the_buffer_needed() -> None:
+def test_depth_is_the_slots_plus_a_headroom_grown_only_while_it_pays() -> None:
     controller = DepthController(slots=16)
     assert controller.depth == 16 + 2 * MARGIN
-    # slots stood empty while the broker had orders and the whole window was in hand: grow the headroom
-    grown = controller.decide(LaneWindow(low_water=0, in_transit=1, starved=True), slots=16)
+    starved = LaneWindow(low_water=0, starved=True)
+    # slots stood empty while the broker had orders: a deeper window, on trial
+    grown = controller.decide(starved, slots=16, throughput=3000)
     assert grown > 16 + 2 * MARGIN
-    # the buffer never ran below 10: 10 - MARGIN of the headroom were never needed
-    headroom = controller.headroom
-    assert controller.decide(LaneWindow(low_water=10, in_transit=0, starved=False), slots=16) == 16 + max(
-        MARGIN, headroom - (10 - MARGIN)
-    )
-    # more in transit than the headroom: the process reads slower than the broker sends; a deeper window only
-    # lengthens the line before the process
+    # it paid off: kept, and tried again
+    assert controller.decide(starved, slots=16, throughput=3500) > grown
+    # it did not: undone, and not tried again for a while
+    assert controller.decide(starved, slots=16, throughput=3510) == grown
+    assert controller.decide(starved, slots=16, throughput=3510) == grown
+    # the buffer never ran below 10: 10 - MARGIN of the headroom were never needed, down to the margin
     controller = DepthController(slots=16, headroom=20)
-    assert controller.decide(LaneWindow(low_water=0, in_transit=40, starved=True), slots=16) == 16 + 15
+    assert controller.decide(LaneWindow(low_water=10, starved=False), slots=16, throughput=3000) == 16 + 20 - 6
     # the depth follows the slots
-    assert controller.decide(LaneWindow(low_water=MARGIN, in_transit=0, starved=False), slots=64) == 64 + 15
+    assert controller.decide(LaneWindow(low_water=MARGIN, starved=False), slots=64, throughput=3000) == 64 + 14
 
 
 async def test_auto_moves_both_knobs_and_the_broker_sends_up_to_the_new_depth(

@@ -1,4 +1,4 @@
-"""`python -m bench SCENARIO [--quick]`: run a benchmark beside raw aio-pika, print its table, and write its JSON
+"""`python -m bench SCENARIO... [--quick]`: run a benchmark beside raw aio-pika, print its table, and write its JSON
 and PNG to bench/results/. SCENARIO is intake, drain, priority, peers, endtoend, memory, sharing or all (every one
 but peers, which needs the `peers` extra: FastStream and Taskiq)."""
 
@@ -273,10 +273,10 @@ async def run(names: list[str], plan: Plan, command: str) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    parser.add_argument("scenario", choices=[*SCENARIOS, "all"])
+    parser.add_argument("scenario", nargs="+", choices=[*SCENARIOS, "all"])
     parser.add_argument("--quick", action="store_true", help="a short run of each (make bench)")
     args = parser.parse_args()
-    names = [name for name in SCENARIOS if name != "peers"] if args.scenario == "all" else [args.scenario]
+    names = [name for name in SCENARIOS if name != "peers"] if "all" in args.scenario else args.scenario
     command = "python -m bench " + " ".join(sys.argv[1:])
     logging.basicConfig(level=logging.ERROR)  # the progress bar and the tables are the output
     asyncio.run(run(names, QUICK if args.quick else FULL, command))

@@ -61,7 +61,7 @@ def check_lanes(lanes: tuple[LaneConfig, ...]) -> tuple[LaneConfig, ...]:
 MAX_CONCURRENCY = 4096
 Prefetch = int | Literal["auto"]
 """Deliveries the broker may have sent to a consumer and not yet seen settled, per lane; or "auto": adapted while
-running (consumers/autotune.py)."""
+running (consumers/tuning.py)."""
 Concurrency = int | Literal["auto"]
 """Handlers a consumer process runs at once, across its lanes; or "auto": adapted while running."""
 

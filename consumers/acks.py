@@ -68,7 +68,9 @@ class Acks:
     def received(self, tag: int) -> None:
         self._unsettled[tag] = None
 
-    def settle(self, tag: int, outcome: Outcome) -> None:
+    def record(self, tag: int, outcome: Outcome) -> None:
+        if self._unsettled.get(tag, outcome) is not None:
+            return  # decided before (or never received here): a second frame for it would close the channel
         self._unsettled[tag] = outcome
         if not self._scheduled:
             # The task's first step runs on the loop's next turn, after every settle of this one.
@@ -76,7 +78,7 @@ class Acks:
             self._sending = asyncio.get_running_loop().create_task(self._send(after=self._sending))
 
     async def drain(self) -> None:
-        """Wait until everything settled so far has been handed to the connection."""
+        """Wait until everything decided so far has been written to the connection."""
         while self._sending is not None and not self._sending.done():
             await asyncio.wait((self._sending,))
 
@@ -86,11 +88,12 @@ class Acks:
         self._scheduled = False
         frames = take_frames(self._unsettled)
         try:
-            for tag, outcome, multiple in frames:
+            for index, (tag, outcome, multiple) in enumerate(frames, start=1):
+                written = index == len(frames)  # the last one waits for the writer, so drain() means written
                 if outcome is Outcome.ACK:
-                    await self.channel.basic_ack(tag, multiple=multiple, wait=False)
+                    await self.channel.basic_ack(tag, multiple=multiple, wait=written)
                 else:
-                    await self.channel.basic_reject(tag, requeue=True, wait=False)
+                    await self.channel.basic_reject(tag, requeue=True, wait=written)
         except BROKER_ERRORS as exc:
             # The channel that delivered them is gone: its tags are void and the broker redelivers the messages.
             logger.warning("could not settle deliveries (%s); the broker will redeliver them", exc)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 
@@ -73,11 +74,16 @@ _current_delivery: ContextVar[Delivery] = ContextVar("orderlane_delivery")
 
 
 def current_delivery() -> Delivery:
-    """The delivery being processed by the calling handler (each delivery runs in its own task)."""
+    """The delivery being processed by the calling handler."""
     return _current_delivery.get()
 
 
-def set_current_delivery(delivery: Delivery) -> None:
-    """Make `delivery` what `current_delivery()` returns in the calling task (each delivery has a task of its own,
-    and a task runs in a copy of the context, so nothing leaks into another delivery)."""
-    _current_delivery.set(delivery)
+@contextmanager
+def delivering(delivery: Delivery) -> Iterator[None]:
+    """Make `delivery` what `current_delivery()` returns while the handler runs. A handler slot is a long-lived
+    task that runs one delivery after another; the variable is reset after each, so none sees another's."""
+    token = _current_delivery.set(delivery)
+    try:
+        yield
+    finally:
+        _current_delivery.reset(token)

@@ -40,11 +40,6 @@ class Dispatcher(Generic[T]):
         """Workers to retire after a lower concurrency: each exits once it is free."""
         self._closed = False
         self.running = 0
-        self.starved = 0
-        """How often a free worker found nothing held (since the last `take_starved()`)."""
-        self.low_water = 0
-        """The fewest deliveries left held when a worker took one, 0 if one found none (since the last
-        `take_low_water()`)."""
         self._loop: asyncio.AbstractEventLoop | None = None
 
     @property
@@ -64,11 +59,7 @@ class Dispatcher(Generic[T]):
         """Keep `item` until a worker is free; the highest `urgency` goes first."""
         assert self._loop is not None, "start() the dispatcher first"
         heapq.heappush(self._held, (-urgency, next(self._sequence), self._loop.time(), item))
-        while self._idle:
-            waiter = self._idle.popleft()
-            if not waiter.done():
-                waiter.set_result(None)
-                break
+        self._wake(everyone=False)
 
     def set_concurrency(self, concurrency: int) -> None:
         """Add workers at once; retire surplus ones as they finish their current delivery."""
@@ -81,14 +72,14 @@ class Dispatcher(Generic[T]):
                 self._spawn()
         elif change < 0:
             self._surplus -= change
-            self._wake_all()
+            self._wake(everyone=True)
 
     def release(self) -> list[T]:
         """Stop handing out deliveries: return every held one (most urgent first) for the caller to give back;
         workers finish what they run and exit."""
         self._closed = True
         released = [heapq.heappop(self._held)[3] for _ in range(len(self._held))]
-        self._wake_all()
+        self._wake(everyone=True)
         return released
 
     async def wait_finished(self) -> None:
@@ -100,24 +91,18 @@ class Dispatcher(Generic[T]):
         for worker in self._workers:
             worker.cancel()
 
-    def take_starved(self) -> int:
-        starved, self.starved = self.starved, 0
-        return starved
-
-    def take_low_water(self) -> int:
-        low_water, self.low_water = self.low_water, len(self._held)
-        return low_water
-
     def _spawn(self) -> None:
         worker = asyncio.get_running_loop().create_task(self._work())
         self._workers.add(worker)
         worker.add_done_callback(self._workers.discard)
 
-    def _wake_all(self) -> None:
+    def _wake(self, *, everyone: bool) -> None:
         while self._idle:
             waiter = self._idle.popleft()
             if not waiter.done():
                 waiter.set_result(None)
+                if not everyone:
+                    return
 
     async def _work(self) -> None:
         loop = asyncio.get_running_loop()
@@ -129,15 +114,11 @@ class Dispatcher(Generic[T]):
             if not held:
                 if self._closed:
                     return
-                self.starved += 1
-                self.low_water = 0
                 waiter = loop.create_future()
                 self._idle.append(waiter)
                 await waiter
                 continue
             _, _, held_at, item = heapq.heappop(held)
-            if len(held) < self.low_water:
-                self.low_water = len(held)
             self.running += 1
             try:
                 await self._process(item, loop.time() - held_at)

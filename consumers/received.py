@@ -28,7 +28,7 @@ class Received:
     """The fields of one delivery that the ack policy, the logs and a republished copy need; it is settled on the
     channel that delivered it (its delivery tags mean nothing on any other)."""
 
-    __slots__ = ("_acks", "_delivered", "_delivery", "_properties", "headers")
+    __slots__ = ("_acks", "_delivered", "_delivery", "_properties", "headers", "settled")
 
     def __init__(self, delivered: DeliveredMessage, acks: Acks) -> None:
         assert isinstance(delivered.delivery, Basic.Deliver), "a consumer's delivery"
@@ -37,6 +37,7 @@ class Received:
         self._properties = delivered.header.properties
         self._acks = acks
         self.headers: FieldTable = self._properties.headers or {}
+        self.settled = False
         acks.received(self._tag)
 
     @property
@@ -84,12 +85,14 @@ class Received:
         return self._acks.channel.is_closed
 
     def ack(self) -> None:
-        """Settled: sent with the others settled in this turn of the event loop (consumers/acks.py)."""
-        self._acks.settle(self._tag, Outcome.ACK)
+        """Done with: sent with the others decided in this turn of the event loop (consumers/acks.py)."""
+        self.settled = True
+        self._acks.record(self._tag, Outcome.ACK)
 
     def requeue(self) -> None:
         """Back to the broker, to be delivered again."""
-        self._acks.settle(self._tag, Outcome.REQUEUE)
+        self.settled = True
+        self._acks.record(self._tag, Outcome.REQUEUE)
 
     @property
     def _tag(self) -> int:

@@ -1,8 +1,8 @@
 """The consumer process: a subscription per lane feeding one local priority queue, handler slots taking the most
-urgent held delivery next, the ack policy (consumers/settling.py), and a graceful stop.
+urgent held delivery next, the ack policy (consumers/policy.py), and a graceful stop.
 
 - The prefetch (per lane: how many deliveries the broker may have sent) and the concurrency (per process: how many
-  handlers run at once) are separate knobs; each is a number or `auto` (consumers/autotune.py).
+  handlers run at once) are separate knobs; each is a number or `auto` (consumers/tuning.py).
 - Stop: the subscriptions are cancelled, held but unstarted deliveries go back to the broker at once, running
   handlers get the grace period to finish and settle; then the rest are cancelled, unacked, and redelivered.
 """
@@ -12,27 +12,31 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from collections.abc import Awaitable
 from contextlib import AsyncExitStack
+from typing import Final
 
 from prometheus_client import start_http_server
 
 from broker.connection import Broker, open_broker
 from broker.settings import Concurrency, Prefetch, Settings
-from consumers.autotune import (
+from consumers.delivery import Handler
+from consumers.dispatcher import Dispatcher
+from consumers.metrics import ConsumerMetrics
+from consumers.policy import AckPolicy, message_fields
+from consumers.received import Received
+from consumers.subscription import Subscription
+from consumers.tuning import (
     MAX_CONCURRENCY,
     START_CONCURRENCY,
     AutoTuner,
     ConcurrencyController,
     DepthController,
 )
-from consumers.delivery import Handler
-from consumers.dispatcher import Dispatcher
-from consumers.metrics import ConsumerMetrics
-from consumers.received import Received
-from consumers.settling import Settler
-from consumers.subscription import Subscription
 
 logger = logging.getLogger(__name__)
+
+STOP_STEP_SECONDS: Final = 5.0
 
 Held = tuple[Received, Subscription]
 
@@ -53,7 +57,7 @@ class Consumer:
         prefetch = prefetch or settings.prefetch
         concurrency = concurrency or settings.concurrency
         self.metrics = metrics or ConsumerMetrics()
-        self._settler = Settler(broker, handler, settings, self.metrics)
+        self._policy = AckPolicy(broker, handler, settings, self.metrics)
         lanes = broker.topology.lanes
         fixed_depths = [lane.prefetch or (prefetch if prefetch != "auto" else None) for lane in lanes]
         fixed_total = None if None in fixed_depths else sum(depth or 0 for depth in fixed_depths)
@@ -72,7 +76,7 @@ class Consumer:
                 [DepthController(slots) if depth is None else None for depth in fixed_depths],
                 fixed_concurrency=slots,
             )
-            self._settler.handler_times = []
+            self._policy.handler_times = []
         self._forced = asyncio.Event()
         self.metrics.track(self)
 
@@ -99,7 +103,7 @@ class Consumer:
         return [subscription.depth for subscription in self.subscriptions]
 
     async def start(self) -> None:
-        self._settler.deadlines.start()
+        self._policy.deadlines.start()
         self._dispatcher.start()
         for subscription in self.subscriptions:
             await subscription.start()
@@ -117,16 +121,24 @@ class Consumer:
 
     async def _process(self, held: Held, held_seconds: float) -> None:
         message, subscription = held
-        subscription.took()
+        if message.channel_is_closed:
+            # Delivered on a connection lost since: its tag is void and the broker has redelivered the order.
+            subscription.discard()
+            return
+        subscription.started()
         try:
-            await self._settler.settle(message, subscription.lane, held_seconds)
+            await self._policy.process(message, subscription.lane, held_seconds)
+        except Exception:  # the ack policy settles every outcome; anything else is a bug, which must not lose it
+            logger.exception("unexpected error while processing; requeueing it", extra=message_fields(message))
+            if not message.settled:
+                message.requeue()
         finally:
-            subscription.settled()
+            subscription.finished()
 
-    # What the tuner reads and sets (consumers.autotune.TunedProcess).
+    # What the tuner reads and sets (consumers.tuning.TunedProcess).
 
     def take_handler_times(self) -> list[float]:
-        taken, self._settler.handler_times = self._settler.handler_times or [], []
+        taken, self._policy.handler_times = self._policy.handler_times or [], []
         return taken
 
     def take_low_waters(self) -> list[int]:
@@ -145,9 +157,9 @@ class Consumer:
         """Stop taking messages and give back what is held but unstarted; let running handlers finish and settle
         for up to `grace_seconds` (or until `force()`), then cancel the rest: unacked, so the broker redelivers."""
         if self._tuner is not None:
-            await self._tuner.stop()
+            await self._bounded(self._tuner.stop(), "the automatic tuning")
         for subscription in self.subscriptions:
-            await subscription.stop()
+            await self._bounded(subscription.stop(), f"the subscription to {subscription.lane.work.name!r}")
         released = self._dispatcher.release()
         for message, subscription in released:
             subscription.give_back(message)
@@ -162,10 +174,19 @@ class Consumer:
         if self.in_flight:
             logger.warning("cancelling %d handlers still running", self.in_flight)
         self._dispatcher.cancel()
-        await finished
-        await self._settler.deadlines.close()
+        await self._bounded(asyncio.shield(finished), "handlers that ignore their cancellation")
+        await self._policy.deadlines.close()
         for subscription in self.subscriptions:
             await subscription.close()  # anything still unacked goes back to the queue now
+
+    async def _bounded(self, step: Awaitable[None], what: str) -> None:
+        """A step of the stop that waits on the broker or on handlers: it must not hold the stop for ever (a
+        broker that is away, a handler that swallows its cancellation)."""
+        try:
+            async with asyncio.timeout(STOP_STEP_SECONDS):
+                await step
+        except TimeoutError:
+            logger.warning("stopping: gave up waiting for %s after %.0fs", what, STOP_STEP_SECONDS)
 
     def force(self) -> None:
         """Make a pending or later `stop()` cancel in-flight handlers at once."""

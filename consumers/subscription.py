@@ -39,7 +39,7 @@ class Subscription:
     """Takes the lane's work queue with at most `depth` unsettled deliveries and passes each to `deliver`.
 
     `outstanding` counts the deliveries received and not yet settled (held or running), `running` those whose
-    handler started; the process calls `took()` when a slot takes one and `settled()` after it. Once `stop()`
+    handler started; the process calls `started()` when a slot takes one and `finished()` after it. Once `stop()`
     began, a delivery still arriving goes straight back to the broker.
     """
 
@@ -87,8 +87,8 @@ class Subscription:
 
     async def _on_delivered(self, delivered: DeliveredMessage) -> None:
         acks = self._acks
-        if acks is None or acks.channel is not delivered.channel:  # sent on a channel lost since
-            acks = Acks(delivered.channel)
+        if acks is None or acks.channel is not delivered.channel:
+            return  # sent on a channel lost since: its tag is void, and the broker delivers the order again
         received = Received(delivered, acks)
         if self._stopping:
             received.requeue()
@@ -116,8 +116,8 @@ class Subscription:
             while True:
                 await asyncio.sleep(delay)
                 async with self._resubscribing:
-                    if self._stopping:
-                        return
+                    if self._stopping or (self._consuming is not None and not self._consuming[0].is_closed):
+                        return  # stopping, or subscribed again meanwhile (by a change of depth)
                     try:
                         assert self._queue is not None
                         await self._queue.declare()  # it may have been deleted: as the robust channel would
@@ -130,14 +130,18 @@ class Subscription:
         finally:
             self._recovery = None
 
-    def took(self) -> None:
+    def started(self) -> None:
         held_after = self.outstanding - self.running - 1
         if held_after < self.low_water:
             self.low_water = held_after
         self.running += 1
 
-    def settled(self) -> None:
+    def finished(self) -> None:
         self.running -= 1
+        self.outstanding -= 1
+
+    def discard(self) -> None:
+        """A held delivery of a lost channel, dropped unstarted."""
         self.outstanding -= 1
 
     def take_low_water(self) -> int:
@@ -145,7 +149,8 @@ class Subscription:
         return low_water
 
     async def ready_at_broker(self) -> int:
-        """Orders ready in the lane's queue at the broker (a declare with the same arguments: no side effects)."""
+        """Orders ready in the lane's queue at the broker: a declare with the same arguments, which changes
+        nothing (or declares the queue again if it was deleted, as the robust channel would)."""
         if self._queue is None or self._channel is None or self._channel.is_closed:
             return 0
         try:
@@ -164,6 +169,9 @@ class Subscription:
             channel, old_tag = self._consuming
             try:
                 await self._channel.set_qos(prefetch_count=depth)
+                if await self._channel.get_underlay_channel() is not channel:
+                    self.depth = depth  # reopened meanwhile: the subscription made after the reopen takes it
+                    return
                 await self._subscribe()
                 await channel.basic_cancel(old_tag)
             except BROKER_ERRORS as exc:

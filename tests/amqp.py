@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -70,12 +71,18 @@ async def delete_topology(settings: Settings) -> None:
     await delete_queues(*(spec.name for spec in build_topology(settings).queues))
 
 
-async def wait_until(predicate: Callable[[], Awaitable[bool]], *, within: float = 30.0, what: str) -> None:
-    """Poll a broker-side condition (a queue depth, say) until it holds; fail after `within` seconds."""
+async def wait_until(predicate: Callable[[], Awaitable[bool] | bool], *, within: float = 30.0, what: str) -> None:
+    """Poll a condition (a queue depth at the broker, a consumer's count) until it holds; fail after `within`
+    seconds."""
+
+    async def holds() -> bool:
+        result = predicate()
+        return await result if inspect.isawaitable(result) else result
+
     async with asyncio.timeout(within):
-        while not await predicate():  # noqa: ASYNC110 - the broker has no event for "depth reached N"
+        while not await holds():  # noqa: ASYNC110 - the broker has no event for "depth reached N"
             await asyncio.sleep(0.05)
-    assert await predicate(), what
+    assert await holds(), what
 
 
 async def publish_raw(queue: str, *messages: aio_pika.Message) -> None:

@@ -33,11 +33,11 @@ async def test_the_most_urgent_held_delivery_starts_next(settings: Settings, bro
     consumer = Consumer(broker, one_at_a_time, settings, prefetch=30, concurrency=1)
     await consumer.start()
     try:
-        await wait_until(lambda: _true(consumer.held == 19), what="the backlog held behind the one running")
+        await wait_until(lambda: consumer.held == 19, what="the backlog held behind the one running")
         await publish_raw(settings.queue, order_message("vip", priority=VIP_BROKER_PRIORITY))
-        await wait_until(lambda: _true(consumer.held == 20), what="the VIP delivered behind the held backlog")
+        await wait_until(lambda: consumer.held == 20, what="the VIP delivered behind the held backlog")
         gate.set()
-        await wait_until(lambda: _true(len(started) == 21), what="everything started")
+        await wait_until(lambda: len(started) == 21, what="everything started")
     finally:
         gate.set()
         await consumer.stop(grace_seconds=5)
@@ -89,7 +89,7 @@ async def test_stop_gives_back_held_deliveries_at_once_and_loses_none(
     await consumer.start()
     async with asyncio.timeout(30):
         await started.wait()
-    await wait_until(lambda: _true(consumer.held == 19), what="19 held behind the one running")
+    await wait_until(lambda: consumer.held == 19, what="19 held behind the one running")
     stopping = asyncio.create_task(consumer.stop(grace_seconds=30))
     # the held ones are back in the queue while the running handler has not finished
     await wait_until(lambda: depth_is(settings.queue, total - 1), what="the held deliveries back in the queue")
@@ -100,7 +100,3 @@ async def test_stop_gives_back_held_deliveries_at_once_and_loses_none(
     assert finished == ["s-00"]
     assert "gave 19 held orders back to the broker" in caplog.text
     assert await queue_depth(settings.queue) == total - 1, "nothing lost, nothing acked but the one handled"
-
-
-async def _true(value: bool) -> bool:
-    return value

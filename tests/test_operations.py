@@ -84,7 +84,12 @@ async def test_consumer_metrics_count_outcomes_and_waits_per_priority(settings: 
     assert value(scrape, "orderlane_order_wait_seconds_count", priority="4") == 1
     assert value(scrape, "orderlane_order_wait_seconds_count", priority="0") == 2
     assert value(scrape, "orderlane_handler_seconds_count") == 3
+    assert value(scrape, "orderlane_order_held_seconds_count", priority="4") == 1
+    assert value(scrape, "orderlane_order_held_seconds_count", priority="0") == 2
     assert value(scrape, "orderlane_orders_in_flight") == 0
+    assert value(scrape, "orderlane_orders_held") == 0
+    assert value(scrape, "orderlane_consumer_concurrency") == 1
+    assert value(scrape, "orderlane_consumer_prefetch", queue=settings.queue) == 1
 
 
 async def test_consumer_serves_metrics_with_queue_depths(settings: Settings, broker: Broker) -> None:

@@ -24,7 +24,7 @@ from consumers.retry import (
     replay_message,
     retry_message,
 )
-from tests.amqp import depth_is, drain, publish_raw, wait_until
+from tests.amqp import depth_is, drain, publish_raw, queue_depth, wait_until
 from tests.consuming import consuming, order_message
 
 
@@ -174,3 +174,21 @@ async def test_an_attempt_header_out_of_range_cannot_stall_the_consumer(settings
             await retried.wait()
         await wait_until(lambda: depth_is(settings.queue, 0), what="both settled")
     assert attempts == [1, 2]
+
+
+async def test_after_a_timeout_the_same_slot_runs_the_next_order_in_full(settings: Settings, broker: Broker) -> None:
+    """A handler slot is a long-lived task: the watchdog's cancellation of one order must not reach the next."""
+    settings = settings.model_copy(update={"handler_timeout": 0.3, "max_attempts": 1})
+    await publish_raw(settings.queue, order_message("hangs"), order_message("steady"))
+    finished: list[tuple[str, int]] = []
+
+    async def handler(order: Order) -> None:
+        if order.order_id == "hangs":
+            await asyncio.Event().wait()
+        await asyncio.sleep(0.2)  # most of the timeout, across several watchdog ticks
+        finished.append((order.order_id, current_delivery().attempt))
+
+    async with consuming(broker, handler, settings):
+        await wait_until(lambda: depth_is(settings.dead_letter_queue, 1), what="the hanging order dead-lettered")
+        await wait_until(lambda: finished == [("steady", 1)], what="the next order handled once, in full")
+    assert await queue_depth(settings.queue) == 0

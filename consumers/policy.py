@@ -35,11 +35,11 @@ from consumers.delivery import (
     Delivery,
     Handler,
     attempt_of,
+    delivering,
     describe,
     int_header,
     log_fields,
     parse_order,
-    set_current_delivery,
 )
 from consumers.metrics import ConsumerMetrics
 from consumers.received import Received
@@ -51,7 +51,7 @@ REQUEUE_PAUSE_SECONDS = 1.0
 """After a failed republish the message is requeued, but not at once: a missing queue must not become a hot loop."""
 
 
-class Settler:
+class AckPolicy:
     """Runs the handler on one delivery at a time per calling task, within the handler timeout, and settles it."""
 
     def __init__(self, broker: Broker, handler: Handler, settings: Settings, metrics: ConsumerMetrics) -> None:
@@ -65,7 +65,7 @@ class Settler:
         self.handler_times: list[float] | None = None
         """When a list, every handler's run time is appended to it (the automatic tuning reads and empties it)."""
 
-    async def settle(self, message: Received, lane: Lane, held_seconds: float) -> None:
+    async def process(self, message: Received, lane: Lane, held_seconds: float) -> None:
         """Process one delivery that waited `held_seconds` in the process for a free slot."""
         try:
             order = parse_order(message, max_body_bytes=self._settings.max_body_bytes)
@@ -79,8 +79,8 @@ class Settler:
         metrics = self._metrics.of(delivery.priority)
         metrics.held_seconds.observe(held_seconds)
         self._metrics.observe_wait(message, metrics)
-        set_current_delivery(delivery)
-        failure = await self._run_handler(order)
+        with delivering(delivery):
+            failure = await self._run_handler(order)
         if failure is None:
             metrics.processed.inc()
             message.ack()

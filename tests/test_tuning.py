@@ -7,7 +7,8 @@ import asyncio
 from broker.connection import Broker
 from broker.messages import Order
 from broker.settings import Settings
-from consumers.autotune import (
+from consumers.runner import Consumer
+from consumers.tuning import (
     MARGIN,
     MAX_CONCURRENCY,
     MIN_CONCURRENCY,
@@ -17,7 +18,6 @@ from consumers.autotune import (
     LaneWindow,
     Window,
 )
-from consumers.runner import Consumer
 from tests.amqp import consumers_are, publish_raw, wait_until
 from tests.consuming import order_message
 

@@ -75,33 +75,49 @@ class Window:
         return self.completed / self.seconds
 
 
+class Trial:
+    """A growth on trial: kept only if the next window's throughput rose by PAYOFF."""
+
+    def __init__(self) -> None:
+        self._before: tuple[int, float] | None = None
+
+    def begin(self, value: int, throughput: float) -> None:
+        self._before = (value, throughput)
+
+    def cancel(self) -> None:
+        self._before = None
+
+    def undo_to(self, throughput: float) -> int | None:
+        """The value before the growth on trial if it did not pay off; None if it did, or none was on trial."""
+        if self._before is None:
+            return None
+        (value, before), self._before = self._before, None
+        return value if throughput < before * PAYOFF else None
+
+
 class ConcurrencyController:
     """Pure decisions on the number of handler slots, one per window."""
 
     def __init__(self, start: int = START_CONCURRENCY, ceiling: int = MAX_CONCURRENCY) -> None:
         self.ceiling = ceiling
         self.concurrency = self._bounded(start)
-        self._before_growth: tuple[int, float] | None = None
-        """The concurrency and throughput before the last growth, to undo it if it did not pay off."""
+        self._trial = Trial()
 
     def decide(self, window: Window) -> int:
         if window.completed < 10 or window.busy < BUSY:
-            self._before_growth = None
+            self._trial.cancel()
             return self.concurrency
         throughput = window.throughput
-        if self._before_growth is not None:
-            previous, previous_throughput = self._before_growth
-            self._before_growth = None
-            if throughput < previous_throughput * PAYOFF:
-                self.concurrency = previous
-                return self.concurrency
+        if (previous := self._trial.undo_to(throughput)) is not None:
+            self.concurrency = previous
+            return self.concurrency
         if window.loop_lag > LAGGING:
             needed = math.ceil(throughput * _low_percentile(window.handler_times) * HEADROOM)
             # Towards Little's law, but by at most a quarter per window: one lagging window may be the machine's.
             shrunk = max(needed, math.ceil(self.concurrency * SHRINK))
             self.concurrency = self._bounded(min(self.concurrency, shrunk))
         elif self.concurrency < self.ceiling and window.held >= WAITING:
-            self._before_growth = (self.concurrency, throughput)
+            self._trial.begin(self.concurrency, throughput)
             self.concurrency = self._bounded(math.ceil(self.concurrency * GROWTH))
         return self.concurrency
 
@@ -131,7 +147,7 @@ class DepthController:
     def __init__(self, slots: int, headroom: int = 2 * MARGIN) -> None:
         self.slots = slots
         self.headroom = headroom
-        self._before_growth: tuple[int, float] | None = None
+        self._trial = Trial()
         self._cooldown = 0
 
     @property
@@ -140,17 +156,14 @@ class DepthController:
 
     def decide(self, window: LaneWindow, slots: int, throughput: float) -> int:
         self.slots = slots
-        if self._before_growth is not None:
-            previous, previous_throughput = self._before_growth
-            self._before_growth = None
-            if throughput < previous_throughput * PAYOFF:
-                self.headroom = previous
-                self._cooldown = COOLDOWN_WINDOWS
-                return self.depth
+        if (previous := self._trial.undo_to(throughput)) is not None:
+            self.headroom = previous
+            self._cooldown = COOLDOWN_WINDOWS
+            return self.depth
         if self._cooldown > 0:
             self._cooldown -= 1
         elif window.starved:
-            self._before_growth = (self.headroom, throughput)
+            self._trial.begin(self.headroom, throughput)
             self.headroom = min(MAX_DEPTH, math.ceil(self.headroom * DEPTH_GROWTH))
             return self.depth
         if window.low_water > MARGIN:
@@ -232,7 +245,10 @@ class AutoTuner:
                 statistics.fmean(held),
             )
             self._tuning = asyncio.create_task(self._tune(window))
-            await asyncio.shield(self._tuning)
+            try:
+                await asyncio.shield(self._tuning)
+            except Exception:  # a window whose decision failed must not end the tuning
+                logger.exception("automatic tuning: a decision failed; going on")
 
     async def _tune(self, window: Window) -> None:
         if self.concurrency is not None:

@@ -25,6 +25,7 @@ Defaults, read from the installed packages (FastStream 0.7.8, Taskiq 0.13.0, tas
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import uuid
@@ -48,8 +49,20 @@ from broker.settings import Settings
 from broker.topology import Topology
 
 HandlerStarted = Callable[[str], None]
-Consume = Callable[[str, str, int | None, HandlerStarted, asyncio.Event, float], Coroutine[Any, Any, None]]
-"""(amqp_url, queue, prefetch or None for the library's default, handler_started, done, handler_seconds)"""
+
+
+@dataclass(frozen=True, slots=True)
+class PeerRun:
+    amqp_url: str
+    queue: str
+    prefetch: int | None
+    """None: the library's default."""
+    handler_started: HandlerStarted
+    done: asyncio.Event
+    handler_seconds: float
+
+
+Consume = Callable[[PeerRun], Coroutine[Any, Any, None]]
 BuildMessage = Callable[[str, bytes, int], aio_pika.Message]
 """(order_id, orderlane's JSON body of the order, broker priority 0..10) -> the persistent message to publish"""
 
@@ -72,28 +85,21 @@ FASTSTREAM_LOGGER = logging.getLogger("bench.peers.faststream")
 unless logging is configured to show INFO, as orderlane's and the raw consumer log nothing per message."""
 
 
-async def faststream_consume(
-    amqp_url: str,
-    queue: str,
-    prefetch: int | None,
-    handler_started: HandlerStarted,
-    done: asyncio.Event,
-    handler_seconds: float,
-) -> None:
-    broker = RabbitBroker(amqp_url, logger=FASTSTREAM_LOGGER)
+async def faststream_consume(run: PeerRun) -> None:
+    broker = RabbitBroker(run.amqp_url, logger=FASTSTREAM_LOGGER)
     subscriber = broker.subscriber(
-        RabbitQueue(queue, declare=False),  # passive: consume the queue as it is, whatever its arguments
-        channel=None if prefetch is None else Channel(prefetch_count=prefetch),
+        RabbitQueue(run.queue, declare=False),  # passive: consume the queue as it is, whatever its arguments
+        channel=None if run.prefetch is None else Channel(prefetch_count=run.prefetch),
     )
 
     @subscriber
     async def process_order(order: Order) -> None:
-        handler_started(order.order_id)
-        await asyncio.sleep(handler_seconds)
+        run.handler_started(order.order_id)
+        await asyncio.sleep(run.handler_seconds)
 
     try:
         await broker.start()
-        await done.wait()
+        await run.done.wait()
     finally:
         await broker.stop()  # cancels the consumer, waits for running handlers (graceful_timeout), closes
 
@@ -130,20 +136,13 @@ def taskiq_broker(amqp_url: str, queue: str, prefetch: int | None = None) -> Aio
     )
 
 
-async def taskiq_consume(
-    amqp_url: str,
-    queue: str,
-    prefetch: int | None,
-    handler_started: HandlerStarted,
-    done: asyncio.Event,
-    handler_seconds: float,
-) -> None:
+async def taskiq_consume(run: PeerRun) -> None:
     """A `taskiq worker` in this process: its Receiver, at the worker's default settings, until `done`."""
-    broker = taskiq_broker(amqp_url, queue, prefetch)
+    broker = taskiq_broker(run.amqp_url, run.queue, run.prefetch)
 
     async def process_order(order: Order) -> None:
-        handler_started(order.order_id)
-        await asyncio.sleep(handler_seconds)
+        run.handler_started(order.order_id)
+        await asyncio.sleep(run.handler_seconds)
 
     broker.register_task(process_order, task_name=TASKIQ_TASK)
     broker.is_worker_process = True
@@ -155,7 +154,7 @@ async def taskiq_consume(
         ack_type=WorkerArgs.ack_type,
     )
     try:
-        await receiver.listen(done)  # broker.startup(), then consume until `done`, then wait for running tasks
+        await receiver.listen(run.done)  # broker.startup(), then consume until `done`, then wait for running tasks
     finally:
         await broker.shutdown()
 
@@ -182,16 +181,8 @@ def taskiq_message(order_id: str, body: bytes, priority: int) -> aio_pika.Messag
 def with_prefetch(consume: Consume, default: int) -> Consume:
     """`consume` with `default` in place of the library's default prefetch (a prefetch passed in still wins)."""
 
-    def consume_at(
-        amqp_url: str,
-        queue: str,
-        prefetch: int | None,
-        handler_started: HandlerStarted,
-        done: asyncio.Event,
-        handler_seconds: float,
-    ) -> Coroutine[Any, Any, None]:
-        chosen = default if prefetch is None else prefetch
-        return consume(amqp_url, queue, chosen, handler_started, done, handler_seconds)
+    def consume_at(run: PeerRun) -> Coroutine[Any, Any, None]:
+        return consume(run if run.prefetch is not None else dataclasses.replace(run, prefetch=default))
 
     return consume_at
 
@@ -207,8 +198,10 @@ def as_system(peer: Peer) -> System:
     """The peer as one more system of the priority benchmark: its own wire format, on the lane's work queue."""
 
     async def consume(settings: Settings, timeline: Timeline, handler_seconds: float) -> None:
-        amqp_url, queue = str(settings.amqp_url), settings.queue
-        await peer.consume(amqp_url, queue, None, timeline.handler_started, timeline.done, handler_seconds)
+        run = PeerRun(
+            str(settings.amqp_url), settings.queue, None, timeline.handler_started, timeline.done, handler_seconds
+        )
+        await peer.consume(run)
 
     def address(settings: Settings, topology: Topology, order: Order) -> tuple[aio_pika.Message, str]:
         priority = prioritize(order, vip_priority=settings.vip_priority, max_priority=settings.max_priority)

@@ -30,16 +30,22 @@ class Recorder:
             self.running -= 1
 
 
+def started(concurrency: int) -> tuple[Recorder, Dispatcher[str]]:
+    """A dispatcher running on a recorder whose gate is closed: what starts stays running until it opens."""
+    recorder = Recorder()
+    recorder.gate.clear()
+    dispatcher: Dispatcher[str] = Dispatcher(recorder, concurrency=concurrency)
+    dispatcher.start()
+    return recorder, dispatcher
+
+
 async def settle() -> None:
     for _ in range(20):
         await asyncio.sleep(0)
 
 
 async def test_a_free_slot_takes_the_most_urgent_held_item_then_the_oldest_of_a_level() -> None:
-    recorder = Recorder()
-    recorder.gate.clear()
-    dispatcher: Dispatcher[str] = Dispatcher(recorder, concurrency=1)
-    dispatcher.start()
+    recorder, dispatcher = started(concurrency=1)
     dispatcher.hold("first", urgency=4)
     await settle()
     for item, urgency in [("r1", 4), ("r2", 4), ("low", 0), ("vip1", 10), ("r3", 4), ("vip2", 10)]:
@@ -53,10 +59,7 @@ async def test_a_free_slot_takes_the_most_urgent_held_item_then_the_oldest_of_a_
 
 
 async def test_never_more_running_than_the_concurrency_and_it_can_change() -> None:
-    recorder = Recorder()
-    recorder.gate.clear()
-    dispatcher: Dispatcher[str] = Dispatcher(recorder, concurrency=3)
-    dispatcher.start()
+    recorder, dispatcher = started(concurrency=3)
     for n in range(10):
         dispatcher.hold(f"o{n}", urgency=1)
     await settle()
@@ -80,10 +83,7 @@ async def test_never_more_running_than_the_concurrency_and_it_can_change() -> No
 
 
 async def test_release_hands_back_what_is_held_and_lets_running_items_finish() -> None:
-    recorder = Recorder()
-    recorder.gate.clear()
-    dispatcher: Dispatcher[str] = Dispatcher(recorder, concurrency=1)
-    dispatcher.start()
+    recorder, dispatcher = started(concurrency=1)
     dispatcher.hold("running", urgency=1)
     await settle()
     for item, urgency in [("a", 1), ("b", 5), ("c", 1)]:

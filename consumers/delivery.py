@@ -18,7 +18,8 @@ from consumers.received import Headed, Received
 Handler = Callable[[Order], Awaitable[None]]
 """A handler receives the validated order. It never acks: it returns (ack) or raises (the order is retried, or
 dead-lettered at once for PermanentFailure). It may run more than once for one order: make it idempotent on
-`order.order_id`."""
+`order.order_id`. It runs in a handler slot, a long-lived task that runs one order after another: a context
+variable it sets itself stays set in that slot for the next order."""
 
 
 @dataclass(frozen=True, slots=True)

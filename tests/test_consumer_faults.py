@@ -40,7 +40,8 @@ async def test_held_deliveries_of_a_lost_connection_are_not_handled_and_one_subs
     try:
         async with asyncio.timeout(30):
             await some_handled.wait()
-        assert consumer.held > SLOTS, "a deep buffer when the connection drops"
+        held_at_the_drop = consumer.held
+        assert held_at_the_drop > 20, "a deep buffer when the connection drops"
         await restart_broker_app(ctl, down_seconds=2)
         await wait_until(lambda: len(handled) == ORDERS, within=120, what="every order handled")
         assert await consumers_are(settings.queue, 1), "subscribed again, once"
@@ -48,8 +49,10 @@ async def test_held_deliveries_of_a_lost_connection_are_not_handled_and_one_subs
         await ensure_broker_app_running(ctl)
         await consumer.stop(grace_seconds=5)
     twice = sum(count - 1 for count in handled.values())
-    print(f"\nbroker restart with a deep buffer: handled again {twice} of {ORDERS}")
-    assert twice <= SLOTS, "only the orders running when the connection dropped may run again"
+    print(f"\nbroker restart with a deep buffer of {held_at_the_drop}: handled again {twice} of {ORDERS}")
+    # At least once: the orders running when the connection dropped, and those whose ack was still on its way, run
+    # again; the held ones, never started, must not (they would count about as many as were held).
+    assert twice <= 4 * SLOTS
 
 
 async def test_a_stop_while_the_broker_is_away_ends_by_itself(settings: Settings, broker: Broker) -> None:

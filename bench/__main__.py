@@ -8,9 +8,9 @@ import argparse
 import asyncio
 import logging
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from tqdm import tqdm
 
@@ -22,6 +22,9 @@ from bench.priority import SYSTEMS, PriorityResult, System, measure_priority, me
 from bench.report import plot_drain, plot_end_to_end, plot_intake, plot_priority, save_json
 from bench.sharing import SharingResult, measure_sharing
 from broker.settings import Prefetch
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,20 +93,23 @@ def table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     return "\n".join(" ".join(cell.rjust(width) for cell, width in zip(row, widths, strict=True)) for row in cells)
 
 
-async def intake(plan: Plan, progress: tqdm[Any]) -> list[IntakeResult]:
+async def each(values: Sequence[T], measure: Callable[[T], Awaitable[R]], progress: tqdm[Any]) -> list[R]:
+    """One measurement per value, in turn, ticking the progress bar."""
     results = []
-    for clients in plan.intake_clients:
-        results.append(await measure_intake(clients, plan.intake_seconds, port=8765))
+    for value in values:
+        results.append(await measure(value))
         progress.update()
     return results
+
+
+async def intake(plan: Plan, progress: tqdm[Any]) -> list[IntakeResult]:
+    return await each(plan.intake_clients, lambda clients: measure_intake(clients, plan.intake_seconds, 8765), progress)
 
 
 async def drain(plan: Plan, progress: tqdm[Any]) -> list[DrainResult]:
-    results = []
-    for prefetch in plan.drain_prefetch:
-        results.append(await measure_drain(prefetch, plan.drain_messages, plan.drain_rounds))
-        progress.update()
-    return results
+    return await each(
+        plan.drain_prefetch, lambda prefetch: measure_drain(prefetch, plan.drain_messages, plan.drain_rounds), progress
+    )
 
 
 async def priority(plan: Plan, progress: tqdm[Any]) -> list[PriorityResult]:
@@ -152,11 +158,9 @@ def show_end_to_end(results: list[EndToEndResult]) -> str:
 
 
 async def sharing(plan: Plan, progress: tqdm[Any]) -> list[SharingResult]:
-    results = []
-    for processes in plan.sharing_processes:
-        results.append(await measure_sharing(processes, plan.sharing_backlog, handler_ms=5))
-        progress.update()
-    return results
+    return await each(
+        plan.sharing_processes, lambda processes: measure_sharing(processes, plan.sharing_backlog, 5), progress
+    )
 
 
 def show_sharing(results: list[SharingResult]) -> str:

@@ -64,16 +64,17 @@ class Consumer:
         """With every depth fixed, more slots than deliveries held could never be busy."""
         slots = concurrency if concurrency != "auto" else min(START_CONCURRENCY, fixed_total or START_CONCURRENCY)
         self._dispatcher: Dispatcher[Held] = Dispatcher(self._process, slots)
+        depth_controllers = [DepthController(slots) if depth is None else None for depth in fixed_depths]
         self.subscriptions = [
-            Subscription(settings, lane, depth or DepthController(slots).depth, self._hold)
-            for lane, depth in zip(lanes, fixed_depths, strict=True)
+            Subscription(settings, lane, depth or (controller.depth if controller else 0), self._hold)
+            for lane, depth, controller in zip(lanes, fixed_depths, depth_controllers, strict=True)
         ]
         self._tuner: AutoTuner | None = None
         if concurrency == "auto" or fixed_total is None:
             self._tuner = AutoTuner(
                 self,
                 ConcurrencyController(slots, fixed_total or MAX_CONCURRENCY) if concurrency == "auto" else None,
-                [DepthController(slots) if depth is None else None for depth in fixed_depths],
+                depth_controllers,
                 fixed_concurrency=slots,
             )
             self._policy.handler_times = []

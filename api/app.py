@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import partial
 from importlib.metadata import version
 
 from starlette.applications import Starlette
@@ -13,14 +14,16 @@ from starlette.routing import Route
 
 from api.auth import ApiKeys
 from api.errors import EXCEPTION_HANDLERS
+from api.intake import Intake
 from api.metrics import ApiMetrics, RequestMetrics
 from api.openapi import openapi_document
-from api.routes import healthz, metrics, openapi, post_order, queues, readyz
+from api.routes import get_order, healthz, metrics, openapi, post_order, queues, readyz
 from api.state import BacklogSource, Services
 from broker.connection import open_broker
 from broker.publisher import OrderPublisher, Publisher
 from broker.queues import queue_stats
 from broker.settings import Settings
+from broker.status_store import StatusStore, open_status_store
 
 logger = logging.getLogger(__name__)
 
@@ -35,19 +38,25 @@ def create_app(
     api_metrics = ApiMetrics()
     document = openapi_document(version("orderlane"))
 
-    def services(publisher: Publisher, backlog: BacklogSource | None) -> dict[str, Services]:
-        return {"services": Services(settings, publisher, api_metrics, backlog, document)}
+    def services(
+        publisher: Publisher, backlog: BacklogSource | None, status: StatusStore | None
+    ) -> dict[str, Services]:
+        intake = Intake(publisher, status, api_metrics, settings)
+        return {"services": Services(settings, publisher, intake, status, api_metrics, backlog, document)}
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Services]]:
-        if publisher is not None:
-            yield services(publisher, backlog)
-            return
-        async with open_broker(settings) as broker:
-            yield services(OrderPublisher(broker, settings), lambda: queue_stats(broker.connection, broker.topology))
+        async with open_status_store(settings, api_metrics.registry) as status:
+            if publisher is not None:
+                yield services(publisher, backlog, status)
+                return
+            async with open_broker(settings) as broker:
+                stats = partial(queue_stats, broker.connection, broker.topology)
+                yield services(OrderPublisher(broker, settings), stats, status)
 
     routes = [
         Route("/orders", post_order, methods=["POST"]),
+        Route("/orders/{order_id}", get_order, methods=["GET"]),
         Route("/queues", queues, methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),

@@ -7,6 +7,7 @@
 | pydantic ValidationError, otherwise      | 422    | pydantic's errors                   |
 | PublishError (broker down, nack, return) | 503    | `broker_unavailable`, Retry-After   |
 | BrokerUnavailable (`/queues`, broker away) | 503  | `broker_unavailable`, Retry-After   |
+| StatusUnavailable (status store away)    | 503    | `status_unavailable`, Retry-After   |
 | HTTPException (404, 405, ...)            | its own                              |
 """
 
@@ -23,7 +24,7 @@ from starlette.responses import Response
 
 from api.responses import error_response, problem, validation_error_response
 from api.state import services
-from broker.errors import BrokerUnavailable, PublishError
+from broker.errors import BrokerUnavailable, PublishError, StatusUnavailable
 
 logger = logging.getLogger(__name__)
 
@@ -31,16 +32,19 @@ logger = logging.getLogger(__name__)
 class RequestRejected(Exception):
     """The request cannot become an order, for a reason that is not the order's content."""
 
-    def __init__(self, status_code: int, error_type: str, message: str) -> None:
+    def __init__(
+        self, status_code: int, error_type: str, message: str, headers: Mapping[str, str] | None = None
+    ) -> None:
         super().__init__(message)
         self.status_code = status_code
         self.error_type = error_type
         self.message = message
+        self.headers = headers
 
 
 async def rejected(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RequestRejected)
-    return error_response(exc.status_code, [problem(exc.error_type, exc.message)])
+    return error_response(exc.status_code, [problem(exc.error_type, exc.message)], exc.headers)
 
 
 async def invalid(request: Request, exc: Exception) -> Response:
@@ -63,9 +67,15 @@ async def broker_down(request: Request, exc: Exception) -> Response:
     return unavailable(request, str(exc))
 
 
-def unavailable(request: Request, message: str) -> Response:
+async def status_away(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, StatusUnavailable)
+    message = f"{exc}: the order's state is unknown for now"
+    return unavailable(request, message, error_type="status_unavailable")
+
+
+def unavailable(request: Request, message: str, error_type: str = "broker_unavailable") -> Response:
     retry_after = {"Retry-After": str(services(request).settings.retry_after_seconds)}
-    return error_response(503, [problem("broker_unavailable", message)], retry_after)
+    return error_response(503, [problem(error_type, message)], retry_after)
 
 
 async def http_error(request: Request, exc: Exception) -> Response:
@@ -78,5 +88,6 @@ EXCEPTION_HANDLERS: Mapping[Any, Any] = {
     ValidationError: invalid,
     PublishError: not_published,
     BrokerUnavailable: broker_down,
+    StatusUnavailable: status_away,
     HTTPException: http_error,
 }

@@ -32,6 +32,17 @@ class ApiMetrics:
             buckets=CONFIRM_BUCKETS,
             registry=self.registry,
         )
+        self.deduplicated = Counter(
+            "orderlane_orders_deduplicated",
+            "Posts of an order_id the status store knew: known (200), conflict (409), in_progress (503)",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self.without_dedup = Counter(
+            "orderlane_orders_without_dedup",
+            "Orders published without the duplicate check, because the status store was away",
+            registry=self.registry,
+        )
         self.broker_errors = Counter(
             "orderlane_broker_errors", "Orders the broker did not take (answered 503)", registry=self.registry
         )

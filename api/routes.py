@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import TypeAdapter
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
@@ -12,7 +13,10 @@ from api.responses import JSONResponse, error_response, problem
 from api.state import services
 from broker.connection import BROKER_ERRORS
 from broker.errors import BrokerUnavailable
-from broker.messages import Order, is_json_media_type
+from broker.messages import Order, OrderId, is_json_media_type
+from broker.status import OrderStatus
+
+ORDER_ID: TypeAdapter[str] = TypeAdapter(OrderId)
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -37,16 +41,32 @@ async def post_order(request: Request) -> Response:
     if not is_json_media_type(request.headers.get("content-type")):
         raise RequestRejected(415, "unsupported_media_type", "send the order as application/json")
     order = Order.model_validate_json(await read_body(request, state.settings.max_body_bytes))
-    with state.metrics.publish_seconds.time():
-        receipt = await state.publisher.publish(order)
-    state.metrics.accepted.labels(priority=str(receipt.priority.effective)).inc()
+    taken = await state.intake.take(order)
+    if isinstance(taken, OrderStatus):
+        return JSONResponse(taken.model_dump(mode="json"), headers={"Content-Location": status_path(taken.order_id)})
     accepted = Accepted(
-        order_id=receipt.order_id,
-        priority=receipt.priority.effective,
-        broker_priority=receipt.priority.broker,
-        queue=receipt.queue,
+        order_id=taken.order_id,
+        priority=taken.priority.effective,
+        broker_priority=taken.priority.broker,
+        queue=taken.queue,
     )
-    return JSONResponse(accepted.model_dump(), status_code=202)
+    location = {"Location": status_path(taken.order_id)} if state.status is not None else None
+    return JSONResponse(accepted.model_dump(), status_code=202, headers=location)
+
+
+def status_path(order_id: str) -> str:
+    return f"/orders/{order_id}"  # order_id's characters need no escaping in a path
+
+
+async def get_order(request: Request) -> Response:
+    state = services(request)
+    order_id = ORDER_ID.validate_python(request.path_params["order_id"])
+    if state.status is None:
+        raise RequestRejected(404, "status_disabled", "this API keeps no order status: ORDERLANE_STATUS_URL is empty")
+    status = await state.status.get(order_id)
+    if status is None:
+        raise RequestRejected(404, "unknown_order", f"no order {order_id!r} is known (or its status has expired)")
+    return JSONResponse(status.model_dump(mode="json"))
 
 
 async def healthz(request: Request) -> Response:
@@ -54,9 +74,14 @@ async def healthz(request: Request) -> Response:
 
 
 async def readyz(request: Request) -> Response:
-    if services(request).publisher.is_ready:
-        return JSONResponse({"status": "ready"})
-    return error_response(503, [problem("broker_unavailable", "the broker connection is down")])
+    """Ready while the broker connection is up; and, with ORDERLANE_STATUS_REQUIRED, while the status store is."""
+    state = services(request)
+    if not state.publisher.is_ready:
+        return error_response(503, [problem("broker_unavailable", "the broker connection is down")])
+    status_store = "off" if state.status is None else "up" if state.status.is_up else "away"
+    if status_store == "away" and state.settings.status_required:
+        return error_response(503, [problem("status_unavailable", "the status store does not answer")])
+    return JSONResponse({"status": "ready", "status_store": status_store})
 
 
 async def queues(request: Request) -> Response:

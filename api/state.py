@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from starlette.requests import Request
 
@@ -12,6 +12,10 @@ from api.metrics import ApiMetrics
 from broker.publisher import Publisher
 from broker.queues import QueueStats
 from broker.settings import Settings
+from broker.status_store import StatusStore
+
+if TYPE_CHECKING:  # api.intake raises api.errors' exceptions, whose handlers read the services
+    from api.intake import Intake
 
 BacklogSource = Callable[[], Awaitable[list[QueueStats]]]
 
@@ -22,6 +26,8 @@ class Services:
 
     settings: Settings
     publisher: Publisher
+    intake: Intake
+    status: StatusStore | None
     metrics: ApiMetrics
     backlog: BacklogSource | None
     openapi: dict[str, Any]

@@ -7,7 +7,8 @@
     ├── TopologyConflict    a queue exists with other arguments (the broker's 406 PRECONDITION_FAILED)
     ├── PublishError        the broker did not take a message: nack, return (unroutable), timeout, channel down
     ├── InvalidMessage      a delivery whose body is not a valid order (never retried)
-    └── PermanentFailure    raised by a handler: this order can never succeed, dead-letter it now
+    ├── PermanentFailure    raised by a handler: this order can never succeed, dead-letter it now
+    └── StatusUnavailable   the status store (Redis) did not answer, or was found away less than a second ago
 
 Library exceptions (aio-pika, aiormq, pydantic) are translated into these where they are caught, with
 `raise ... from exc`, so callers never import aio-pika to handle a failure.
@@ -54,3 +55,7 @@ class InvalidMessage(OrderlaneError):
 
 class PermanentFailure(OrderlaneError):
     """Raise from a handler for an order that can never succeed: it goes to the dead-letter queue at once."""
+
+
+class StatusUnavailable(OrderlaneError):
+    """The status store did not answer; orders still flow, but their status is unknown until it is back."""

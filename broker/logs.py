@@ -65,7 +65,7 @@ CONSOLE_FORMAT: Final = "%(asctime)s %(levelname)s %(name)s %(message)s"
 
 
 def configure_logging(settings: Settings) -> None:
-    secrets = settings.broker_passwords
+    secrets = settings.passwords
     formatter: logging.Formatter = (
         JsonFormatter(secrets) if settings.log_format == "json" else ConsoleFormatter(secrets, CONSOLE_FORMAT)
     )

@@ -8,6 +8,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 UserType = Literal["regular", "vip"]
 CONTENT_TYPE = "application/json"
+OrderId = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._:-]+$")]
 
 
 def _null_means_regular(value: Any) -> Any:
@@ -19,7 +20,7 @@ class Order(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
-    order_id: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._:-]+$")]
+    order_id: OrderId
     priority: Annotated[int, Field(ge=0, le=9)] = 5
     items: Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1, max_length=100)]
     user_type: Annotated[UserType, BeforeValidator(_null_means_regular)] = "regular"

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, AmqpDsn, Field, SecretStr, field_validator, model_validator
+from pydantic import AfterValidator, AmqpDsn, AnyUrl, Field, RedisDsn, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 QueueName = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9._:-]+$")]
@@ -58,6 +59,7 @@ def check_lanes(lanes: tuple[LaneConfig, ...]) -> tuple[LaneConfig, ...]:
     return lanes
 
 
+PENDING_MARGIN_SECONDS = 5
 MAX_CONCURRENCY = 4096
 Prefetch = int | Literal["auto"]
 """Deliveries the broker may have sent to a consumer and not yet seen settled, per lane; or "auto": adapted while
@@ -95,6 +97,14 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["console", "json"] = "console"
 
+    status_url: RedisDsn | None = RedisDsn("redis://127.0.0.1:6379/0")
+    """Where order statuses live; empty: no status store, no deduplication at intake."""
+    status_ttl: Annotated[int, Field(ge=60)] = 86400
+    """Seconds an order's status is kept after its last change; a repost within it is recognised."""
+    status_timeout: Annotated[float, Field(gt=0)] = 0.5
+    status_required: bool = False
+    """True: intake answers 503 while the status store is away, rather than accepting without deduplication."""
+
     queue_type: Literal["classic", "quorum"] = "classic"
     api_keys: Annotated[tuple[SecretStr, ...], NoDecode] = ()
     open_paths: Annotated[tuple[str, ...], NoDecode] = OPEN_PATHS
@@ -114,6 +124,11 @@ class Settings(BaseSettings):
                 raise ValueError("holds commas but no value")  # " , " is a mistake, not "none"
             return items
         return value
+
+    @field_validator("status_url", mode="before")
+    @classmethod
+    def _empty_means_off(cls, value: object) -> object:
+        return None if value == "" else value
 
     @field_validator("lanes", mode="before")
     @classmethod
@@ -140,8 +155,16 @@ class Settings(BaseSettings):
         return (self.amqp_url, *self.amqp_failover_urls)
 
     @property
-    def broker_passwords(self) -> tuple[str, ...]:
-        return tuple(url.password for url in self.broker_urls if url.password)
+    def status_pending_ttl(self) -> int:
+        """How long the API may hold an order_id while it publishes, before a retry may take it over: the
+        publish timeout and a margin, so that it outlives a publish that ends in a 503."""
+        return math.ceil(self.publish_timeout) + PENDING_MARGIN_SECONDS
+
+    @property
+    def passwords(self) -> tuple[str, ...]:
+        """Every password in the URLs, for the log formatter to mask."""
+        urls: tuple[AnyUrl | AmqpDsn | RedisDsn, ...] = (*self.broker_urls, *filter(None, [self.status_url]))
+        return tuple(url.password for url in urls if url.password)
 
     @property
     def redacted_amqp_url(self) -> str:
@@ -149,7 +172,7 @@ class Settings(BaseSettings):
         return redacted(self.amqp_url)
 
 
-def redacted(url: AmqpDsn) -> str:
+def redacted(url: AmqpDsn | RedisDsn) -> str:
     if url.password is None:
         return str(url)
     return str(url).replace(f":{url.password}@", ":***@", 1)

@@ -13,6 +13,7 @@ from broker.connection import Broker, open_broker
 from broker.settings import Settings
 from scripts.ensure_broker import answers, docker_works
 from tests.amqp import amqp_url, delete_topology
+from tests.status import delete_statuses
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -46,10 +47,16 @@ def queue_name() -> str:
 async def settings(queue_name: str) -> AsyncIterator[Settings]:
     """Settings on queues of this test's own, deleted afterwards. Retries come back within a second."""
     test_settings = Settings(
-        amqp_url=amqp_url(), queue=queue_name, startup_timeout=10, retry_base_seconds=0.05, retry_max_seconds=0.5
+        amqp_url=amqp_url(),
+        queue=queue_name,
+        startup_timeout=10,
+        retry_base_seconds=0.05,
+        retry_max_seconds=0.5,
+        status_ttl=600,
     )
     yield test_settings
     await delete_topology(test_settings)
+    await delete_statuses(test_settings)
 
 
 @pytest.fixture

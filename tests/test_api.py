@@ -24,7 +24,7 @@ def publisher() -> RecordingPublisher:
 
 @pytest.fixture
 async def client(publisher: RecordingPublisher) -> AsyncIterator[httpx.AsyncClient]:
-    async with app_client(create_app(Settings(max_body_bytes=2048), publisher=publisher)) as http:
+    async with app_client(create_app(Settings(max_body_bytes=2048, status_url=None), publisher=publisher)) as http:
         yield http
 
 
@@ -131,7 +131,7 @@ async def test_unknown_route_and_method_answer_json(client: httpx.AsyncClient) -
 
 async def raw_post(publisher: RecordingPublisher, headers: list[tuple[bytes, bytes]], first: dict[str, Any]) -> int:
     """POST straight through ASGI, where a client can lie about Content-Length or vanish mid-body."""
-    app = create_app(Settings(), publisher=publisher)
+    app = create_app(Settings(status_url=None), publisher=publisher)
     sent: list[MutableMapping[str, Any]] = []
 
     async def receive() -> dict[str, Any]:

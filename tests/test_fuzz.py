@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -16,6 +17,7 @@ from api.app import create_app
 from broker.settings import Settings
 from tests.amqp import amqp_url, delete_topology, queue_depth
 from tests.http import app_client
+from tests.status import delete_statuses
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
@@ -62,7 +64,7 @@ class FuzzedApi:
 
 @pytest.fixture(scope="module")
 def api() -> Iterator[FuzzedApi]:
-    fuzz_settings = Settings(amqp_url=amqp_url(), queue="test-fuzz-api", max_body_bytes=4096)
+    fuzz_settings = Settings(amqp_url=amqp_url(), queue=f"test-fuzz-{uuid.uuid4().hex[:8]}", max_body_bytes=4096)
     with asyncio.Runner() as runner:
         client_context = app_client(create_app(fuzz_settings))
         fuzzed = FuzzedApi(runner, runner.run(client_context.__aenter__()))
@@ -72,6 +74,7 @@ def api() -> Iterator[FuzzedApi]:
             runner.run(client_context.__aexit__(None, None, None))
         depth = runner.run(queue_depth(fuzz_settings.queue))
         runner.run(delete_topology(fuzz_settings))
+        runner.run(delete_statuses(fuzz_settings))
     assert depth == fuzzed.accepted, "the queue holds a message the API did not answer 202 for"
 
 

@@ -1,0 +1,150 @@
+"""Idempotent intake: an order_id is published once, however often and however concurrently it is posted.
+
+| when the order is posted                               | the answer                                           |
+|--------------------------------------------------------|------------------------------------------------------|
+| its order_id is new                                    | reserved, published, confirmed, `accepted`: 202      |
+| the same order is known (any state but `pending`)      | 200 with its status; nothing published               |
+| the same order is being published by this process      | waits for that publish: 200 with its status, or 503  |
+| the same order is being published by another process   | 503 `order_in_progress` with Retry-After             |
+| another order holds the order_id                       | 409 `order_id_conflict`                              |
+| the status store is away                               | published without the check (counted), or 503 when   |
+|                                                        | ORDERLANE_STATUS_REQUIRED                            |
+
+The reservation (`pending`) is released when the broker does not confirm, and expires by itself if the process
+dies before it could say (ORDERLANE_PUBLISH_TIMEOUT plus a margin), so a retry can always publish in the end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import Awaitable
+from datetime import UTC, datetime
+
+from api.errors import RequestRejected
+from api.metrics import ApiMetrics
+from broker.errors import PublishError, StatusUnavailable
+from broker.messages import Order, encode_order
+from broker.publisher import Publisher, Receipt
+from broker.settings import Settings
+from broker.status import OrderStatus, Transition, fingerprint
+from broker.status_store import StatusStore
+
+
+class Intake:
+    """Publishes orders, through the status store when there is one."""
+
+    def __init__(
+        self, publisher: Publisher, store: StatusStore | None, metrics: ApiMetrics, settings: Settings
+    ) -> None:
+        self._publisher = publisher
+        self._store = store
+        self._metrics = metrics
+        self._settings = settings
+        self._publishing: dict[str, tuple[str, asyncio.Future[OrderStatus | None]]] = {}
+        """order_id → (fingerprint, the outcome of the publish under way in this process: None if it failed)."""
+
+    @property
+    def has_status(self) -> bool:
+        return self._store is not None
+
+    async def take(self, order: Order) -> Receipt | OrderStatus:
+        """A Receipt when this call published the order (202); the order's status when it was known (200)."""
+        if self._store is None:
+            return await self._publish(order)
+        digest = fingerprint(encode_order(order))
+        under_way = self._publishing.get(order.order_id)
+        if under_way is not None:
+            return await self._follow(order.order_id, digest, *under_way)
+        outcome: asyncio.Future[OrderStatus | None] = asyncio.get_running_loop().create_future()
+        self._publishing[order.order_id] = (digest, outcome)
+        status: OrderStatus | None = None
+        try:
+            taken = await self._take(self._store, order, digest)
+            status = taken if isinstance(taken, OrderStatus) else _accepted(taken)
+            return taken
+        finally:
+            del self._publishing[order.order_id]
+            outcome.set_result(status)
+
+    async def _take(self, store: StatusStore, order: Order, digest: str) -> Receipt | OrderStatus:
+        token = os.urandom(8).hex()
+        try:
+            taken = await store.reserve(order.order_id, digest, token)
+        except StatusUnavailable:
+            if self._settings.status_required:
+                raise
+            self._metrics.without_dedup.inc()
+            return await self._publish(order)
+        if taken is not None:
+            if taken.fingerprint not in (None, digest):
+                raise self._conflict(order.order_id)
+            if taken.status.state == "pending":
+                self._metrics.deduplicated.labels(outcome="in_progress").inc()
+                raise OrderInProgress(order.order_id)
+            self._metrics.deduplicated.labels(outcome="known").inc()
+            return taken.status
+        try:
+            receipt = await self._publish(order)
+        except PublishError:
+            await _unless_away(store.release(order.order_id, token))
+            raise
+        accepted = Transition(
+            order.order_id,
+            "accepted",
+            attempt=0,
+            at=time.time(),
+            fields={"priority": receipt.priority.effective, "queue": receipt.queue},
+        )
+        await _unless_away(store.accept(accepted, token))
+        return receipt
+
+    async def _follow(
+        self, order_id: str, digest: str, held_digest: str, outcome: asyncio.Future[OrderStatus | None]
+    ) -> OrderStatus:
+        """The same order_id is being published by this process: the same order gets that publish's outcome."""
+        if held_digest != digest:
+            raise self._conflict(order_id)
+        status = await asyncio.shield(outcome)
+        if status is None:
+            raise PublishError(f"the concurrent request that published order {order_id!r} failed")
+        self._metrics.deduplicated.labels(outcome="known").inc()
+        return status
+
+    async def _publish(self, order: Order) -> Receipt:
+        with self._metrics.publish_seconds.time():
+            receipt = await self._publisher.publish(order)
+        self._metrics.accepted.labels(priority=str(receipt.priority.effective)).inc()
+        return receipt
+
+    def _conflict(self, order_id: str) -> RequestRejected:
+        self._metrics.deduplicated.labels(outcome="conflict").inc()
+        return RequestRejected(409, "order_id_conflict", f"order_id {order_id!r} is already used by a different order")
+
+
+class OrderInProgress(RequestRejected):
+    """Another process is publishing this order_id right now; its outcome is not known yet."""
+
+    def __init__(self, order_id: str) -> None:
+        message = f"order {order_id!r} is being published by another request; retry"
+        super().__init__(503, "order_in_progress", message, headers={"Retry-After": "1"})
+
+
+def _accepted(receipt: Receipt) -> OrderStatus:
+    """The status a publish this process just made has, for a concurrent request for the same order."""
+    return OrderStatus(
+        order_id=receipt.order_id,
+        state="accepted",
+        priority=receipt.priority.effective,
+        queue=receipt.queue,
+        at={"accepted": datetime.now(UTC)},
+    )
+
+
+async def _unless_away(operation: Awaitable[None]) -> None:
+    """Best effort: if the store is away, a reservation expires by itself (and the failure is counted)."""
+    try:
+        await operation
+    except StatusUnavailable:
+        pass

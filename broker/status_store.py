@@ -1,0 +1,230 @@
+"""The status store: one Redis hash per order, written by the API and the consumers, read by `GET /orders/{id}`.
+
+Every operation goes through one Lua script (broker/status.lua) and the operations asked for in one turn of the
+event loop travel together in one call of it: a busy consumer or API pays one round trip and one command for many
+orders, not two per order (docs/benchmarks.md measures what the store costs).
+
+When Redis does not answer, the operations of that call fail with StatusUnavailable, and for the next
+PAUSE_SECONDS every operation fails at once without trying, so an outage costs one timeout, not one per order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from importlib.resources import files
+from typing import Final, Literal
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+
+from broker.errors import StatusUnavailable
+from broker.settings import Settings, redacted
+from broker.status import OrderStatus, State, Transition, rank_of
+
+logger = logging.getLogger(__name__)
+
+Operation = Literal["get", "reserve", "accept", "release", "transition", "replay"]
+PAUSE_SECONDS: Final = 1.0
+"""After a failed call, how long every operation fails at once before the store is tried again."""
+STORE_BUCKETS: Final = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1)
+SCRIPT: Final = files("broker").joinpath("status.lua").read_text()
+
+
+class StoreMetrics:
+    """What the store costs and how often it failed; registered on the registry of the process that uses it."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.seconds = Histogram(
+            "orderlane_status_store_seconds",
+            "One call to the status store (the operations of one turn of the event loop, together)",
+            buckets=STORE_BUCKETS,
+            registry=registry,
+        )
+        self.errors = Counter(
+            "orderlane_status_store_errors",
+            "Status store operations that failed, or were not tried while the store was away",
+            ["operation"],
+            registry=registry,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Taken:
+    """An order_id the store already holds: its status, and the fingerprint of the order that holds it (None if
+    the record was rebuilt by a consumer from a message that was not the API's)."""
+
+    status: OrderStatus
+    fingerprint: str | None
+
+
+class _Call:
+    """One operation waiting for the next call of the script."""
+
+    __slots__ = ("args", "key", "operation", "result")
+
+    def __init__(self, operation: Operation, key: str, args: list[str | int | float]) -> None:
+        self.operation = operation
+        self.key = key
+        self.args = args
+        self.result: asyncio.Future[list[str]] = asyncio.get_running_loop().create_future()
+
+
+class StatusStore:
+    """Order records under `orderlane:<queue>:order:<order_id>`, so deployments sharing a Redis stay apart."""
+
+    def __init__(self, client: Redis, *, namespace: str, ttl: int, pending_ttl: int, metrics: StoreMetrics) -> None:
+        self._client = client
+        self._script = client.register_script(SCRIPT)
+        self._prefix = f"orderlane:{namespace}:order:"
+        self._ttl = ttl
+        self._pending_ttl = pending_ttl
+        self._metrics = metrics
+        self._waiting: list[_Call] = []
+        self._sending: set[asyncio.Task[None]] = set()
+        self._away_until = 0.0
+
+    @property
+    def is_up(self) -> bool:
+        """False for PAUSE_SECONDS after a call failed."""
+        return time.monotonic() >= self._away_until
+
+    async def get(self, order_id: str) -> OrderStatus | None:
+        record = await self._run("get", order_id)
+        return _status(order_id, record)
+
+    async def reserve(self, order_id: str, fingerprint: str, token: str) -> Taken | None:
+        """Hold `order_id` for this request while it publishes: None if it is ours now (for at most the pending
+        TTL), else what holds it already."""
+        pairs: dict[str, str | int | float] = {
+            "state": "pending",
+            "rank": rank_of("pending", 0),
+            "fingerprint": fingerprint,
+            "token": token,
+        }
+        record = await self._run("reserve", order_id, ttl=self._pending_ttl, pairs=pairs, token=token)
+        status = _status(order_id, record)
+        if status is None:
+            return None
+        return Taken(status, _fields(record).get("fingerprint") or None)
+
+    async def accept(self, transition: Transition, token: str) -> None:
+        """The broker confirmed it: `pending` becomes `accepted`, if the reservation is still this request's."""
+        await self._run("accept", transition.order_id, pairs=transition.pairs(), token=token)
+
+    async def release(self, order_id: str, token: str) -> None:
+        """The broker did not confirm it: forget the reservation, so that a retry can publish it."""
+        await self._run("release", order_id, token=token)
+
+    async def record(self, transition: Transition, fingerprint: str = "") -> State | None:
+        """Apply a transition unless the record is already further along; the state the record had before."""
+        (previous,) = await self._run(
+            "transition", transition.order_id, rank=transition.rank, pairs=transition.pairs(), fingerprint=fingerprint
+        )
+        return previous or None  # type: ignore[return-value]  # the script only writes States
+
+    async def replay(self, transition: Transition) -> None:
+        """An operator sent it back from the dead-letter queue: a new round, whatever the record said."""
+        await self._run("replay", transition.order_id, pairs=transition.pairs())
+
+    async def _run(
+        self,
+        operation: Operation,
+        order_id: str,
+        *,
+        ttl: int | None = None,
+        rank: int = 0,
+        token: str = "",
+        fingerprint: str = "",
+        pairs: dict[str, str | int | float] | None = None,
+    ) -> list[str]:
+        if not self.is_up:
+            self._metrics.errors.labels(operation=operation).inc()
+            raise StatusUnavailable("the status store is away")
+        flat = [item for pair in (pairs or {}).items() for item in pair]
+        args = [operation, ttl or self._ttl, rank, token, fingerprint, len(flat) // 2, *flat]
+        call = _Call(operation, self._prefix + order_id, args)
+        self._waiting.append(call)
+        if len(self._waiting) == 1:
+            asyncio.get_running_loop().call_soon(self._send_waiting)
+        return await call.result
+
+    def _send_waiting(self) -> None:
+        calls, self._waiting = self._waiting, []
+        task = asyncio.get_running_loop().create_task(self._send(calls))
+        self._sending.add(task)
+        task.add_done_callback(self._sending.discard)
+
+    async def _send(self, calls: Sequence[_Call]) -> None:
+        started = time.perf_counter()
+        try:
+            results: list[list[str]] = await self._script(
+                keys=[call.key for call in calls], args=[arg for call in calls for arg in call.args]
+            )
+        except (RedisError, OSError) as exc:
+            if self.is_up:
+                logger.warning("the status store does not answer (%s); trying again in %gs", exc, PAUSE_SECONDS)
+            self._away_until = time.monotonic() + PAUSE_SECONDS
+            for call in calls:
+                self._metrics.errors.labels(operation=call.operation).inc()
+                if not call.result.done():
+                    call.result.set_exception(StatusUnavailable(f"the status store did not answer: {exc}"))
+            return
+        finally:
+            self._metrics.seconds.observe(time.perf_counter() - started)
+        if self._away_until:
+            logger.info("the status store answers again")
+            self._away_until = 0.0
+        for call, result in zip(calls, results, strict=True):
+            if not call.result.done():
+                call.result.set_result(result)
+
+    async def close(self) -> None:
+        if self._sending:
+            await asyncio.wait(self._sending)
+        await self._client.aclose()
+
+
+@asynccontextmanager
+async def open_status_store(settings: Settings, registry: CollectorRegistry) -> AsyncIterator[StatusStore | None]:
+    """The store ORDERLANE_STATUS_URL names, or None when it is empty (the feature is off). Redis need not answer
+    yet: the store is tried on first use, and its absence is a StatusUnavailable for whoever asked."""
+    if settings.status_url is None:
+        yield None
+        return
+    timeout = settings.status_timeout
+    client = Redis.from_url(
+        str(settings.status_url),
+        decode_responses=True,
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
+        retry=Retry(NoBackoff(), retries=1),  # once, on a fresh connection: a pooled one may predate a restart
+    )
+    store = StatusStore(
+        client,
+        namespace=settings.queue,
+        ttl=settings.status_ttl,
+        pending_ttl=settings.status_pending_ttl,
+        metrics=StoreMetrics(registry),
+    )
+    logger.info("order status in %s (kept %ds)", redacted(settings.status_url), settings.status_ttl)
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
+def _fields(record: list[str]) -> dict[str, str]:
+    """HGETALL's flat list of names and values, as a dict."""
+    return dict(zip(record[::2], record[1::2], strict=True))
+
+
+def _status(order_id: str, record: list[str]) -> OrderStatus | None:
+    return OrderStatus.from_record(order_id, _fields(record)) if record else None

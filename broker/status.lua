@@ -54,8 +54,17 @@ for i, key in ipairs(KEYS) do
     end
     results[i] = {held[1] or ''}
   elseif op == 'replay' then
+    -- A consumer may take the replayed message before this write arrives: then only the time is noted.
     local held = redis.call('HGET', key, 'state')
-    write()
+    if not held or held == 'dead_lettered' then
+      write()
+    else
+      for p = pairs_at, pairs_at + 2 * n - 1, 2 do
+        if string.sub(ARGV[p], 1, 3) == 'at:' then
+          redis.call('HSET', key, ARGV[p], ARGV[p + 1])
+        end
+      end
+    end
     results[i] = {held or ''}
   else
     return redis.error_reply('unknown status operation ' .. tostring(op))

@@ -131,7 +131,8 @@ class StatusStore:
         return previous or None  # type: ignore[return-value]  # the script only writes States
 
     async def replay(self, transition: Transition) -> None:
-        """An operator sent it back from the dead-letter queue: a new round, whatever the record said."""
+        """An operator sent it back from the dead-letter queue: a new round, unless a consumer has already
+        started it (then only the time is noted)."""
         await self._run("replay", transition.order_id, pairs=transition.pairs())
 
     async def _run(

@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import argparse
 
+from prometheus_client import CollectorRegistry
+
 from broker.cli import port_number, run_main
 from broker.connection import open_broker
 from broker.queues import queue_stats
 from broker.settings import MAX_CONCURRENCY, MAX_PREFETCH, Concurrency, Prefetch, Settings
+from broker.status_store import open_status_store
 from consumers.delivery import Handler
 from consumers.dlq import peek_dead_letters, replay_dead_letters
 from consumers.handlers import OrderProcessor, load_handler
@@ -48,8 +51,8 @@ async def list_dead_letters(settings: Settings, limit: int) -> None:
 
 
 async def replay(settings: Settings, limit: int) -> None:
-    async with open_broker(settings) as broker:
-        replayed = await replay_dead_letters(broker, settings, limit)
+    async with open_status_store(settings, CollectorRegistry()) as store, open_broker(settings) as broker:
+        replayed = await replay_dead_letters(broker, settings, limit, store)
     print(f"replayed {len(replayed)} dead letters from {settings.dead_letter_queue} to their lanes' work queues")
 
 

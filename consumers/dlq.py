@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import logging
+import time
 from dataclasses import dataclass
 
 from aio_pika.abc import AbstractIncomingMessage
 
 from broker.connection import Broker
-from broker.errors import PublishError
+from broker.errors import PublishError, StatusUnavailable
+from broker.priority import PRIORITIES
 from broker.publisher import PRIORITY_HEADER, publish_confirmed
 from broker.settings import Settings
+from broker.status import Transition
+from broker.status_store import StatusStore
 from consumers.delivery import int_header
 from consumers.retry import ATTEMPTS_HEADER, DEAD_LETTERED_AT_HEADER, ERROR_HEADER, ERROR_TYPE_HEADER, replay_message
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,13 +61,17 @@ async def peek_dead_letters(broker: Broker, settings: Settings, limit: int) -> t
         await channel.close()
 
 
-async def replay_dead_letters(broker: Broker, settings: Settings, limit: int) -> list[str]:
+async def replay_dead_letters(
+    broker: Broker, settings: Settings, limit: int, status: StatusStore | None = None
+) -> list[str]:
     """Move up to `limit` dead letters back to the work queue of their priority's lane (same priority, attempt
-    count reset), each acked in the dead-letter queue only after the broker confirmed its copy there."""
+    count reset), each acked in the dead-letter queue only after the broker confirmed its copy there; with a
+    status store, each order is `replayed` there (best effort: the order moves whether or not the store answers)."""
     queue = await broker.channel.get_queue(settings.dead_letter_queue)
     replayed: list[str] = []
     while len(replayed) < limit and (message := await queue.get(fail=False)) is not None:
-        lane = broker.topology.lane_for_header(int_header(message, PRIORITY_HEADER, -1))
+        priority = int_header(message, PRIORITY_HEADER, -1)
+        lane = broker.topology.lane_for_header(priority)
         try:
             await publish_confirmed(
                 broker.channel, replay_message(message), queue=lane.work.name, confirm_within=settings.publish_timeout
@@ -70,4 +81,18 @@ async def replay_dead_letters(broker: Broker, settings: Settings, limit: int) ->
             raise
         await message.ack()
         replayed.append(message.message_id or "-")
+        if status is not None and message.message_id:
+            await _record_replay(status, message.message_id, priority, lane.work.name)
     return replayed
+
+
+async def _record_replay(status: StatusStore, order_id: str, priority: int, queue: str) -> None:
+    fields: dict[str, str | int | float] = {"queue": queue, "next_try_at": "", "last_error": ""}
+    if priority in PRIORITIES:
+        fields["priority"] = priority
+    try:
+        await status.replay(Transition(order_id, "replayed", attempt=0, at=time.time(), fields=fields))
+    except StatusUnavailable:
+        logger.warning(
+            "replayed, but the status store is away: its status is not updated", extra={"order_id": order_id}
+        )

@@ -70,6 +70,21 @@ class ConsumerMetrics:
             ["priority", "reason"],
             registry=self.registry,
         )
+        self.already_processed = Counter(
+            "orderlane_orders_already_processed",
+            "Deliveries of orders the status store knew as processed: acked without running the handler",
+            registry=self.registry,
+        )
+        self.status_held_back = Gauge(
+            "orderlane_status_writes_held_back",
+            "Status transitions not written yet because the status store was away",
+            registry=self.registry,
+        )
+        self.status_dropped = Counter(
+            "orderlane_status_writes_dropped",
+            "Status transitions given up (too many held back, or the process stopped while the store was away)",
+            registry=self.registry,
+        )
         self.handler_seconds = Histogram(
             "orderlane_handler_seconds", "Handler run time", buckets=HANDLER_BUCKETS, registry=self.registry
         )

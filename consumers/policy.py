@@ -2,7 +2,9 @@
 
 | outcome                                   | what happens                                                     |
 |-------------------------------------------|------------------------------------------------------------------|
-| the handler returned                      | ack                                                              |
+| the order is `processed` in the status     | ack, without running the handler (a redelivery after a crash)    |
+| store already                             |                                                                  |
+| the handler returned                      | `processed` written to the status store, then ack                |
 | the body is not a valid order             | republished to `<queue>.dlq` with the reason, then acked          |
 | the handler raised PermanentFailure       | republished to `<queue>.dlq` with the error, then acked           |
 | the handler raised or overran its timeout | attempt < max: republished to `<queue>.retry.<attempt>` with a    |
@@ -44,6 +46,7 @@ from consumers.delivery import (
 from consumers.metrics import ConsumerMetrics
 from consumers.received import Received
 from consumers.retry import RetryPolicy, dead_letter_message, retry_message
+from consumers.status import StatusRecorder
 
 logger = logging.getLogger(__name__)
 
@@ -54,8 +57,16 @@ REQUEUE_PAUSE_SECONDS = 1.0
 class AckPolicy:
     """Runs the handler on one delivery at a time per calling task, within the handler timeout, and settles it."""
 
-    def __init__(self, broker: Broker, handler: Handler, settings: Settings, metrics: ConsumerMetrics) -> None:
+    def __init__(
+        self,
+        broker: Broker,
+        handler: Handler,
+        settings: Settings,
+        metrics: ConsumerMetrics,
+        status: StatusRecorder | None = None,
+    ) -> None:
         self._broker = broker
+        self._status = status
         self._handler = handler
         self._settings = settings
         self._metrics = metrics
@@ -76,12 +87,20 @@ class AckPolicy:
             await self._dead_letter(message, exc, attempt)
             return
         delivery = describe(message, order)
+        queue = lane.work.name
+        if self._status is not None and await self._status.begin(delivery, queue, message.body):
+            logger.info("already processed: acked without running the handler again", extra=_fields(delivery))
+            self._metrics.already_processed.inc()
+            message.ack()
+            return
         metrics = self._metrics.of(delivery.priority)
         metrics.held_seconds.observe(held_seconds)
         self._metrics.observe_wait(message, metrics)
         with delivering(delivery):
             failure = await self._run_handler(order)
         if failure is None:
+            if self._status is not None:
+                await self._status.processed(delivery, queue)  # before the ack: a redelivery then finds it done
             metrics.processed.inc()
             message.ack()
             return
@@ -89,15 +108,18 @@ class AckPolicy:
         if isinstance(failure, PermanentFailure):
             logger.error("permanent failure, dead-lettered: %r", failure, extra=_fields(delivery))
             metrics.permanent.inc()
-            await self._dead_letter(message, failure, delivery.attempt)
+            await self._give_up(message, delivery, queue, failure)
             return
         logger.warning("handler failed: %r", failure, exc_info=failure, extra=_fields(delivery))
         if self._retry_policy.should_retry(delivery.attempt):
             metrics.retried.inc()
-            await self._retry(message, lane, delivery.attempt)
+            delay = self._retry_policy.delay_seconds(delivery.attempt, self._rng)
+            if self._status is not None:
+                await self._status.retrying(delivery, queue, delay, failure)
+            await self._retry(message, lane, delivery.attempt, delay)
         else:
             metrics.exhausted.inc()
-            await self._dead_letter(message, failure, delivery.attempt)
+            await self._give_up(message, delivery, queue, failure)
 
     async def _run_handler(self, order: Order) -> Exception | None:
         """Run the handler within ORDERLANE_HANDLER_TIMEOUT; return what it raised (a TimeoutError if it overran),
@@ -127,8 +149,12 @@ class AckPolicy:
                 self.handler_times.append(elapsed)
         return failure
 
-    async def _retry(self, message: Received, lane: Lane, failed_attempt: int) -> None:
-        delay = self._retry_policy.delay_seconds(failed_attempt, self._rng)
+    async def _give_up(self, message: Received, delivery: Delivery, queue: str, failure: Exception) -> None:
+        if self._status is not None:
+            await self._status.dead_lettered(delivery, queue, failure)
+        await self._dead_letter(message, failure, delivery.attempt)
+
+    async def _retry(self, message: Received, lane: Lane, failed_attempt: int, delay: float) -> None:
         copy = retry_message(message, next_attempt=failed_attempt + 1, delay_seconds=delay)
         await self._move(message, copy, lane.retry_queue(failed_attempt).name)
 

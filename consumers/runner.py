@@ -20,11 +20,13 @@ from prometheus_client import start_http_server
 
 from broker.connection import Broker, open_broker
 from broker.settings import Concurrency, Prefetch, Settings
+from broker.status_store import StatusStore, open_status_store
 from consumers.delivery import Handler
 from consumers.dispatcher import Dispatcher
 from consumers.metrics import ConsumerMetrics
 from consumers.policy import AckPolicy, message_fields
 from consumers.received import Received
+from consumers.status import StatusRecorder
 from consumers.subscription import Subscription
 from consumers.tuning import (
     MAX_CONCURRENCY,
@@ -53,11 +55,13 @@ class Consumer:
         prefetch: Prefetch | None = None,
         concurrency: Concurrency | None = None,
         metrics: ConsumerMetrics | None = None,
+        status: StatusStore | None = None,
     ) -> None:
         prefetch = prefetch or settings.prefetch
         concurrency = concurrency or settings.concurrency
         self.metrics = metrics or ConsumerMetrics()
-        self._policy = AckPolicy(broker, handler, settings, self.metrics)
+        self._status = StatusRecorder(status, self.metrics) if status is not None else None
+        self._policy = AckPolicy(broker, handler, settings, self.metrics, self._status)
         lanes = broker.topology.lanes
         fixed_depths = [lane.prefetch or (prefetch if prefetch != "auto" else None) for lane in lanes]
         fixed_total = None if None in fixed_depths else sum(depth or 0 for depth in fixed_depths)
@@ -179,6 +183,8 @@ class Consumer:
         await self._policy.deadlines.close()
         for subscription in self.subscriptions:
             await subscription.close()  # anything still unacked goes back to the queue now
+        if self._status is not None:
+            await self._bounded(self._status.close(), "the status store")
 
     async def _bounded(self, step: Awaitable[None], what: str) -> None:
         """A step of the stop that waits on the broker or on handlers: it must not hold the stop for ever (a
@@ -210,8 +216,14 @@ async def consume_until_stopped(
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     metrics = ConsumerMetrics()
-    async with open_broker(settings) as broker, AsyncExitStack() as cleanup:
-        consumer = Consumer(broker, handler, settings, prefetch=prefetch, concurrency=concurrency, metrics=metrics)
+    async with (
+        open_status_store(settings, metrics.registry) as status,
+        open_broker(settings) as broker,
+        AsyncExitStack() as cleanup,
+    ):
+        consumer = Consumer(
+            broker, handler, settings, prefetch=prefetch, concurrency=concurrency, metrics=metrics, status=status
+        )
         if metrics_port is not None:
             server, _ = start_http_server(metrics_port, registry=metrics.registry)
             cleanup.callback(server.shutdown)

@@ -10,6 +10,7 @@ import aio_pika
 from broker.connection import Broker
 from broker.messages import Order, encode_order
 from broker.settings import Settings
+from broker.status_store import StatusStore
 from consumers.delivery import Handler
 from consumers.runner import Consumer
 
@@ -20,15 +21,19 @@ def order_message(order_id: str, **properties: object) -> aio_pika.Message:
     return aio_pika.Message(body, content_type="application/json", message_id=order_id, **properties)  # type: ignore[arg-type]
 
 
-async def start_consumer(broker: Broker, handler: Handler, settings: Settings) -> Consumer:
-    consumer = Consumer(broker, handler, settings, prefetch=1, concurrency=1)
+async def start_consumer(
+    broker: Broker, handler: Handler, settings: Settings, status: StatusStore | None = None
+) -> Consumer:
+    consumer = Consumer(broker, handler, settings, prefetch=1, concurrency=1, status=status)
     await consumer.start()
     return consumer
 
 
 @asynccontextmanager
-async def consuming(broker: Broker, handler: Handler, settings: Settings) -> AsyncIterator[Consumer]:
-    consumer = await start_consumer(broker, handler, settings)
+async def consuming(
+    broker: Broker, handler: Handler, settings: Settings, status: StatusStore | None = None
+) -> AsyncIterator[Consumer]:
+    consumer = await start_consumer(broker, handler, settings, status)
     try:
         yield consumer
     finally:

@@ -19,6 +19,8 @@ def environment(settings: Settings, **extra: str) -> dict[str, str]:
         ORDERLANE_AMQP_URL=str(settings.amqp_url),
         ORDERLANE_QUEUE=settings.queue,
         ORDERLANE_STARTUP_TIMEOUT=str(settings.startup_timeout),
+        ORDERLANE_STATUS_URL=str(settings.status_url or ""),
+        ORDERLANE_STATUS_TTL=str(settings.status_ttl),
         **extra,
     )
     return env

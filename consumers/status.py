@@ -1,0 +1,128 @@
+"""What a consumer writes to the status store, and what it does while the store is away.
+
+Orders never wait for the store: a transition that cannot be written is held back (the latest one per order)
+and written when the store answers again; the store ignores one that arrives after a later state of the same
+order (broker/status.py), so a held-back write never takes a status backwards. While it is away, the check
+"already processed?" cannot be made and the handler runs: at least once, as without a store.
+
+What this cannot repair: held-back writes are kept in memory, at most MAX_HELD_BACK of them; a process that dies
+or stops while the store is still away loses those it holds, and those orders' records keep an older state until
+they expire (ORDERLANE_STATUS_TTL). Both are counted and logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from itertools import islice
+from typing import Final
+
+from broker.errors import StatusUnavailable
+from broker.status import State, Transition, fingerprint
+from broker.status_store import PAUSE_SECONDS, StatusStore
+from consumers.delivery import Delivery
+from consumers.metrics import ConsumerMetrics
+
+logger = logging.getLogger(__name__)
+
+MAX_HELD_BACK: Final = 100_000
+WRITE_BACK_CHUNK: Final = 1_000
+"""Held-back writes sent in one call of the store, once it is back."""
+
+
+class StatusRecorder:
+    """Records processing, processed, retrying and dead_lettered for the deliveries of one consumer process."""
+
+    def __init__(self, store: StatusStore, metrics: ConsumerMetrics) -> None:
+        self._store = store
+        self._metrics = metrics
+        self._held_back: dict[str, Transition] = {}
+        self._writing_back: asyncio.Task[None] | None = None
+        metrics.status_held_back.set_function(lambda: len(self._held_back))
+
+    async def begin(self, delivery: Delivery, queue: str, body: bytes) -> bool:
+        """Record that this attempt starts; True if the order was processed already (do not run the handler)."""
+        transition = self._transition(delivery, "processing", queue)
+        try:
+            previous = await self._store.record(transition, fingerprint(body))
+        except StatusUnavailable:
+            self._hold_back(transition)
+            return False
+        return previous == "processed"
+
+    async def processed(self, delivery: Delivery, queue: str) -> None:
+        await self._record(self._transition(delivery, "processed", queue))
+
+    async def retrying(self, delivery: Delivery, queue: str, delay_seconds: float, error: BaseException) -> None:
+        transition = self._transition(delivery, "retrying", queue, last_error=_describe(error))
+        transition.fields["next_try_at"] = transition.at + delay_seconds
+        await self._record(transition)
+
+    async def dead_lettered(self, delivery: Delivery, queue: str, error: BaseException) -> None:
+        await self._record(self._transition(delivery, "dead_lettered", queue, last_error=_describe(error)))
+
+    async def close(self) -> None:
+        """Write back what is held, if the store answers within a pause; say what is left."""
+        if self._writing_back is not None:
+            self._writing_back.cancel()
+        if self._held_back:
+            try:
+                await self._write_back()
+            except StatusUnavailable:
+                logger.warning(
+                    "stopping with %d order statuses not written (the status store is away): those records keep "
+                    "an older state until they expire",
+                    len(self._held_back),
+                )
+                self._metrics.status_dropped.inc(len(self._held_back))
+
+    @staticmethod
+    def _transition(delivery: Delivery, state: State, queue: str, **fields: str) -> Transition:
+        return Transition(
+            delivery.order_id,
+            state,
+            attempt=delivery.attempt,
+            at=time.time(),
+            fields={"priority": delivery.priority, "queue": queue, **fields},
+        )
+
+    async def _record(self, transition: Transition) -> None:
+        try:
+            await self._store.record(transition)
+        except StatusUnavailable:
+            self._hold_back(transition)
+        else:
+            self._held_back.pop(transition.order_id, None)
+
+    def _hold_back(self, transition: Transition) -> None:
+        self._held_back.pop(transition.order_id, None)  # re-inserted last: the dict stays oldest first
+        if len(self._held_back) >= MAX_HELD_BACK:
+            oldest = next(iter(self._held_back))
+            del self._held_back[oldest]
+            self._metrics.status_dropped.inc()
+        self._held_back[transition.order_id] = transition
+        if self._writing_back is None or self._writing_back.done():
+            self._writing_back = asyncio.create_task(self._write_back_when_answered())
+
+    async def _write_back_when_answered(self) -> None:
+        while self._held_back:
+            await asyncio.sleep(PAUSE_SECONDS)
+            try:
+                await self._write_back()
+            except StatusUnavailable:
+                continue
+            logger.info("order statuses written back after the status store was away")
+
+    async def _write_back(self) -> None:
+        """Send the held-back writes, oldest first, a chunk per call; raise StatusUnavailable if the store fails."""
+        while self._held_back:
+            chunk = list(islice(self._held_back.values(), WRITE_BACK_CHUNK))
+            await asyncio.gather(*(self._store.record(transition) for transition in chunk))
+            for transition in chunk:
+                if self._held_back.get(transition.order_id) is transition:
+                    del self._held_back[transition.order_id]
+
+
+def _describe(error: BaseException) -> str:
+    return f"{type(error).__name__}: {error}"[:500]

@@ -6,7 +6,7 @@ INSTALLED := $(VENV)/.installed
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: install broker tools run test check format bench bench-full clean
+.PHONY: install services tools run test check format bench bench-full clean
 
 install: $(INSTALLED)
 
@@ -16,8 +16,8 @@ $(INSTALLED): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev,bench,peers]'
 	touch $@
 
-broker: install
-	$(BIN)/python scripts/ensure_broker.py
+services: install
+	$(BIN)/python scripts/ensure_services.py
 
 # wrk, the HTTP load generator of the intake benchmark and of the quick performance check (Debian's package).
 tools:
@@ -25,7 +25,7 @@ tools:
 	  || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q wrk >/dev/null 2>&1; } \
 	  || echo "make: could not install wrk; install it (apt-get install wrk) for the intake benchmark"
 
-run: broker
+run: services
 	HOST=$(HOST) PORT=$(PORT) scripts/run-dev
 
 check: install
@@ -33,17 +33,17 @@ check: install
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-test: broker tools check
+test: services tools check
 	$(BIN)/coverage erase
 	$(BIN)/coverage run -m pytest
 	$(BIN)/coverage combine --quiet
 	$(BIN)/coverage report
 
 # A quick run of every scenario (under 2 minutes); bench-full is the sweep behind docs/benchmarks.md.
-bench: broker tools
+bench: services tools
 	$(BIN)/python -m bench all --quick
 
-bench-full: broker tools
+bench-full: services tools
 	$(BIN)/python -m bench all
 
 format: install

@@ -1,4 +1,5 @@
-"""What the API and the consumers share: settings, the order, priorities, topology, connection, publisher."""
+"""What the API and the consumers share: settings, the order, priorities, topology, connection, publisher, and the
+order status store."""
 
 from broker.connection import Broker, open_broker
 from broker.errors import (
@@ -9,12 +10,15 @@ from broker.errors import (
     OrderlaneError,
     PermanentFailure,
     PublishError,
+    StatusUnavailable,
     TopologyConflict,
 )
 from broker.messages import Order
 from broker.priority import Priority, prioritize
 from broker.publisher import OrderPublisher, Publisher, Receipt
 from broker.settings import Settings
+from broker.status import OrderStatus
+from broker.status_store import StatusStore, open_status_store
 
 __all__ = [
     "Broker",
@@ -24,6 +28,7 @@ __all__ = [
     "InvalidMessage",
     "Order",
     "OrderPublisher",
+    "OrderStatus",
     "OrderlaneError",
     "PermanentFailure",
     "Priority",
@@ -31,7 +36,10 @@ __all__ = [
     "Publisher",
     "Receipt",
     "Settings",
+    "StatusStore",
+    "StatusUnavailable",
     "TopologyConflict",
     "open_broker",
+    "open_status_store",
     "prioritize",
 ]

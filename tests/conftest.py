@@ -11,7 +11,7 @@ import pytest
 
 from broker.connection import Broker, open_broker
 from broker.settings import Settings
-from scripts.ensure_broker import answers, docker_works
+from scripts.ensure_services import answers, docker_works
 from tests.amqp import amqp_url, delete_topology
 from tests.status import delete_statuses
 

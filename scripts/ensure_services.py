@@ -12,7 +12,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 
 import aio_pika
@@ -65,7 +65,7 @@ class Service:
     url: str
     shown: str
     """The URL as it may be printed: password masked."""
-    answers: Callable[[str], Awaitable[bool]]
+    answers: Callable[[str], Coroutine[None, None, bool]]
     compose_service: str
     local_server: str
     start_local: Callable[[], None]

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, TypeAdapter
 from pydantic.json_schema import models_json_schema
 
-from broker.messages import Order
+from broker.messages import Order, OrderId
+from broker.status import OrderStatus
 
 OPENAPI_VERSION = "3.1.0"
+ORDER_ID_SCHEMA = TypeAdapter(OrderId).json_schema()
 
 
 class Accepted(BaseModel):
@@ -54,11 +56,22 @@ def _json(description: str, model: str) -> dict[str, Any]:
 
 def openapi_document(version: str) -> dict[str, Any]:
     _, schemas = models_json_schema(
-        [(Order, "validation"), (Accepted, "serialization"), (ErrorBody, "serialization"), (Backlog, "serialization")],
+        [
+            (Order, "validation"),
+            (Accepted, "serialization"),
+            (OrderStatus, "serialization"),
+            (ErrorBody, "serialization"),
+            (Backlog, "serialization"),
+        ],
         ref_template="#/components/schemas/{model}",
     )
     unavailable = _error("The broker is down, refused or did not confirm the order; see `Retry-After`")
-    unavailable["headers"] = {"Retry-After": {"schema": {"type": "integer"}, "description": "seconds"}}
+    retry_after = {"Retry-After": {"schema": {"type": "integer"}, "description": "seconds"}}
+    unavailable["headers"] = retry_after
+    accepted = _json("Stored by the broker, persistent; `Location` is its status", "Accepted")
+    accepted["headers"] = {"Location": {"schema": {"type": "string"}, "description": "`/orders/{order_id}`"}}
+    status_unknown = _error("The status store does not answer: the order's state is unknown for now")
+    status_unknown["headers"] = retry_after
     return {
         "openapi": OPENAPI_VERSION,
         "info": {"title": "orderlane", "version": version, "description": "Orders in, by priority, on RabbitMQ."},
@@ -68,13 +81,31 @@ def openapi_document(version: str) -> dict[str, Any]:
                     "summary": "Accept an order once the broker has stored it",
                     "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("Order")}}},
                     "responses": {
-                        "202": _json("Stored by the broker, persistent", "Accepted"),
+                        "200": _json("This order was posted before: its status; nothing was published", "OrderStatus"),
+                        "202": accepted,
                         "400": _error("The body is not JSON"),
                         "401": _error("An API key is required and none valid was sent"),
                         "413": _error("The body is larger than ORDERLANE_MAX_BODY_BYTES"),
                         "415": _error("The content type is not application/json"),
+                        "409": _error("The order_id is taken by a different order"),
                         "422": _error("The JSON is not a valid order; details are pydantic's errors"),
                         "503": unavailable,
+                    },
+                    "security": [{"bearer": []}, {}],
+                }
+            },
+            "/orders/{order_id}": {
+                "get": {
+                    "summary": "Where an order is: accepted, processing, retrying, processed, dead_lettered, ...",
+                    "parameters": [
+                        {"name": "order_id", "in": "path", "required": True, "schema": ORDER_ID_SCHEMA},
+                    ],
+                    "responses": {
+                        "200": _json("Its status", "OrderStatus"),
+                        "401": _error("An API key is required and none valid was sent"),
+                        "404": _error("Unknown (never posted, or its status expired), or this API keeps no status"),
+                        "422": _error("Not a valid order_id"),
+                        "503": status_unknown,
                     },
                     "security": [{"bearer": []}, {}],
                 }

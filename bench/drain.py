@@ -3,7 +3,7 @@
 Both validate each body with the same pydantic model and ack after the handler; the handler itself does nothing,
 so what is measured is the consumer's own cost per message at a given prefetch. orderlane runs with the concurrency
 equal to the prefetch, as raw aio-pika does, and at its defaults (`auto` for both), beside raw aio-pika at its
-best prefetch of the run.
+best prefetch of the run. Without the status store: what it costs is bench/status.py's to measure.
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ from bench.workload import bench_settings, delete_queues, fill, orders, raw_queu
 from broker.connection import open_broker
 from broker.messages import Order
 from broker.settings import Prefetch, Settings
+from broker.status_store import open_status_store
+from consumers.metrics import ConsumerMetrics
 from consumers.runner import Consumer
 
 
@@ -34,7 +36,10 @@ class DrainResult:
 
 
 async def orderlane_drain(settings: Settings, count: int) -> float:
-    async with open_broker(settings) as broker:
+    """orderlane's Consumer on a backlog of `count`, with the status store the settings name (as
+    `python -m consumers` opens it) or none."""
+    metrics = ConsumerMetrics()
+    async with open_status_store(settings, metrics.registry) as status, open_broker(settings) as broker:
         await fill(settings, orders(count))
         handled = 0
         all_handled = asyncio.Event()
@@ -45,7 +50,7 @@ async def orderlane_drain(settings: Settings, count: int) -> float:
             if handled == count:
                 all_handled.set()
 
-        consumer = Consumer(broker, handler, settings)
+        consumer = Consumer(broker, handler, settings, metrics=metrics, status=status)
 
         async def drain() -> None:
             await consumer.start()
@@ -87,7 +92,7 @@ async def measure_drain(prefetch: Prefetch, count: int, rounds: int) -> DrainRes
     runs = ((orderlane_drain, ours), (raw_drain, raw)) if prefetch != "auto" else ((orderlane_drain, ours),)
     for _ in range(rounds):
         for run, results in runs:
-            settings = bench_settings(prefetch=prefetch, concurrency=prefetch)
+            settings = bench_settings(prefetch=prefetch, concurrency=prefetch, status_url=None)
             try:
                 results.append(await run(settings, count))
             finally:

@@ -5,17 +5,14 @@ handle, so that a backlog builds and the broker has something to order by priori
 from __future__ import annotations
 
 import asyncio
-import os
 import random
-import signal
 import statistics
-import sys
 import time
 from dataclasses import dataclass
 
 import httpx
 
-from bench.intake import PROJECT_ROOT, wait_ready
+from bench.intake import serving_api
 from bench.workload import bench_settings, delete_queues
 from broker.connection import open_broker
 from broker.messages import Order
@@ -82,13 +79,8 @@ async def measure_end_to_end(
             all_started.set()
         await asyncio.sleep(handler_ms / 1000)
 
-    env = {**os.environ, "ORDERLANE_QUEUE": settings.queue}
-    api = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "api", "--port", str(port), cwd=PROJECT_ROOT, env=env, stderr=asyncio.subprocess.DEVNULL
-    )
     try:
-        await wait_ready(port)
-        async with open_broker(settings) as broker:
+        async with serving_api(settings, port), open_broker(settings) as broker:
             consumer = Consumer(broker, handler, settings, concurrency=prefetch)
             await consumer.start()
             await post_steadily(port, rate, seconds, posted)
@@ -96,8 +88,6 @@ async def measure_end_to_end(
                 await all_started.wait()
             await consumer.stop(grace_seconds=5)
     finally:
-        api.send_signal(signal.SIGTERM)
-        await api.wait()
         await delete_queues(settings)
     return EndToEndResult(rate, seconds, handler_ms, prefetch, levels(posted, started))
 

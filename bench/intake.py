@@ -8,19 +8,20 @@ cost as little CPU as possible, or it measures itself. wrk is one C process, fro
 from __future__ import annotations
 
 import asyncio
-import os
 import re
 import shutil
 import signal
 import statistics
 import sys
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 
-from bench.workload import bench_channel, bench_settings, delete_queues, orders
+from bench.workload import bench_channel, bench_settings, delete_queues, environment, orders
 from broker.connection import open_broker
 from broker.priority import prioritize
 from broker.publisher import build_message
@@ -75,28 +76,46 @@ def parse_wrk(output: str) -> Throughput:
 
 
 async def api_intake(settings: Settings, concurrency: int, seconds: float, port: int) -> Throughput:
-    env = {**os.environ, "ORDERLANE_QUEUE": settings.queue}
+    async with serving_api(settings, port):
+        return await run_wrk(concurrency, seconds, port)
+
+
+@asynccontextmanager
+async def serving_api(settings: Settings, port: int) -> AsyncIterator[None]:
+    """`python -m api` on `port`, on the settings' queue and status store, from ready until SIGTERM."""
     api = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "api", "--port", str(port), cwd=PROJECT_ROOT, env=env, stderr=asyncio.subprocess.DEVNULL
+        sys.executable,
+        "-m",
+        "api",
+        "--port",
+        str(port),
+        cwd=PROJECT_ROOT,
+        env=environment(settings),
+        stderr=asyncio.subprocess.DEVNULL,
     )
     try:
         await wait_ready(port)
-        wrk = await asyncio.create_subprocess_exec(
-            require_wrk(),
-            "-t1",
-            f"-c{concurrency}",
-            f"-d{seconds:g}s",
-            "--latency",
-            "-s",
-            str(POST_SCRIPT),
-            f"http://127.0.0.1:{port}",
-            stdout=asyncio.subprocess.PIPE,
-        )
-        output, _ = await wrk.communicate()
-        return parse_wrk(output.decode())
+        yield
     finally:
         api.send_signal(signal.SIGTERM)
         await api.wait()
+
+
+async def run_wrk(concurrency: int, seconds: float, port: int) -> Throughput:
+    """wrk posting a new order on every request (post.lua) to the API on `port`."""
+    wrk = await asyncio.create_subprocess_exec(
+        require_wrk(),
+        "-t1",
+        f"-c{concurrency}",
+        f"-d{seconds:g}s",
+        "--latency",
+        "-s",
+        str(POST_SCRIPT),
+        f"http://127.0.0.1:{port}",
+        stdout=asyncio.subprocess.PIPE,
+    )
+    output, _ = await wrk.communicate()
+    return parse_wrk(output.decode())
 
 
 async def wait_ready(port: int) -> None:

@@ -10,7 +10,6 @@ most it held, and the time it stood idle while another process still held orders
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import sys
 import time
@@ -20,7 +19,7 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from bench.intake import PROJECT_ROOT
-from bench.workload import bench_settings, delete_queues, fill, orders
+from bench.workload import bench_settings, delete_queues, environment, fill, orders
 from broker.connection import open_broker
 from broker.settings import Settings
 
@@ -70,8 +69,7 @@ async def scrape(client: httpx.AsyncClient, port: int) -> Sample:
 
 async def start_consumer(settings: Settings, handler_ms: float, port: int) -> asyncio.subprocess.Process:
     env = {
-        **os.environ,
-        "ORDERLANE_QUEUE": settings.queue,
+        **environment(settings),
         "ORDERLANE_SIMULATED_WORK_MS": str(handler_ms),
         "ORDERLANE_LOG_LEVEL": "WARNING",
     }

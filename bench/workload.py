@@ -1,8 +1,10 @@
-"""What the scenarios share: a broker connection of their own, queues to fill and drain, timing."""
+"""What the scenarios share: a broker connection of their own, queues to fill and drain, timing, and the clean-up
+of the queues and of the status records made under their name."""
 
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -10,6 +12,8 @@ from contextlib import asynccontextmanager
 
 import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractQueue
+from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from broker.messages import Order
 from broker.priority import prioritize
@@ -24,6 +28,11 @@ PUBLISH_WINDOW = 256
 def bench_settings(**overrides: object) -> Settings:
     """Settings on a queue of the benchmark's own; everything else from the environment."""
     return Settings(queue=f"bench-{uuid.uuid4().hex[:8]}", **overrides)  # type: ignore[arg-type]
+
+
+def environment(settings: Settings) -> dict[str, str]:
+    """The environment of an orderlane process started by a scenario: on the settings' queue and status store."""
+    return {**os.environ, "ORDERLANE_QUEUE": settings.queue, "ORDERLANE_STATUS_URL": str(settings.status_url or "")}
 
 
 def orders(count: int, *, priority: int = 5, user_type: str = "regular", prefix: str = "b") -> list[Order]:
@@ -74,9 +83,27 @@ async def fill(settings: Settings, backlog: list[Order], address: Address = addr
 
 
 async def delete_queues(settings: Settings) -> None:
+    """The benchmark's queues, and the status records kept under their name (the store's namespace)."""
     async with bench_channel(settings) as channel:
         for spec in build_topology(settings).queues:
             await channel.queue_delete(spec.name)
+    try:
+        await status_records(settings, delete=True)
+    except RedisConnectionError:  # no Redis at all: the API and the consumers wrote nothing either
+        pass
+
+
+async def status_records(settings: Settings, *, delete: bool = False) -> int:
+    """How many status records are kept under the settings' queue (none with the store off); with `delete`, they
+    are deleted too."""
+    if settings.status_url is None:
+        return 0
+    async with Redis.from_url(str(settings.status_url)) as client:
+        keys = [key async for key in client.scan_iter(match=f"orderlane:{settings.queue}:*", count=1000)]
+        if delete:
+            for start in range(0, len(keys), 1000):
+                await client.unlink(*keys[start : start + 1000])
+    return len(keys)
 
 
 async def timed(run: Callable[[], Awaitable[None]]) -> float:

@@ -34,9 +34,10 @@ WRITE_BACK_CHUNK: Final = 1_000
 class StatusRecorder:
     """Records processing, processed, retrying and dead_lettered for the deliveries of one consumer process."""
 
-    def __init__(self, store: StatusStore, metrics: ConsumerMetrics) -> None:
+    def __init__(self, store: StatusStore, metrics: ConsumerMetrics, max_held_back: int = MAX_HELD_BACK) -> None:
         self._store = store
         self._metrics = metrics
+        self._max_held_back = max_held_back
         self._held_back: dict[str, Transition] = {}
         self._writing_back: asyncio.Task[None] | None = None
         metrics.status_held_back.set_function(lambda: len(self._held_back))
@@ -97,7 +98,7 @@ class StatusRecorder:
 
     def _hold_back(self, transition: Transition) -> None:
         self._held_back.pop(transition.order_id, None)  # re-inserted last: the dict stays oldest first
-        if len(self._held_back) >= MAX_HELD_BACK:
+        if len(self._held_back) >= self._max_held_back:
             oldest = next(iter(self._held_back))
             del self._held_back[oldest]
             self._metrics.status_dropped.inc()

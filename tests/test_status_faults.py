@@ -17,7 +17,10 @@ from broker.connection import Broker
 from broker.messages import Order
 from broker.settings import Settings
 from broker.status_store import open_status_store
+from consumers.delivery import Delivery
+from consumers.metrics import ConsumerMetrics
 from consumers.runner import Consumer
+from consumers.status import StatusRecorder
 from tests.amqp import depth_is, publish_raw, queue_depth, wait_until
 from tests.consuming import order_message
 from tests.dying import DIE_AFTER
@@ -168,3 +171,24 @@ async def test_dlq_replay_records_replayed(settings: Settings, broker: Broker) -
         assert code == 0
         status = await store.get("dead-1")
         assert status is not None and status.state == "replayed" and status.queue == settings.queue
+
+
+async def test_held_back_writes_are_bounded_and_written_when_redis_answers(settings: Settings) -> None:
+    metrics = ConsumerMetrics()
+    async with redis_server() as redis:
+        local = settings.model_copy(update={"status_url": RedisDsn(redis.url), "status_timeout": 0.2})
+        async with open_status_store(local, CollectorRegistry()) as store:
+            assert store is not None
+            recorder = StatusRecorder(store, metrics, max_held_back=3)
+            await redis.stop()
+            for n in range(5):
+                delivery = Delivery(order_id=f"h-{n}", priority=5, attempt=1, redelivered=False)
+                await recorder.processed(delivery, local.queue)
+            assert metrics.registry.get_sample_value("orderlane_status_writes_held_back") == 3
+            assert metrics.registry.get_sample_value("orderlane_status_writes_dropped_total") == 2
+            await redis.start()
+            held_back = metrics.registry.get_sample_value
+            await wait_until(lambda: held_back("orderlane_status_writes_held_back") == 0, what="written back")
+            found = {n: await store.get(f"h-{n}") for n in range(5)}
+            await recorder.close()
+    assert [n for n, status in found.items() if status is not None and status.state == "processed"] == [2, 3, 4]

@@ -1,6 +1,6 @@
 """`python -m bench SCENARIO... [--quick]`: run a benchmark beside raw aio-pika, print its table, and write its JSON
-and PNG to bench/results/. SCENARIO is intake, drain, priority, peers, endtoend, memory, sharing or all (every one
-but peers, which needs the `peers` extra: FastStream and Taskiq)."""
+and PNG to bench/results/. SCENARIO is intake, drain, priority, peers, endtoend, memory, sharing, status (the status
+store off against on) or all (every one but peers, which needs the `peers` extra: FastStream and Taskiq)."""
 
 from __future__ import annotations
 
@@ -19,8 +19,9 @@ from bench.endtoend import EndToEndResult, measure_end_to_end
 from bench.intake import IntakeResult, measure_intake
 from bench.memory import MemoryResult, measure_memory
 from bench.priority import SYSTEMS, PriorityResult, System, measure_priority, median_result
-from bench.report import plot_drain, plot_end_to_end, plot_intake, plot_priority, save_json
+from bench.report import plot_drain, plot_end_to_end, plot_intake, plot_priority, plot_status, save_json
 from bench.sharing import SharingResult, measure_sharing
+from bench.status import CLIENTS, StatusResult, drain_measure, intake_measure, measure_status
 from broker.settings import Prefetch
 
 T = TypeVar("T")
@@ -45,6 +46,7 @@ class Plan:
     memory_messages: int
     sharing_processes: Sequence[int]
     sharing_backlog: int
+    status_rounds: int
 
 
 FULL = Plan(
@@ -64,6 +66,7 @@ FULL = Plan(
     memory_messages=100_000,
     sharing_processes=(1, 2, 3),
     sharing_backlog=30_000,
+    status_rounds=3,
 )
 QUICK = Plan(
     intake_clients=(1, 32),
@@ -82,6 +85,7 @@ QUICK = Plan(
     memory_messages=20_000,
     sharing_processes=(2,),
     sharing_backlog=8_000,
+    status_rounds=1,
 )
 
 
@@ -190,6 +194,35 @@ def show_memory(results: list[MemoryResult]) -> str:
     return table(("orders", "RSS MB"), rows) + f"\ngrowth: {result.growth_mb:.1f} MB"
 
 
+async def status(plan: Plan, progress: tqdm[Any]) -> list[StatusResult]:
+    """The status store off against on, for intake then for drain, the same loads as those scenarios'."""
+    intake_path = f"intake, {CLIENTS} clients, {plan.intake_seconds:g} s"
+    drain_path = f"drain, {plan.drain_messages:,} orders"
+    return [
+        await measure_status(intake_path, intake_measure(plan.intake_seconds), plan.status_rounds, progress.update),
+        await measure_status(drain_path, drain_measure(plan.drain_messages), plan.status_rounds, progress.update),
+    ]
+
+
+def show_status(results: list[StatusResult]) -> str:
+    header = ("path", "off/s", "on/s", "ratio", "off p50", "off p99", "on p50", "on p99", "unexpected off/on")
+    rows = [
+        (
+            r.path,
+            r.off.per_second,
+            r.on.per_second,
+            f"{r.ratio:.2f}",
+            r.off.p50_ms or "-",
+            r.off.p99_ms or "-",
+            r.on.p50_ms or "-",
+            r.on.p99_ms or "-",
+            f"{r.off.unexpected}/{r.on.unexpected}",
+        )
+        for r in results
+    ]
+    return table(header, rows) + "\n(medians of the rounds; latencies in ms; unexpected: 0 in a fair run)"
+
+
 def show_intake(results: list[IntakeResult]) -> str:
     header = ("clients", "api/s", "p50 ms", "p99 ms", "raw/s", "raw p50", "raw p99", "ratio")
     rows = [
@@ -263,6 +296,7 @@ SCENARIOS = {
     "endtoend": Scenario(end_to_end, lambda p: 1, show_end_to_end, plot_end_to_end),
     "memory": Scenario(memory, lambda p: 1, show_memory, lambda results: "no plot"),
     "sharing": Scenario(sharing, lambda p: len(p.sharing_processes), show_sharing, lambda results: "no plot"),
+    "status": Scenario(status, lambda p: 2 * 2 * p.status_rounds, show_status, plot_status),
 }
 
 

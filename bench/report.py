@@ -20,6 +20,7 @@ from bench.drain import DrainResult
 from bench.endtoend import EndToEndResult
 from bench.intake import IntakeResult
 from bench.priority import PriorityResult
+from bench.status import StatusResult
 
 RESULTS = Path(__file__).with_name("results")
 
@@ -111,6 +112,19 @@ def plot_end_to_end(results: Sequence[EndToEndResult]) -> Path:
         axis.set_xticks(levels)
     axis.title.set_fontsize("small")
     return _finish(figure, [axis], "endtoend")
+
+
+def plot_status(results: Sequence[StatusResult]) -> Path:
+    """Per path, the store off and on: a bar for the median, a dot for each round."""
+    figure, axes = plt.subplots(1, len(results), figsize=(4.5 * len(results), 4), squeeze=False)
+    for axis, result in zip(axes[0], results, strict=True):
+        for x, (label, side) in enumerate((("store off", result.off), ("store on", result.on))):
+            axis.bar(x, side.per_second, width=0.6, alpha=0.6, label=f"{label}: {side.per_second:,.0f}/s")
+            axis.plot([x] * len(side.rounds), side.rounds, "k.")
+        axis.set_xticks([0, 1], ["off", "on"])
+        axis.set(ylabel="orders / s", title=f"{result.path}: on/off {result.ratio:.2f}")
+        axis.title.set_fontsize("small")
+    return _finish(figure, list(axes[0]), "status")
 
 
 def _finish(figure: Any, axes: Sequence[Any], scenario: str) -> Path:

@@ -16,10 +16,9 @@ import time
 from dataclasses import dataclass
 
 import httpx
-from prometheus_client.parser import text_string_to_metric_families
 
 from bench.intake import PROJECT_ROOT
-from bench.workload import bench_settings, delete_queues, environment, fill, orders
+from bench.workload import bench_settings, delete_queues, environment, fill, metric_totals, orders
 from broker.connection import open_broker
 from broker.settings import Settings
 
@@ -50,20 +49,13 @@ class SharingResult:
 
 
 async def scrape(client: httpx.AsyncClient, port: int) -> Sample:
-    values: dict[str, float] = {}
-    text = (await client.get(f"http://127.0.0.1:{port}/metrics")).text
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name in (
-                "orderlane_orders_processed_total",
-                "orderlane_orders_held",
-                "orderlane_orders_in_flight",
-            ):
-                values[sample.name] = values.get(sample.name, 0.0) + sample.value
+    values = await metric_totals(
+        client, port, ("orderlane_orders_processed_total", "orderlane_orders_held", "orderlane_orders_in_flight")
+    )
     return Sample(
-        processed=values.get("orderlane_orders_processed_total", 0.0),
-        held=values.get("orderlane_orders_held", 0.0),
-        running=values.get("orderlane_orders_in_flight", 0.0),
+        processed=values["orderlane_orders_processed_total"],
+        held=values["orderlane_orders_held"],
+        running=values["orderlane_orders_in_flight"],
     )
 
 

@@ -7,11 +7,13 @@ import asyncio
 import os
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 
 import aio_pika
+import httpx
 from aio_pika.abc import AbstractChannel, AbstractQueue
+from prometheus_client.parser import text_string_to_metric_families
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
@@ -104,6 +106,17 @@ async def status_records(settings: Settings, *, delete: bool = False) -> int:
             for start in range(0, len(keys), 1000):
                 await client.unlink(*keys[start : start + 1000])
     return len(keys)
+
+
+async def metric_totals(client: httpx.AsyncClient, port: int, names: Sequence[str]) -> dict[str, float]:
+    """The samples called `names` that a process serves on `port`, each summed over its labels (0 if absent)."""
+    totals = dict.fromkeys(names, 0.0)
+    text = (await client.get(f"http://127.0.0.1:{port}/metrics")).text
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name in totals:
+                totals[sample.name] += sample.value
+    return totals
 
 
 async def timed(run: Callable[[], Awaitable[None]]) -> float:

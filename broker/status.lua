@@ -1,23 +1,27 @@
 -- The status store's one script: a batch of operations on order records, each applied atomically.
 --
--- KEYS[i] is the record of the i-th operation; ARGV holds, per operation:
---   op, ttl, rank, token, fingerprint, n, then n field/value pairs to write.
+-- KEYS[i] is the record of the i-th operation. ARGV[1] is a JSON array with one entry per operation:
+--   [op, ttl, rank, token, fingerprint, {field: value, ...}]
+-- (one argument for the whole batch: the client packs one string, not some twenty per operation).
 -- Returns one array per operation (see broker/status_store.py).
 --
 -- A record is a hash: state, rank, fingerprint, token (while pending), priority, queue, attempt, ...,
 -- at:<state> (when it entered that state). A transition applies only if its rank is not below the record's, so
 -- a late write (one held back while the store was away) never takes a record back to an older state.
 
+local operations = cjson.decode(ARGV[1])
 local results = {}
-local a = 1
 for i, key in ipairs(KEYS) do
-  local op, ttl, rank, token, fingerprint = ARGV[a], ARGV[a + 1], tonumber(ARGV[a + 2]), ARGV[a + 3], ARGV[a + 4]
-  local n = tonumber(ARGV[a + 5])
-  local pairs_at = a + 6
-  a = pairs_at + 2 * n
+  local operation = operations[i]
+  local op, ttl, rank, token, fingerprint, fields = unpack(operation)
   local function write()
-    for p = pairs_at, pairs_at + 2 * n - 1, 2 do
-      redis.call('HSET', key, ARGV[p], ARGV[p + 1])
+    local flat = {}
+    for name, value in pairs(fields) do
+      flat[#flat + 1] = name
+      flat[#flat + 1] = value
+    end
+    if #flat > 0 then
+      redis.call('HSET', key, unpack(flat))
     end
     redis.call('EXPIRE', key, ttl)
   end
@@ -44,8 +48,7 @@ for i, key in ipairs(KEYS) do
     results[i] = {held[1] or ''}
   elseif op == 'transition' then
     local held = redis.call('HMGET', key, 'state', 'rank')
-    local held_rank = tonumber(held[2]) or -1
-    if rank >= held_rank then
+    if rank >= (tonumber(held[2]) or -1) then
       write()
       redis.call('HDEL', key, 'token')
       if fingerprint ~= '' then
@@ -59,9 +62,9 @@ for i, key in ipairs(KEYS) do
     if not held or held == 'dead_lettered' then
       write()
     else
-      for p = pairs_at, pairs_at + 2 * n - 1, 2 do
-        if string.sub(ARGV[p], 1, 3) == 'at:' then
-          redis.call('HSET', key, ARGV[p], ARGV[p + 1])
+      for name, value in pairs(fields) do
+        if string.sub(name, 1, 3) == 'at:' then
+          redis.call('HSET', key, name, value)
         end
       end
     end

@@ -1,8 +1,9 @@
 """The status store: one Redis hash per order, written by the API and the consumers, read by `GET /orders/{id}`.
 
-Every operation goes through one Lua script (broker/status.lua) and the operations asked for in one turn of the
-event loop travel together in one call of it: a busy consumer or API pays one round trip and one command for many
-orders, not two per order (docs/benchmarks.md measures what the store costs).
+Every operation goes through one Lua script (broker/status.lua), packed as JSON, and one call of it is in flight
+at a time: the operations asked for meanwhile travel together in the next call, so a busy consumer or API pays
+one round trip and one command for many orders, not two per order (docs/benchmarks.md measures what the store
+costs).
 
 When Redis does not answer, the operations of that call fail with StatusUnavailable, and for the next
 PAUSE_SECONDS every operation fails at once without trying, so an outage costs one timeout, not one per order.
@@ -11,6 +12,7 @@ PAUSE_SECONDS every operation fails at once without trying, so an outage costs o
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -19,11 +21,12 @@ from dataclasses import dataclass
 from importlib.resources import files
 from typing import Final, Literal
 
+import orjson
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 
 from broker.errors import StatusUnavailable
 from broker.settings import Settings, redacted
@@ -68,12 +71,13 @@ class Taken:
 class _Call:
     """One operation waiting for the next call of the script."""
 
-    __slots__ = ("args", "key", "operation", "result")
+    __slots__ = ("entry", "key", "operation", "result")
 
-    def __init__(self, operation: Operation, key: str, args: list[str | int | float]) -> None:
+    def __init__(self, operation: Operation, key: str, entry: list[object]) -> None:
         self.operation = operation
         self.key = key
-        self.args = args
+        self.entry = entry
+        """What the script reads for it: [op, ttl, rank, token, fingerprint, {field: value}]."""
         self.result: asyncio.Future[list[str]] = asyncio.get_running_loop().create_future()
 
 
@@ -82,13 +86,13 @@ class StatusStore:
 
     def __init__(self, client: Redis, *, namespace: str, ttl: int, pending_ttl: int, metrics: StoreMetrics) -> None:
         self._client = client
-        self._script = client.register_script(SCRIPT)
+        self._sha = hashlib.sha1(SCRIPT.encode()).hexdigest()
         self._prefix = f"orderlane:{namespace}:order:"
         self._ttl = ttl
         self._pending_ttl = pending_ttl
         self._metrics = metrics
         self._waiting: list[_Call] = []
-        self._sending: set[asyncio.Task[None]] = set()
+        self._sender: asyncio.Task[None] | None = None
         self._away_until = 0.0
 
     @property
@@ -149,26 +153,34 @@ class StatusStore:
         if not self.is_up:
             self._metrics.errors.labels(operation=operation).inc()
             raise StatusUnavailable("the status store is away")
-        flat = [item for pair in (pairs or {}).items() for item in pair]
-        args = [operation, ttl or self._ttl, rank, token, fingerprint, len(flat) // 2, *flat]
-        call = _Call(operation, self._prefix + order_id, args)
+        call = _Call(
+            operation, self._prefix + order_id, [operation, ttl or self._ttl, rank, token, fingerprint, pairs or {}]
+        )
         self._waiting.append(call)
-        if len(self._waiting) == 1:
-            asyncio.get_running_loop().call_soon(self._send_waiting)
+        if self._sender is None:
+            self._sender = asyncio.get_running_loop().create_task(self._send_waiting())
         return await call.result
 
-    def _send_waiting(self) -> None:
-        calls, self._waiting = self._waiting, []
-        task = asyncio.get_running_loop().create_task(self._send(calls))
-        self._sending.add(task)
-        task.add_done_callback(self._sending.discard)
+    async def _send_waiting(self) -> None:
+        """One call in flight at a time: what is asked for meanwhile goes together in the next one, so the busier
+        the process, the more operations share a call (and none waits longer than one round trip for it)."""
+        try:
+            while self._waiting:
+                calls, self._waiting = self._waiting, []
+                await self._send(calls)
+        finally:
+            self._sender = None
 
     async def _send(self, calls: Sequence[_Call]) -> None:
+        keys = [call.key for call in calls]
+        operations = orjson.dumps([call.entry for call in calls])
         started = time.perf_counter()
         try:
-            results: list[list[str]] = await self._script(
-                keys=[call.key for call in calls], args=[arg for call in calls for arg in call.args]
-            )
+            try:
+                results: list[list[str]] = await self._client.evalsha(self._sha, len(keys), *keys, operations)
+            except NoScriptError:  # a Redis restarted since, or one that never saw the script
+                await self._client.script_load(SCRIPT)
+                results = await self._client.evalsha(self._sha, len(keys), *keys, operations)
         except (RedisError, OSError) as exc:
             if self.is_up:
                 logger.warning("the status store does not answer (%s); trying again in %gs", exc, PAUSE_SECONDS)
@@ -188,8 +200,8 @@ class StatusStore:
                 call.result.set_result(result)
 
     async def close(self) -> None:
-        if self._sending:
-            await asyncio.wait(self._sending)
+        if self._sender is not None:
+            await asyncio.wait((self._sender,))
         await self._client.aclose()
 
 

@@ -11,20 +11,22 @@
 
 local operations = cjson.decode(ARGV[1])
 local results = {}
-for i, key in ipairs(KEYS) do
-  local operation = operations[i]
-  local op, ttl, rank, token, fingerprint, fields = unpack(operation)
-  local function write()
-    local flat = {}
-    for name, value in pairs(fields) do
-      flat[#flat + 1] = name
-      flat[#flat + 1] = value
-    end
-    if #flat > 0 then
-      redis.call('HSET', key, unpack(flat))
-    end
-    redis.call('EXPIRE', key, ttl)
+
+-- Write the operation's fields to the record and (re)start its time to live.
+local function write(key, ttl, fields)
+  local flat = {}
+  for name, value in pairs(fields) do
+    flat[#flat + 1] = name
+    flat[#flat + 1] = value
   end
+  if #flat > 0 then
+    redis.call('HSET', key, unpack(flat))
+  end
+  redis.call('EXPIRE', key, ttl)
+end
+
+for i, key in ipairs(KEYS) do
+  local op, ttl, rank, token, fingerprint, fields = unpack(operations[i])
 
   if op == 'get' then
     results[i] = redis.call('HGETALL', key)
@@ -32,14 +34,14 @@ for i, key in ipairs(KEYS) do
     if redis.call('EXISTS', key) == 1 then
       results[i] = redis.call('HGETALL', key)
     else
-      write()
+      write(key, ttl, fields)
       results[i] = {}
     end
   elseif op == 'accept' or op == 'release' then
     local held = redis.call('HMGET', key, 'state', 'token')
     if held[1] == 'pending' and held[2] == token then
       if op == 'accept' then
-        write()
+        write(key, ttl, fields)
         redis.call('HDEL', key, 'token')
       else
         redis.call('DEL', key)
@@ -49,10 +51,12 @@ for i, key in ipairs(KEYS) do
   elseif op == 'transition' then
     local held = redis.call('HMGET', key, 'state', 'rank')
     if rank >= (tonumber(held[2]) or -1) then
-      write()
-      redis.call('HDEL', key, 'token')
-      if fingerprint ~= '' then
-        redis.call('HSETNX', key, 'fingerprint', fingerprint)
+      write(key, ttl, fields)
+      if held[1] == 'pending' then
+        redis.call('HDEL', key, 'token')
+      end
+      if fingerprint ~= '' and not held[1] then
+        redis.call('HSET', key, 'fingerprint', fingerprint)
       end
     end
     results[i] = {held[1] or ''}
@@ -60,7 +64,7 @@ for i, key in ipairs(KEYS) do
     -- A consumer may take the replayed message before this write arrives: then only the time is noted.
     local held = redis.call('HGET', key, 'state')
     if not held or held == 'dead_lettered' then
-      write()
+      write(key, ttl, fields)
     else
       for name, value in pairs(fields) do
         if string.sub(name, 1, 3) == 'at:' then

@@ -15,7 +15,7 @@ import asyncio
 import hashlib
 import logging
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from importlib.resources import files
@@ -68,17 +68,21 @@ class Taken:
     fingerprint: str | None
 
 
+Answered = Callable[[list[str] | StatusUnavailable], None]
+"""Called with an operation's result, or with the failure of the call that carried it."""
+
+
 class _Call:
     """One operation waiting for the next call of the script."""
 
-    __slots__ = ("entry", "key", "operation", "result")
+    __slots__ = ("answered", "entry", "key", "operation")
 
-    def __init__(self, operation: Operation, key: str, entry: list[object]) -> None:
+    def __init__(self, operation: Operation, key: str, entry: Sequence[object], answered: Answered) -> None:
         self.operation = operation
         self.key = key
         self.entry = entry
         """What the script reads for it: [op, ttl, rank, token, fingerprint, {field: value}]."""
-        self.result: asyncio.Future[list[str]] = asyncio.get_running_loop().create_future()
+        self.answered = answered
 
 
 class StatusStore:
@@ -134,6 +138,21 @@ class StatusStore:
         )
         return previous or None  # type: ignore[return-value]  # the script only writes States
 
+    def record_then(self, transition: Transition, then: Callable[[bool], None]) -> None:
+        """Apply a transition and call `then(True)` once it is written, `then(False)` if the store failed: no task
+        waits for it (the consumer acks from `then`). Raises StatusUnavailable at once while the store is away."""
+
+        def answered(outcome: list[str] | StatusUnavailable) -> None:
+            then(not isinstance(outcome, StatusUnavailable))
+
+        entry = ["transition", self._ttl, transition.rank, "", "", transition.pairs()]
+        self._ask(_Call("transition", self._prefix + transition.order_id, entry, answered))
+
+    async def settled(self) -> None:
+        """Wait until every operation asked for so far has been answered."""
+        while self._sender is not None:
+            await asyncio.wait((self._sender,))
+
     async def replay(self, transition: Transition) -> None:
         """An operator sent it back from the dead-letter queue: a new round, unless a consumer has already
         started it (then only the time is noted)."""
@@ -150,16 +169,27 @@ class StatusStore:
         fingerprint: str = "",
         pairs: dict[str, str | int | float] | None = None,
     ) -> list[str]:
+        result: asyncio.Future[list[str]] = asyncio.get_running_loop().create_future()
+
+        def answered(outcome: list[str] | StatusUnavailable) -> None:
+            if result.done():
+                return  # its caller was cancelled
+            if isinstance(outcome, StatusUnavailable):
+                result.set_exception(outcome)
+            else:
+                result.set_result(outcome)
+
+        entry = [operation, ttl or self._ttl, rank, token, fingerprint, pairs or {}]
+        self._ask(_Call(operation, self._prefix + order_id, entry, answered))
+        return await result
+
+    def _ask(self, call: _Call) -> None:
         if not self.is_up:
-            self._metrics.errors.labels(operation=operation).inc()
+            self._metrics.errors.labels(operation=call.operation).inc()
             raise StatusUnavailable("the status store is away")
-        call = _Call(
-            operation, self._prefix + order_id, [operation, ttl or self._ttl, rank, token, fingerprint, pairs or {}]
-        )
         self._waiting.append(call)
         if self._sender is None:
             self._sender = asyncio.get_running_loop().create_task(self._send_waiting())
-        return await call.result
 
     async def _send_waiting(self) -> None:
         """One call in flight at a time: what is asked for meanwhile goes together in the next one, so the busier
@@ -185,10 +215,10 @@ class StatusStore:
             if self.is_up:
                 logger.warning("the status store does not answer (%s); trying again in %gs", exc, PAUSE_SECONDS)
             self._away_until = time.monotonic() + PAUSE_SECONDS
+            failure = StatusUnavailable(f"the status store did not answer: {exc}")
             for call in calls:
                 self._metrics.errors.labels(operation=call.operation).inc()
-                if not call.result.done():
-                    call.result.set_exception(StatusUnavailable(f"the status store did not answer: {exc}"))
+                call.answered(failure)
             return
         finally:
             self._metrics.seconds.observe(time.perf_counter() - started)
@@ -196,12 +226,10 @@ class StatusStore:
             logger.info("the status store answers again")
             self._away_until = 0.0
         for call, result in zip(calls, results, strict=True):
-            if not call.result.done():
-                call.result.set_result(result)
+            call.answered(result)
 
     async def close(self) -> None:
-        if self._sender is not None:
-            await asyncio.wait((self._sender,))
+        await self.settled()
         await self._client.aclose()
 
 

@@ -99,10 +99,11 @@ class AckPolicy:
         with delivering(delivery):
             failure = await self._run_handler(order)
         if failure is None:
-            if self._status is not None:
-                await self._status.processed(delivery, queue)  # before the ack: a redelivery then finds it done
             metrics.processed.inc()
-            message.ack()
+            if self._status is not None:
+                self._status.processed(delivery, queue, then=message.ack)  # a redelivery then finds it done
+            else:
+                message.ack()
             return
         metrics.failed.inc()
         if isinstance(failure, PermanentFailure):

@@ -181,6 +181,8 @@ class Consumer:
         self._dispatcher.cancel()
         await self._bounded(asyncio.shield(finished), "handlers that ignore their cancellation")
         await self._policy.deadlines.close()
+        if self._status is not None:  # the acks of processed orders wait for the store's answer
+            await self._bounded(self._status.settled(), "the status store's answers")
         for subscription in self.subscriptions:
             await subscription.close()  # anything still unacked goes back to the queue now
         if self._status is not None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from itertools import islice
 from typing import Final
 
@@ -52,8 +53,26 @@ class StatusRecorder:
             return False
         return previous == "processed"
 
-    async def processed(self, delivery: Delivery, queue: str) -> None:
-        await self._record(self._transition(delivery, "processed", queue))
+    def processed(self, delivery: Delivery, queue: str, then: Callable[[], None]) -> None:
+        """Record it, and call `then` (the ack) once the store has it, or at once if it is away: the order is not
+        held up, and no task waits for the answer."""
+        transition = self._transition(delivery, "processed", queue)
+
+        def written(stored: bool) -> None:
+            if stored:
+                self._held_back.pop(transition.order_id, None)
+            else:
+                self._hold_back(transition)
+            then()
+
+        try:
+            self._store.record_then(transition, written)
+        except StatusUnavailable:
+            written(False)
+
+    async def settled(self) -> None:
+        """Wait for the store's answers to what was asked so far (the acks of processed orders wait on them)."""
+        await self._store.settled()
 
     async def retrying(self, delivery: Delivery, queue: str, delay_seconds: float, error: BaseException) -> None:
         transition = self._transition(delivery, "retrying", queue, last_error=_describe(error))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+from functools import partial
 from collections import Counter
 from pathlib import Path
 
@@ -181,9 +182,12 @@ async def test_held_back_writes_are_bounded_and_written_when_redis_answers(setti
             assert store is not None
             recorder = StatusRecorder(store, metrics, max_held_back=3)
             await redis.stop()
+            acked: list[int] = []
             for n in range(5):
                 delivery = Delivery(order_id=f"h-{n}", priority=5, attempt=1, redelivered=False)
-                await recorder.processed(delivery, local.queue)
+                recorder.processed(delivery, local.queue, then=partial(acked.append, n))
+                await recorder.settled()
+            assert acked == [0, 1, 2, 3, 4], "the store being away holds up no ack"
             assert metrics.registry.get_sample_value("orderlane_status_writes_held_back") == 3
             assert metrics.registry.get_sample_value("orderlane_status_writes_dropped_total") == 2
             await redis.start()

@@ -23,10 +23,10 @@ from typing import Final, Literal
 
 import orjson
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from redis.asyncio import Redis
+from redis.asyncio import Connection, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import ConnectionError, NoScriptError, RedisError
 
 from broker.errors import StatusUnavailable
 from broker.settings import Settings, redacted
@@ -97,6 +97,7 @@ class StatusStore:
         self._metrics = metrics
         self._waiting: list[_Call] = []
         self._sender: asyncio.Task[None] | None = None
+        self._connection: Connection | None = None
         self._away_until = 0.0
 
     @property
@@ -148,6 +149,29 @@ class StatusStore:
         entry = ["transition", self._ttl, transition.rank, "", "", transition.pairs()]
         self._ask(_Call("transition", self._prefix + transition.order_id, entry, answered))
 
+    async def _evalsha(self, keys: list[str], operations: bytes) -> list[list[str]]:
+        """On the sender's own connection: one call at a time needs no pool. A connection that was idle may have
+        been closed by a Redis restarted since, so a refused one is tried once more, on a new connection."""
+        reused = self._connection is not None
+        try:
+            return await self._evalsha_once(keys, operations)
+        except ConnectionError:
+            if not reused:
+                raise
+        return await self._evalsha_once(keys, operations)
+
+    async def _evalsha_once(self, keys: list[str], operations: bytes) -> list[list[str]]:
+        if self._connection is None:
+            self._connection = await self._client.connection_pool.get_connection()  # type: ignore[no-untyped-call]
+        try:
+            await self._connection.send_command("EVALSHA", self._sha, len(keys), *keys, operations)
+            response: list[list[str]] = await self._connection.read_response()
+        except (RedisError, OSError):
+            await self._connection.disconnect()
+            self._connection = None
+            raise
+        return response
+
     async def settled(self) -> None:
         """Wait until every operation asked for so far has been answered."""
         while self._sender is not None:
@@ -196,6 +220,7 @@ class StatusStore:
         the process, the more operations share a call (and none waits longer than one round trip for it)."""
         try:
             while self._waiting:
+                await asyncio.sleep(0)
                 calls, self._waiting = self._waiting, []
                 await self._send(calls)
         finally:
@@ -207,10 +232,10 @@ class StatusStore:
         started = time.perf_counter()
         try:
             try:
-                results: list[list[str]] = await self._client.evalsha(self._sha, len(keys), *keys, operations)
+                results: list[list[str]] = await self._evalsha(keys, operations)
             except NoScriptError:  # a Redis restarted since, or one that never saw the script
                 await self._client.script_load(SCRIPT)
-                results = await self._client.evalsha(self._sha, len(keys), *keys, operations)
+                results = await self._evalsha(keys, operations)
         except (RedisError, OSError) as exc:
             if self.is_up:
                 logger.warning("the status store does not answer (%s); trying again in %gs", exc, PAUSE_SECONDS)
@@ -230,6 +255,8 @@ class StatusStore:
 
     async def close(self) -> None:
         await self.settled()
+        if self._connection is not None:
+            await self._connection.disconnect()
         await self._client.aclose()
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from functools import partial
 from collections import Counter
+from functools import partial
 from pathlib import Path
 
 import httpx

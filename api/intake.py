@@ -7,11 +7,14 @@
 | the same order is being published by this process      | waits for that publish: 200 with its status, or 503  |
 | the same order is being published by another process   | 503 `order_in_progress` with Retry-After             |
 | another order holds the order_id                       | 409 `order_id_conflict`                              |
-| the status store is away                               | published without the check (counted), or 503 when   |
-|                                                        | ORDERLANE_STATUS_REQUIRED                            |
+| it is `unconfirmed` (a 503), or `pending` past its hold | reserved again and published, marked to be checked    |
+| the status store is away                               | published without the check, marked to be checked    |
+|                                                        | (counted); or 503 when ORDERLANE_STATUS_REQUIRED     |
 
-The reservation (`pending`) is released when the broker does not confirm, and expires by itself if the process
-dies before it could say (ORDERLANE_PUBLISH_TIMEOUT plus a margin), so a retry can always publish in the end.
+The reservation (`pending`) becomes `unconfirmed` when the broker does not confirm, and holds the order_id for
+ORDERLANE_PUBLISH_TIMEOUT plus a margin at most if the process dies before it could say, so a retry can always
+publish in the end. Where a copy may already be stored, the message carries CHECK_PROCESSED_HEADER: the consumer
+then asks the status store whether the order was processed before it runs the handler.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from broker.messages import Order, encode_order
 from broker.publisher import Publisher, Receipt
 from broker.settings import Settings
 from broker.status import OrderStatus, Transition, fingerprint
-from broker.status_store import StatusStore
+from broker.status_store import StatusStore, Taken
 
 
 class Intake:
@@ -71,24 +74,25 @@ class Intake:
     async def _take(self, store: StatusStore, order: Order, digest: str) -> Receipt | OrderStatus:
         token = os.urandom(8).hex()
         try:
-            taken = await store.reserve(order.order_id, digest, token)
+            reservation = await store.reserve(order.order_id, digest, token)
         except StatusUnavailable:
             if self._settings.status_required:
                 raise
             self._metrics.without_dedup.inc()
-            return await self._publish(order)
-        if taken is not None:
-            if taken.fingerprint not in (None, digest):
+            return await self._publish(order, check_processed=True)  # a copy may exist: nothing could tell
+        if isinstance(reservation, Taken):
+            if reservation.fingerprint not in (None, digest):
                 raise self._conflict(order.order_id)
-            if taken.status.state == "pending":
+            if reservation.status.state == "pending":
                 self._metrics.deduplicated.labels(outcome="in_progress").inc()
                 raise OrderInProgress(order.order_id)
             self._metrics.deduplicated.labels(outcome="known").inc()
-            return taken.status
+            return reservation.status
         try:
-            receipt = await self._publish(order)
+            receipt = await self._publish(order, check_processed=reservation.retaken)
         except PublishError:
-            await _unless_away(store.release(order.order_id, token))
+            unconfirmed = Transition(order.order_id, "unconfirmed", attempt=0, at=time.time(), fields={})
+            await _unless_away(store.release(unconfirmed, token))
             raise
         accepted = Transition(
             order.order_id,
@@ -112,9 +116,9 @@ class Intake:
         self._metrics.deduplicated.labels(outcome="known").inc()
         return status
 
-    async def _publish(self, order: Order) -> Receipt:
+    async def _publish(self, order: Order, *, check_processed: bool = False) -> Receipt:
         with self._metrics.publish_seconds.time():
-            receipt = await self._publisher.publish(order)
+            receipt = await self._publisher.publish(order, check_processed=check_processed)
         self._metrics.accepted.labels(priority=str(receipt.priority.effective)).inc()
         return receipt
 

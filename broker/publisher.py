@@ -21,6 +21,9 @@ PRIORITY_HEADER = "x-orderlane-priority"
 ATTEMPT_HEADER = "x-orderlane-attempt"
 PUBLISHED_AT_HEADER = "x-orderlane-published-at"
 """Seconds since the epoch, as a float: the AMQP timestamp property only has whole seconds."""
+CHECK_PROCESSED_HEADER = "x-orderlane-check-processed"
+"""Set (true) on a message of which another copy may have been stored: the consumer asks the status store whether the
+order was processed before it runs the handler, as it does for a redelivery."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,13 +41,17 @@ class Publisher(Protocol):
         """True while a publish can reach the broker."""
         ...
 
-    async def publish(self, order: Order) -> Receipt:
-        """Return only once the broker confirmed the persistent message; raise PublishError otherwise."""
+    async def publish(self, order: Order, *, check_processed: bool = False) -> Receipt:
+        """Return only once the broker confirmed the persistent message; raise PublishError otherwise.
+        `check_processed`: another copy of it may have been stored (CHECK_PROCESSED_HEADER)."""
         ...
 
 
-def build_message(order: Order, priority: Priority) -> aio_pika.Message:
+def build_message(order: Order, priority: Priority, *, check_processed: bool = False) -> aio_pika.Message:
     now = time.time()
+    headers: dict[str, int | float | bool] = {PRIORITY_HEADER: priority.effective, PUBLISHED_AT_HEADER: now}
+    if check_processed:
+        headers[CHECK_PROCESSED_HEADER] = True
     return aio_pika.Message(
         encode_order(order),
         content_type=CONTENT_TYPE,
@@ -52,7 +59,7 @@ def build_message(order: Order, priority: Priority) -> aio_pika.Message:
         message_id=order.order_id,
         priority=priority.broker,
         timestamp=datetime.fromtimestamp(now, UTC),
-        headers={PRIORITY_HEADER: priority.effective, PUBLISHED_AT_HEADER: now},
+        headers=headers,  # type: ignore[arg-type]  # aio-pika's HeadersType is invariant
     )
 
 
@@ -86,10 +93,9 @@ class OrderPublisher:
     def is_ready(self) -> bool:
         return self._broker.is_ready
 
-    async def publish(self, order: Order) -> Receipt:
+    async def publish(self, order: Order, *, check_processed: bool = False) -> Receipt:
         priority = prioritize(order, vip_priority=self._vip_priority, max_priority=self._max_priority)
         queue = self._broker.topology.lane_for(priority.effective).work.name
-        await publish_confirmed(
-            self._broker.channel, build_message(order, priority), queue=queue, confirm_within=self._timeout
-        )
+        message = build_message(order, priority, check_processed=check_processed)
+        await publish_confirmed(self._broker.channel, message, queue=queue, confirm_within=self._timeout)
         return Receipt(order_id=order.order_id, priority=priority, queue=queue)

@@ -1,12 +1,15 @@
 """An order's status as the API and the consumers record it, and the order in which states may follow each other.
 
-    pending → accepted → processing (attempt 1) → processed
-                           ↓ ↑
-                      retrying (attempt n, next try at, last error) ... → dead_lettered → replayed → processing ...
+    pending ──→ accepted → processing (attempt 1) ──────────────────────→ processed
+      ↓ ↑ a retry of the POST         ↓ ↑
+    unconfirmed             retrying (attempt n, next try at, last error) → dead_lettered → replayed → ...
 
 `pending` is the API's reservation while it publishes: the broker has not confirmed the order yet, so the order is
-not accepted. Each transition carries a rank; a write whose rank is below the record's is ignored, so statuses only
-move forward (a retry's `processing` of attempt 2 is never overwritten by attempt 1's `retrying` arriving late).
+not accepted. `unconfirmed`: the broker did not confirm it (a 503), so it may or may not be stored; a retry of the
+same order may publish it again, marked for the consumer to check.
+
+Each transition carries a rank; a write whose rank is below the record's is ignored, so statuses only move forward
+(a retry's `processing` of attempt 2 is never overwritten by attempt 1's `retrying` arriving late).
 """
 
 from __future__ import annotations
@@ -18,7 +21,9 @@ from typing import Final, Literal
 
 from pydantic import BaseModel
 
-State = Literal["pending", "accepted", "processing", "retrying", "processed", "dead_lettered", "replayed"]
+State = Literal[
+    "pending", "unconfirmed", "accepted", "processing", "retrying", "processed", "dead_lettered", "replayed"
+]
 
 FINAL_RANK: Final = 1_000_000
 """processed and dead_lettered: nothing but a replay comes after them."""
@@ -28,7 +33,7 @@ RANK_ACCEPTED: Final = 1
 
 def rank_of(state: State, attempt: int) -> int:
     """Where a transition stands: pending 0, waiting 1, then processing 2n and retrying 2n+1 for attempt n."""
-    if state == "pending":
+    if state in ("pending", "unconfirmed"):
         return 0
     if state in ("accepted", "replayed"):
         return RANK_ACCEPTED

@@ -59,6 +59,19 @@ class StoreMetrics:
         )
 
 
+RETAKEN: Final = ["retaken"]
+"""The script's answer to a reservation of an order_id whose earlier publish may have stored a copy."""
+
+
+@dataclass(frozen=True, slots=True)
+class Reserved:
+    """The order_id is this request's to publish. `retaken`: an earlier request for the same order may have stored a
+    copy (its publish was never confirmed, or it died holding the order_id), so the message asks the consumer to
+    check the status before it runs the handler."""
+
+    retaken: bool
+
+
 @dataclass(frozen=True, slots=True)
 class Taken:
     """An order_id the store already holds: its status, and the fingerprint of the order that holds it (None if
@@ -81,7 +94,7 @@ class _Call:
         self.operation = operation
         self.key = key
         self.entry = entry
-        """What the script reads for it: [op, ttl, rank, token, fingerprint, {field: value}]."""
+        """What the script reads for it: [op, ttl, rank, token, fingerprint, {field: value}, hold]."""
         self.answered = answered
 
 
@@ -109,28 +122,29 @@ class StatusStore:
         record = await self._run("get", order_id)
         return _status(order_id, record)
 
-    async def reserve(self, order_id: str, fingerprint: str, token: str) -> Taken | None:
-        """Hold `order_id` for this request while it publishes: None if it is ours now (for at most the pending
-        TTL), else what holds it already."""
+    async def reserve(self, order_id: str, fingerprint: str, token: str) -> Reserved | Taken:
+        """Hold `order_id` for this request while it publishes (for the pending TTL at most: then another request
+        for the same order may take it over), or say what holds it already."""
         pairs: dict[str, str | int | float] = {
             "state": "pending",
             "rank": rank_of("pending", 0),
             "fingerprint": fingerprint,
             "token": token,
         }
-        record = await self._run("reserve", order_id, ttl=self._pending_ttl, pairs=pairs, token=token)
+        record = await self._run("reserve", order_id, pairs=pairs, token=token, fingerprint=fingerprint)
+        if not record or record == RETAKEN:
+            return Reserved(retaken=bool(record))
         status = _status(order_id, record)
-        if status is None:
-            return None
+        assert status is not None
         return Taken(status, _fields(record).get("fingerprint") or None)
 
     async def accept(self, transition: Transition, token: str) -> None:
         """The broker confirmed it: `pending` becomes `accepted`, if the reservation is still this request's."""
         await self._run("accept", transition.order_id, pairs=transition.pairs(), token=token)
 
-    async def release(self, order_id: str, token: str) -> None:
-        """The broker did not confirm it: forget the reservation, so that a retry can publish it."""
-        await self._run("release", order_id, token=token)
+    async def release(self, transition: Transition, token: str) -> None:
+        """The broker did not confirm it: `unconfirmed` (it may or may not be stored), and a retry may publish it."""
+        await self._run("release", transition.order_id, pairs=transition.pairs(), token=token)
 
     async def record(self, transition: Transition, fingerprint: str = "") -> State | None:
         """Apply a transition unless the record is already further along; the state the record had before."""
@@ -146,7 +160,7 @@ class StatusStore:
         def answered(outcome: list[str] | StatusUnavailable) -> None:
             then(not isinstance(outcome, StatusUnavailable))
 
-        entry = ["transition", self._ttl, transition.rank, "", "", transition.pairs()]
+        entry = ["transition", self._ttl, transition.rank, "", "", transition.pairs(), 0]
         self._ask(_Call("transition", self._prefix + transition.order_id, entry, answered))
 
     async def _evalsha(self, keys: list[str], operations: bytes) -> list[list[str]]:
@@ -203,7 +217,7 @@ class StatusStore:
             else:
                 result.set_result(outcome)
 
-        entry = [operation, ttl or self._ttl, rank, token, fingerprint, pairs or {}]
+        entry = [operation, ttl or self._ttl, rank, token, fingerprint, pairs or {}, self._pending_ttl]
         self._ask(_Call(operation, self._prefix + order_id, entry, answered))
         return await result
 

@@ -2,8 +2,8 @@
 
 | outcome                                   | what happens                                                     |
 |-------------------------------------------|------------------------------------------------------------------|
-| the order is `processed` in the status     | ack, without running the handler (a redelivery after a crash)    |
-| store already                             |                                                                  |
+| a redelivery (or a copy marked to be      | ack, without running the handler (a redelivery after a crash)    |
+| checked) of an order `processed` already  |                                                                  |
 | the handler returned                      | `processed` written to the status store, then ack                |
 | the body is not a valid order             | republished to `<queue>.dlq` with the reason, then acked          |
 | the handler raised PermanentFailure       | republished to `<queue>.dlq` with the error, then acked           |
@@ -29,7 +29,7 @@ from broker.connection import Broker
 from broker.errors import InvalidMessage, PermanentFailure, PublishError
 from broker.messages import Order
 from broker.priority import PRIORITIES
-from broker.publisher import PRIORITY_HEADER, publish_confirmed
+from broker.publisher import CHECK_PROCESSED_HEADER, PRIORITY_HEADER, publish_confirmed
 from broker.settings import Settings
 from broker.topology import Lane
 from consumers.deadlines import Deadlines
@@ -46,7 +46,7 @@ from consumers.delivery import (
 from consumers.metrics import ConsumerMetrics
 from consumers.received import Received
 from consumers.retry import RetryPolicy, dead_letter_message, retry_message
-from consumers.status import StatusRecorder
+from consumers.status import Attempt, StatusRecorder
 
 logger = logging.getLogger(__name__)
 
@@ -88,11 +88,15 @@ class AckPolicy:
             return
         delivery = describe(message, order)
         queue = lane.work.name
-        if self._status is not None and await self._status.begin(delivery, queue, message.body):
-            logger.info("already processed: acked without running the handler again", extra=_fields(delivery))
-            self._metrics.already_processed.inc()
-            message.ack()
-            return
+        tracked: Attempt | None = None
+        if self._status is not None:
+            check = delivery.redelivered or message.headers.get(CHECK_PROCESSED_HEADER) is True
+            tracked = await self._status.begin(delivery, queue, message.body, check=check)
+            if tracked is None:
+                logger.info("already processed: acked without running the handler again", extra=_fields(delivery))
+                self._metrics.already_processed.inc()
+                message.ack()
+                return
         metrics = self._metrics.of(delivery.priority)
         metrics.held_seconds.observe(held_seconds)
         self._metrics.observe_wait(message, metrics)
@@ -100,8 +104,8 @@ class AckPolicy:
             failure = await self._run_handler(order)
         if failure is None:
             metrics.processed.inc()
-            if self._status is not None:
-                self._status.processed(delivery, queue, then=message.ack)  # a redelivery then finds it done
+            if self._status is not None and tracked is not None:
+                self._status.processed(tracked, then=message.ack)  # a redelivery then finds it done
             else:
                 message.ack()
             return
@@ -109,18 +113,18 @@ class AckPolicy:
         if isinstance(failure, PermanentFailure):
             logger.error("permanent failure, dead-lettered: %r", failure, extra=_fields(delivery))
             metrics.permanent.inc()
-            await self._give_up(message, delivery, queue, failure)
+            await self._give_up(message, delivery, tracked, failure)
             return
         logger.warning("handler failed: %r", failure, exc_info=failure, extra=_fields(delivery))
         if self._retry_policy.should_retry(delivery.attempt):
             metrics.retried.inc()
             delay = self._retry_policy.delay_seconds(delivery.attempt, self._rng)
-            if self._status is not None:
-                await self._status.retrying(delivery, queue, delay, failure)
+            if self._status is not None and tracked is not None:
+                await self._status.retrying(tracked, delay, failure)
             await self._retry(message, lane, delivery.attempt, delay)
         else:
             metrics.exhausted.inc()
-            await self._give_up(message, delivery, queue, failure)
+            await self._give_up(message, delivery, tracked, failure)
 
     async def _run_handler(self, order: Order) -> Exception | None:
         """Run the handler within ORDERLANE_HANDLER_TIMEOUT; return what it raised (a TimeoutError if it overran),
@@ -150,9 +154,11 @@ class AckPolicy:
                 self.handler_times.append(elapsed)
         return failure
 
-    async def _give_up(self, message: Received, delivery: Delivery, queue: str, failure: Exception) -> None:
-        if self._status is not None:
-            await self._status.dead_lettered(delivery, queue, failure)
+    async def _give_up(
+        self, message: Received, delivery: Delivery, tracked: Attempt | None, failure: Exception
+    ) -> None:
+        if self._status is not None and tracked is not None:
+            await self._status.dead_lettered(tracked, failure)
         await self._dead_letter(message, failure, delivery.attempt)
 
     async def _retry(self, message: Received, lane: Lane, failed_attempt: int, delay: float) -> None:

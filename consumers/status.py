@@ -1,8 +1,14 @@
 """What a consumer writes to the status store, and what it does while the store is away.
 
-Orders never wait for the store: a transition that cannot be written is held back (the latest one per order)
-and written when the store answers again; the store ignores one that arrives after a later state of the same
-order (broker/status.py), so a held-back write never takes a status backwards. While it is away, the check
+Orders wait for the store only where a duplicate is possible: a redelivery, or a message the API marked
+(CHECK_PROCESSED_HEADER) because another copy of it may have been stored; then the store is asked whether the
+order was processed before the handler runs. Otherwise an attempt costs the store one write, sent without
+waiting: `processed` (or retrying, dead_lettered), and `processing` only for a handler that runs long enough
+for anyone to see it.
+
+Orders are never held up by a store that is away: a transition that cannot be written is held back (the latest
+one per order) and written when the store answers again; the store ignores one that arrives after a later state of
+the same order (broker/status.py), so a held-back write never takes a status backwards. While it is away, the check
 "already processed?" cannot be made and the handler runs: at least once, as without a store.
 
 What this cannot repair: held-back writes are kept in memory, at most MAX_HELD_BACK of them; a process that dies
@@ -27,9 +33,38 @@ from consumers.metrics import ConsumerMetrics
 
 logger = logging.getLogger(__name__)
 
+PROCESSING_SHOWN_AFTER: Final = 0.05
+"""Seconds a handler runs before its order shows `processing` (unless the delivery was checked, which writes it at
+once): a handler that is done sooner costs the store one write, not two. Its `at.processing` is written anyway."""
 MAX_HELD_BACK: Final = 100_000
 WRITE_BACK_CHUNK: Final = 1_000
 """Held-back writes sent in one call of the store, once it is back."""
+
+
+class Attempt:
+    """One run of the handler on one delivery, as the status store sees it."""
+
+    __slots__ = ("delivery", "queue", "started_at", "timer")
+
+    def __init__(self, delivery: Delivery, queue: str, started_at: float) -> None:
+        self.delivery = delivery
+        self.queue = queue
+        self.started_at = started_at
+        self.timer: asyncio.TimerHandle | None = None
+
+    def transition(self, state: State, **fields: str) -> Transition:
+        """`state` now; an end state also says when processing started (it may never have been shown)."""
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        delivery = self.delivery
+        return Transition(
+            delivery.order_id,
+            state,
+            attempt=delivery.attempt,
+            at=time.time(),
+            fields={"priority": delivery.priority, "queue": self.queue, "at:processing": self.started_at, **fields},
+        )
 
 
 class StatusRecorder:
@@ -43,20 +78,26 @@ class StatusRecorder:
         self._writing_back: asyncio.Task[None] | None = None
         metrics.status_held_back.set_function(lambda: len(self._held_back))
 
-    async def begin(self, delivery: Delivery, queue: str, body: bytes) -> bool:
-        """Record that this attempt starts; True if the order was processed already (do not run the handler)."""
-        transition = self._transition(delivery, "processing", queue)
+    async def begin(self, delivery: Delivery, queue: str, body: bytes, *, check: bool) -> Attempt | None:
+        """An attempt starts. With `check` (a redelivery, or a copy of which another may have been stored), the
+        store is asked first: None if the order was processed already (do not run the handler). Without, nothing
+        waits: `processing` is written only if the handler is still running after PROCESSING_SHOWN_AFTER."""
+        attempt = Attempt(delivery, queue, time.time())
+        if not check:
+            attempt.timer = asyncio.get_running_loop().call_later(PROCESSING_SHOWN_AFTER, self._show, attempt)
+            return attempt
+        transition = attempt.transition("processing")
         try:
             previous = await self._store.record(transition, fingerprint(body))
         except StatusUnavailable:
             self._hold_back(transition)
-            return False
-        return previous == "processed"
+            return attempt
+        return None if previous == "processed" else attempt
 
-    def processed(self, delivery: Delivery, queue: str, then: Callable[[], None]) -> None:
+    def processed(self, attempt: Attempt, then: Callable[[], None]) -> None:
         """Record it, and call `then` (the ack) once the store has it, or at once if it is away: the order is not
         held up, and no task waits for the answer."""
-        transition = self._transition(delivery, "processed", queue)
+        transition = attempt.transition("processed")
 
         def written(stored: bool) -> None:
             if stored:
@@ -65,22 +106,19 @@ class StatusRecorder:
                 self._hold_back(transition)
             then()
 
-        try:
-            self._store.record_then(transition, written)
-        except StatusUnavailable:
-            written(False)
+        self._record_then(transition, written)
 
     async def settled(self) -> None:
         """Wait for the store's answers to what was asked so far (the acks of processed orders wait on them)."""
         await self._store.settled()
 
-    async def retrying(self, delivery: Delivery, queue: str, delay_seconds: float, error: BaseException) -> None:
-        transition = self._transition(delivery, "retrying", queue, last_error=_describe(error))
+    async def retrying(self, attempt: Attempt, delay_seconds: float, error: BaseException) -> None:
+        transition = attempt.transition("retrying", last_error=_describe(error))
         transition.fields["next_try_at"] = transition.at + delay_seconds
         await self._record(transition)
 
-    async def dead_lettered(self, delivery: Delivery, queue: str, error: BaseException) -> None:
-        await self._record(self._transition(delivery, "dead_lettered", queue, last_error=_describe(error)))
+    async def dead_lettered(self, attempt: Attempt, error: BaseException) -> None:
+        await self._record(attempt.transition("dead_lettered", last_error=_describe(error)))
 
     async def close(self) -> None:
         """Write back what is held, if the store answers within a pause; say what is left."""
@@ -97,15 +135,22 @@ class StatusRecorder:
                 )
                 self._metrics.status_dropped.inc(len(self._held_back))
 
-    @staticmethod
-    def _transition(delivery: Delivery, state: State, queue: str, **fields: str) -> Transition:
-        return Transition(
-            delivery.order_id,
-            state,
-            attempt=delivery.attempt,
-            at=time.time(),
-            fields={"priority": delivery.priority, "queue": queue, **fields},
-        )
+    def _show(self, attempt: Attempt) -> None:
+        """The handler is still running: make `processing` visible."""
+        attempt.timer = None
+        transition = attempt.transition("processing")
+
+        def written(stored: bool) -> None:
+            if not stored:
+                self._hold_back(transition)
+
+        self._record_then(transition, written)
+
+    def _record_then(self, transition: Transition, written: Callable[[bool], None]) -> None:
+        try:
+            self._store.record_then(transition, written)
+        except StatusUnavailable:
+            written(False)
 
     async def _record(self, transition: Transition) -> None:
         try:

@@ -19,7 +19,7 @@ class RecordingPublisher:
     def is_ready(self) -> bool:
         return self.ready
 
-    async def publish(self, order: Order) -> Receipt:
+    async def publish(self, order: Order, *, check_processed: bool = False) -> Receipt:
         if not self.ready:
             raise PublishError("recording publisher is down")
         self.published.append(order)

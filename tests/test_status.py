@@ -16,12 +16,13 @@ from api.app import create_app
 from broker.connection import Broker, open_broker
 from broker.errors import PermanentFailure
 from broker.messages import Order, encode_order
+from broker.publisher import CHECK_PROCESSED_HEADER
 from broker.settings import Settings
 from broker.status import FINAL_RANK, Transition, fingerprint, rank_of
-from broker.status_store import StatusStore, open_status_store
+from broker.status_store import Reserved, StatusStore, Taken, open_status_store
 from consumers.delivery import current_delivery
 from consumers.dlq import replay_dead_letters
-from tests.amqp import delete_queues, depth_is, publish_raw, queue_depth, wait_until
+from tests.amqp import delete_queues, depth_is, drain, publish_raw, queue_depth, wait_until
 from tests.consuming import consuming, order_message
 from tests.http import app_client
 
@@ -84,9 +85,9 @@ def test_fingerprint_is_the_order_not_its_spelling() -> None:
 async def test_a_reservation_belongs_to_its_token_until_accepted_or_released(
     store: StatusStore, settings: Settings
 ) -> None:
-    assert await store.reserve("o-1", "print-1", "token-1") is None
+    assert await store.reserve("o-1", "print-1", "token-1") == Reserved(retaken=False)
     taken = await store.reserve("o-1", "print-2", "token-2")
-    assert taken is not None and taken.status.state == "pending" and taken.fingerprint == "print-1"
+    assert isinstance(taken, Taken) and taken.status.state == "pending" and taken.fingerprint == "print-1"
 
     await store.accept(transition("o-1", "accepted", 0), "token-2")  # not its reservation: ignored
     assert (await store.get("o-1")).state == "pending"  # type: ignore[union-attr]
@@ -95,19 +96,21 @@ async def test_a_reservation_belongs_to_its_token_until_accepted_or_released(
     assert accepted is not None and accepted.state == "accepted" and accepted.queue == "q"
     assert set(accepted.at) == {"accepted"} and accepted.attempt is None
 
-    assert await store.reserve("o-2", "print", "mine") is None
-    await store.release("o-2", "not-mine")
-    assert await store.get("o-2") is not None
-    await store.release("o-2", "mine")
-    assert await store.get("o-2") is None
+    assert await store.reserve("o-2", "print", "mine") == Reserved(retaken=False)
+    await store.release(transition("o-2", "unconfirmed", 0), "not-mine")
+    assert (await store.get("o-2")).state == "pending"  # type: ignore[union-attr]
+    await store.release(transition("o-2", "unconfirmed", 0), "mine")
+    assert (await store.get("o-2")).state == "unconfirmed"  # type: ignore[union-attr]
+    assert isinstance(await store.reserve("o-2", "another order", "t"), Taken)
+    assert await store.reserve("o-2", "print", "retry") == Reserved(retaken=True)  # it may be stored: check it
 
     redis = Redis.from_url(str(settings.status_url))
     try:
         assert 0 < await redis.ttl(f"orderlane:{settings.queue}:order:o-1") <= settings.status_ttl
-        assert await store.reserve("o-3", "print", "t") is None
-        assert 0 < await redis.ttl(f"orderlane:{settings.queue}:order:o-3") <= settings.status_pending_ttl
+        await redis.hset(f"orderlane:{settings.queue}:order:o-2", "held_until", 0)  # its request died long ago
     finally:
         await redis.aclose()
+    assert await store.reserve("o-2", "print", "after the hold") == Reserved(retaken=True)
 
 
 async def test_a_late_write_never_takes_a_status_backwards(store: StatusStore) -> None:
@@ -213,32 +216,33 @@ async def test_a_retry_after_a_503_publishes_once(client: httpx.AsyncClient, set
     await delete_queues(settings.queue)  # unroutable: the broker returns the mandatory message, the API says 503
     failed = await client.post("/orders", json=ORDER)
     assert failed.status_code == 503
-    assert (await client.get("/orders/A-1")).status_code == 404  # the reservation was released
+    assert (await client.get("/orders/A-1")).json()["state"] == "unconfirmed"
     async with open_broker(settings):  # declares the queue again
         pass
     retried = await client.post("/orders", json=ORDER)
     assert retried.status_code == 202
     assert (await client.post("/orders", json=ORDER)).status_code == 200
-    assert await queue_depth(settings.queue) == 1
+    [message] = await drain(settings.queue)
+    assert message.headers[CHECK_PROCESSED_HEADER] is True, "a copy may have been stored: the consumer checks"
 
 
 async def test_a_reservation_left_by_a_dead_api_blocks_only_until_it_expires(
     client: httpx.AsyncClient, store: StatusStore, settings: Settings
 ) -> None:
     order = Order.model_validate(ORDER)
-    assert await store.reserve("A-1", fingerprint(encode_order(order)), "token-of-a-dead-process") is None
+    assert await store.reserve("A-1", fingerprint(encode_order(order)), "token-of-a-dead-process") == Reserved(False)
     busy = await client.post("/orders", json=ORDER)
     assert busy.status_code == 503
     assert busy.json()["details"][0]["type"] == "order_in_progress"
     assert busy.headers["retry-after"] == "1"
     redis = Redis.from_url(str(settings.status_url))
     try:
-        await redis.pexpire(f"orderlane:{settings.queue}:order:A-1", 1)  # as if the pending TTL had run out
+        await redis.hset(f"orderlane:{settings.queue}:order:A-1", "held_until", 0)  # as if its hold had run out
     finally:
         await redis.aclose()
-    await asyncio.sleep(0.01)
     assert (await client.post("/orders", json=ORDER)).status_code == 202
-    assert await queue_depth(settings.queue) == 1
+    [message] = await drain(settings.queue)
+    assert message.headers[CHECK_PROCESSED_HEADER] is True
 
 
 # --- the consumer's transitions -----------------------------------------------------------------------------------
@@ -253,26 +257,35 @@ async def test_a_delivery_of_a_processed_order_is_acked_without_the_handler(
         handled.append(order.order_id)
 
     await store.record(transition("done-before", "processed", 1))
-    await publish_raw(settings.queue, order_message("done-before"), order_message("new"))
+    await store.record(transition("unmarked", "processed", 1))
+    marked = order_message("done-before", headers={CHECK_PROCESSED_HEADER: True})
+    await publish_raw(settings.queue, marked, order_message("new"), order_message("unmarked"))
     async with consuming(broker, handler, settings, store) as consumer:
-        await wait_until(lambda: handled == ["new"], what="the new order handled")
+        await wait_until(lambda: handled == ["new", "unmarked"], what="the unmarked orders handled")
         await wait_until(lambda: consumer.metrics.already_processed._value.get() == 1, what="the skip counted")
     assert await queue_depth(settings.queue) == 0
-    assert handled == ["new"]
+    # A first delivery without the mark is not looked up (nothing says a copy exists): the handler runs.
+    assert handled == ["new", "unmarked"]
 
 
 async def test_the_consumer_records_every_transition(broker: Broker, store: StatusStore, settings: Settings) -> None:
     runs: Counter[str] = Counter()
 
+    slow_may_finish = asyncio.Event()
+
     async def handler(order: Order) -> None:
         runs[order.order_id] += 1
+        if order.order_id == "slow":
+            await slow_may_finish.wait()
         if order.order_id == "flaky" and current_delivery().attempt == 1:
             raise RuntimeError("first try fails")
         if order.order_id == "doomed" and runs["doomed"] == 1:
             raise PermanentFailure("no such item")
 
-    await publish_raw(settings.queue, order_message("flaky"), order_message("doomed"))
+    await publish_raw(settings.queue, order_message("slow"), order_message("flaky"), order_message("doomed"))
     async with consuming(broker, handler, settings, store):
+        await wait_until(lambda: _state(store, "slow", "processing"), what="a running handler shows processing")
+        slow_may_finish.set()
         await wait_until(lambda: _state(store, "flaky", "processed"), what="flaky processed on its retry")
         await wait_until(lambda: _state(store, "doomed", "dead_lettered"), what="doomed dead-lettered")
         flaky = await store.get("flaky")

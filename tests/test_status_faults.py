@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import time
 from collections import Counter
 from functools import partial
 from pathlib import Path
@@ -16,13 +17,14 @@ from pydantic import RedisDsn
 from api.app import create_app
 from broker.connection import Broker
 from broker.messages import Order
+from broker.publisher import CHECK_PROCESSED_HEADER
 from broker.settings import Settings
 from broker.status_store import open_status_store
 from consumers.delivery import Delivery
 from consumers.metrics import ConsumerMetrics
 from consumers.runner import Consumer
-from consumers.status import StatusRecorder
-from tests.amqp import depth_is, publish_raw, queue_depth, wait_until
+from consumers.status import Attempt, StatusRecorder
+from tests.amqp import depth_is, drain, publish_raw, queue_depth, wait_until
 from tests.consuming import order_message
 from tests.dying import DIE_AFTER
 from tests.http import app_client
@@ -145,6 +147,8 @@ async def test_intake_while_redis_is_away_accepts_or_refuses_as_configured(setti
             assert (await client.get("/readyz")).json()["status_store"] == "away"
             metrics = (await client.get("/metrics")).text
             assert "orderlane_orders_without_dedup_total 2.0" in metrics
+            messages = await drain(local.queue)
+            assert [message.headers.get(CHECK_PROCESSED_HEADER) for message in messages] == [True, True]
         required = local.model_copy(update={"status_required": True})
         async with app_client(create_app(required)) as client:
             refused = await client.post("/orders", json={"order_id": "a-2", "items": ["a"]})
@@ -159,7 +163,7 @@ async def test_intake_while_redis_is_away_accepts_or_refuses_as_configured(setti
 
             await wait_until(ready, what="ready again")
             assert (await client.post("/orders", json={"order_id": "a-2", "items": ["a"]})).status_code == 202
-    assert await queue_depth(settings.queue) == 3
+    assert await queue_depth(settings.queue) == 1
 
 
 async def test_dlq_replay_records_replayed(settings: Settings, broker: Broker) -> None:
@@ -185,7 +189,7 @@ async def test_held_back_writes_are_bounded_and_written_when_redis_answers(setti
             acked: list[int] = []
             for n in range(5):
                 delivery = Delivery(order_id=f"h-{n}", priority=5, attempt=1, redelivered=False)
-                recorder.processed(delivery, local.queue, then=partial(acked.append, n))
+                recorder.processed(Attempt(delivery, local.queue, time.time()), then=partial(acked.append, n))
                 await recorder.settled()
             assert acked == [0, 1, 2, 3, 4], "the store being away holds up no ack"
             assert metrics.registry.get_sample_value("orderlane_status_writes_held_back") == 3

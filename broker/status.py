@@ -78,7 +78,7 @@ class OrderStatus(BaseModel):
                 "attempt": _int(record.get("attempt")),
                 "next_try_at": _time(record.get("next_try_at")),
                 "last_error": record.get("last_error") or None,
-                "at": {name.removeprefix("at:"): _time(value) for name, value in record.items() if name[:3] == "at:"},
+                "at": dict(sorted(_times(record), key=lambda item: item[1])),
             }
         )
 
@@ -104,6 +104,15 @@ class Transition:
         """The record's fields this transition writes. Waiting in a queue (accepted, replayed) has no attempt."""
         attempt: int | str = self.attempt if self.attempt > 0 else ""
         return {"state": self.state, "rank": self.rank, "attempt": attempt, f"at:{self.state}": self.at, **self.fields}
+
+
+def _times(record: dict[str, str]) -> list[tuple[str, datetime]]:
+    """The record's `at:<state>` fields, as (state, time)."""
+    return [
+        (name.removeprefix("at:"), datetime.fromtimestamp(float(value), UTC))
+        for name, value in record.items()
+        if name[:3] == "at:"
+    ]
 
 
 def _int(value: str | None) -> int | None:

@@ -291,6 +291,7 @@ async def test_the_consumer_records_every_transition(broker: Broker, store: Stat
         flaky = await store.get("flaky")
         assert flaky is not None and flaky.attempt == 2 and set(flaky.at) >= {"processing", "retrying", "processed"}
         assert flaky.last_error == "RuntimeError: first try fails"
+        assert list(flaky.at.values()) == sorted(flaky.at.values()), "in the order they happened"
         doomed = await store.get("doomed")
         assert doomed is not None and doomed.last_error == "PermanentFailure: no such item"
 

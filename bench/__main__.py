@@ -21,7 +21,7 @@ from bench.memory import MemoryResult, measure_memory
 from bench.priority import SYSTEMS, PriorityResult, System, measure_priority, median_result
 from bench.report import plot_drain, plot_end_to_end, plot_intake, plot_priority, plot_status, save_json
 from bench.sharing import SharingResult, measure_sharing
-from bench.status import CLIENTS, StatusResult, drain_measure, intake_measure, measure_status
+from bench.status import CLIENTS, StatusResult, drain_measure, intake_measure, measure_status, priority_measure
 from broker.settings import Prefetch
 
 T = TypeVar("T")
@@ -195,17 +195,23 @@ def show_memory(results: list[MemoryResult]) -> str:
 
 
 async def status(plan: Plan, progress: tqdm[Any]) -> list[StatusResult]:
-    """The status store off against on, for intake then for drain, the same loads as those scenarios'."""
+    """The status store off against on, for intake, drain and priority, the same loads as those scenarios'."""
     intake_path = f"intake, {CLIENTS} clients, {plan.intake_seconds:g} s"
     drain_path = f"drain, {plan.drain_messages:,} orders"
+    handler_ms = 5 if 5 in plan.priority_handler_ms else plan.priority_handler_ms[0]
+    priority_path = f"priority, {plan.priority_backlog:,} backlog, {handler_ms:g} ms handler (VIP wait p50, max)"
+    priority = priority_measure(
+        handler_ms, plan.priority_backlog, plan.priority_vips, plan.vip_interval, plan.vip_warmup
+    )
     return [
         await measure_status(intake_path, intake_measure(plan.intake_seconds), plan.status_rounds, progress.update),
         await measure_status(drain_path, drain_measure(plan.drain_messages), plan.status_rounds, progress.update),
+        await measure_status(priority_path, priority, plan.status_rounds, progress.update),
     ]
 
 
 def show_status(results: list[StatusResult]) -> str:
-    header = ("path", "off/s", "on/s", "ratio", "off p50", "off p99", "on p50", "on p99", "unexpected off/on")
+    header = ("path", "off/s", "on/s", "ratio", "off p50", "off tail", "on p50", "on tail", "unexpected off/on")
     rows = [
         (
             r.path,
@@ -220,7 +226,8 @@ def show_status(results: list[StatusResult]) -> str:
         )
         for r in results
     ]
-    return table(header, rows) + "\n(medians of the rounds; latencies in ms; unexpected: 0 in a fair run)"
+    notes = "(medians of the rounds; latencies in ms, tail: p99 of a request or the longest VIP wait; unexpected: 0)"
+    return table(header, rows) + "\n" + notes
 
 
 def show_intake(results: list[IntakeResult]) -> str:
@@ -296,7 +303,7 @@ SCENARIOS = {
     "endtoend": Scenario(end_to_end, lambda p: 1, show_end_to_end, plot_end_to_end),
     "memory": Scenario(memory, lambda p: 1, show_memory, lambda results: "no plot"),
     "sharing": Scenario(sharing, lambda p: len(p.sharing_processes), show_sharing, lambda results: "no plot"),
-    "status": Scenario(status, lambda p: 2 * 2 * p.status_rounds, show_status, plot_status),
+    "status": Scenario(status, lambda p: 3 * 2 * p.status_rounds, show_status, plot_status),
 }
 
 

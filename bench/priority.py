@@ -22,11 +22,13 @@ from typing import Any
 
 import aio_pika
 from aio_pika.abc import AbstractIncomingMessage
+from prometheus_client import CollectorRegistry
 
 from bench.workload import Address, addressed, bench_channel, bench_settings, delete_queues, fill, orders
 from broker.connection import open_broker
 from broker.messages import Order, decode_order
 from broker.settings import Settings
+from broker.status_store import open_status_store
 from broker.topology import build_topology
 from consumers.runner import Consumer
 
@@ -157,8 +159,10 @@ def recording_handler(timeline: Timeline, handler_seconds: float) -> Callable[[O
 
 
 async def orderlane_consumer(settings: Settings, timeline: Timeline, handler_seconds: float) -> None:
-    async with open_broker(settings) as broker:
-        consumer = Consumer(broker, recording_handler(timeline, handler_seconds), settings)
+    """orderlane's Consumer as `python -m consumers` runs it: with the status store the settings name (the
+    default), which records each order's transitions."""
+    async with open_status_store(settings, CollectorRegistry()) as status, open_broker(settings) as broker:
+        consumer = Consumer(broker, recording_handler(timeline, handler_seconds), settings, status=status)
         await consumer.start()
         await timeline.done.wait()
         await consumer.stop(grace_seconds=0)

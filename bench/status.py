@@ -27,6 +27,7 @@ import httpx
 
 from bench.drain import orderlane_drain
 from bench.intake import run_wrk, serving_api
+from bench.priority import System, measure_priority, orderlane_consumer
 from bench.workload import bench_settings, delete_queues, metric_totals, status_records
 from broker.settings import Settings
 
@@ -96,6 +97,19 @@ def drain_measure(count: int) -> Measure:
         per_second = await orderlane_drain(settings, count)
         missing = count - await status_records(settings) if settings.status_url else 0
         return Run(per_second, None, abs(missing))
+
+    return measure
+
+
+def priority_measure(handler_ms: float, backlog: int, vips: int, vip_interval: float, warmup: float) -> Measure:
+    """The priority scenario's one-queue orderlane at its defaults, with the store as the settings say: regular
+    orders/s, and the VIP wait (p50, max) in the latency columns."""
+
+    async def measure(settings: Settings) -> Run:
+        overrides: dict[str, object] = {} if settings.status_url else {"status_url": None}
+        system = System("orderlane", orderlane_consumer, overrides)
+        result = await measure_priority(system, handler_ms, backlog, vips, vip_interval, warmup)
+        return Run(result.regular_per_second, (result.wait_p50_ms, result.wait_max_ms), int(not result.conclusive))
 
     return measure
 

@@ -29,7 +29,6 @@ from consumers.received import Received
 from consumers.status import StatusRecorder
 from consumers.subscription import Subscription
 from consumers.tuning import (
-    MARGIN,
     MAX_CONCURRENCY,
     START_CONCURRENCY,
     AutoTuner,
@@ -69,10 +68,7 @@ class Consumer:
         """With every depth fixed, more slots than deliveries held could never be busy."""
         slots = concurrency if concurrency != "auto" else min(START_CONCURRENCY, fixed_total or START_CONCURRENCY)
         self._dispatcher: Dispatcher[Held] = Dispatcher(self._process, slots)
-        # With a status store, a processed order's ack waits for the store's answer (consumers/status.py): the
-        # window starts wider by the slots, so those orders do not starve the slots; the tuner shrinks what is unused.
-        headroom = 2 * MARGIN + (slots if status is not None else 0)
-        depth_controllers = [DepthController(slots, headroom) if depth is None else None for depth in fixed_depths]
+        depth_controllers = [DepthController(slots) if depth is None else None for depth in fixed_depths]
         self.subscriptions = [
             Subscription(settings, lane, depth or (controller.depth if controller else 0), self._hold)
             for lane, depth, controller in zip(lanes, fixed_depths, depth_controllers, strict=True)
@@ -102,6 +98,11 @@ class Consumer:
     def held(self) -> int:
         """Deliveries received and waiting for a free slot."""
         return self._dispatcher.held
+
+    @property
+    def settling(self) -> int:
+        """Deliveries whose handler is done and whose ack waits for the status store's answer."""
+        return self._status.settling if self._status is not None else 0
 
     @property
     def queues(self) -> list[str]:

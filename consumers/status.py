@@ -74,6 +74,8 @@ class StatusRecorder:
         self._store = store
         self._metrics = metrics
         self._max_held_back = max_held_back
+        self.settling = 0
+        """Processed orders whose ack waits for the store's answer."""
         self._held_back: dict[str, Transition] = {}
         self._writing_back: asyncio.Task[None] | None = None
         metrics.status_held_back.set_function(lambda: len(self._held_back))
@@ -98,8 +100,10 @@ class StatusRecorder:
         """Record it, and call `then` (the ack) once the store has it, or at once if it is away: the order is not
         held up, and no task waits for the answer."""
         transition = attempt.transition("processed")
+        self.settling += 1
 
         def written(stored: bool) -> None:
+            self.settling -= 1
             if stored:
                 self._held_back.pop(transition.order_id, None)
             else:

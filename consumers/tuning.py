@@ -183,6 +183,8 @@ class TunedProcess(Protocol):
     def in_flight(self) -> int: ...
     @property
     def held(self) -> int: ...
+    @property
+    def settling(self) -> int: ...
     def take_handler_times(self) -> list[float]: ...
     def take_low_waters(self) -> list[int]: ...
     async def ready_at_broker(self, lane: int) -> int: ...
@@ -228,13 +230,14 @@ class AutoTuner:
         loop = asyncio.get_running_loop()
         while True:
             started = loop.time()
-            busy, lags, held = [], [], []
+            busy, lags, held, settling = [], [], [], []
             while (elapsed := loop.time() - started) < WINDOW_SECONDS:
                 before_sleep = loop.time()
                 await asyncio.sleep(SAMPLE_SECONDS)
                 lags.append(loop.time() - before_sleep - SAMPLE_SECONDS)
                 busy.append(self._process.in_flight / self.slots)
                 held.append(self._process.held)
+                settling.append(self._process.settling)
             times = self._process.take_handler_times()
             window = Window(
                 elapsed,
@@ -244,13 +247,15 @@ class AutoTuner:
                 statistics.fmean(lags),
                 statistics.fmean(held),
             )
-            self._tuning = asyncio.create_task(self._tune(window))
+            self._tuning = asyncio.create_task(self._tune(window, max(settling)))
             try:
                 await asyncio.shield(self._tuning)
             except Exception:  # a window whose decision failed must not end the tuning
                 logger.exception("automatic tuning: a decision failed; going on")
 
-    async def _tune(self, window: Window) -> None:
+    async def _tune(self, window: Window, settling: int) -> None:
+        """`settling`: the most deliveries seen done but not yet acked (their ack waits for the status store);
+        the window must hold them besides the slots, or they starve the slots."""
         if self.concurrency is not None:
             before = self.concurrency.concurrency
             after = self.concurrency.decide(window)
@@ -263,7 +268,8 @@ class AutoTuner:
                 continue
             starved = window.busy < FULL and low_waters[lane] <= 0 and await self._process.ready_at_broker(lane) > 0
             before = controller.depth
-            after = controller.decide(LaneWindow(low_waters[lane], starved), self.slots, window.throughput)
+            window_slots = self.slots + settling
+            after = controller.decide(LaneWindow(low_waters[lane], starved), window_slots, window.throughput)
             if after != before:
                 logger.debug("lane %d: prefetch %d -> %d", lane, before, after)
                 await self._process.set_depth(lane, after)

@@ -44,19 +44,15 @@ WRITE_BACK_CHUNK: Final = 1_000
 class Attempt:
     """One run of the handler on one delivery, as the status store sees it."""
 
-    __slots__ = ("delivery", "queue", "started_at", "timer")
+    __slots__ = ("delivery", "queue", "started_at")
 
     def __init__(self, delivery: Delivery, queue: str, started_at: float) -> None:
         self.delivery = delivery
         self.queue = queue
         self.started_at = started_at
-        self.timer: asyncio.TimerHandle | None = None
 
     def transition(self, state: State, **fields: str) -> Transition:
         """`state` now; an end state also says when processing started (it may never have been shown)."""
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
         delivery = self.delivery
         return Transition(
             delivery.order_id,
@@ -78,6 +74,9 @@ class StatusRecorder:
         """Processed orders whose ack waits for the store's answer."""
         self._held_back: dict[str, Transition] = {}
         self._writing_back: asyncio.Task[None] | None = None
+        self._unshown: dict[Attempt, None] = {}
+        """Attempts running but not shown as `processing` yet, oldest first."""
+        self._showing: asyncio.Task[None] | None = None
         metrics.status_held_back.set_function(lambda: len(self._held_back))
 
     async def begin(self, delivery: Delivery, queue: str, body: bytes, *, check: bool) -> Attempt | None:
@@ -86,7 +85,9 @@ class StatusRecorder:
         waits: `processing` is written only if the handler is still running after PROCESSING_SHOWN_AFTER."""
         attempt = Attempt(delivery, queue, time.time())
         if not check:
-            attempt.timer = asyncio.get_running_loop().call_later(PROCESSING_SHOWN_AFTER, self._show, attempt)
+            self._unshown[attempt] = None
+            if self._showing is None:
+                self._showing = asyncio.create_task(self._show_long_runners())
             return attempt
         transition = attempt.transition("processing")
         try:
@@ -99,6 +100,7 @@ class StatusRecorder:
     def processed(self, attempt: Attempt, then: Callable[[], None]) -> None:
         """Record it, and call `then` (the ack) once the store has it, or at once if it is away: the order is not
         held up, and no task waits for the answer."""
+        self._unshown.pop(attempt, None)
         transition = attempt.transition("processed")
         self.settling += 1
 
@@ -117,17 +119,20 @@ class StatusRecorder:
         await self._store.settled()
 
     async def retrying(self, attempt: Attempt, delay_seconds: float, error: BaseException) -> None:
+        self._unshown.pop(attempt, None)
         transition = attempt.transition("retrying", last_error=_describe(error))
         transition.fields["next_try_at"] = transition.at + delay_seconds
         await self._record(transition)
 
     async def dead_lettered(self, attempt: Attempt, error: BaseException) -> None:
+        self._unshown.pop(attempt, None)
         await self._record(attempt.transition("dead_lettered", last_error=_describe(error)))
 
     async def close(self) -> None:
         """Write back what is held, if the store answers within a pause; say what is left."""
-        if self._writing_back is not None:
-            self._writing_back.cancel()
+        for task in (self._writing_back, self._showing):
+            if task is not None:
+                task.cancel()
         if self._held_back:
             try:
                 await self._write_back()
@@ -139,11 +144,20 @@ class StatusRecorder:
                 )
                 self._metrics.status_dropped.inc(len(self._held_back))
 
-    def _show(self, attempt: Attempt) -> None:
-        """The handler is still running: make `processing` visible."""
-        attempt.timer = None
-        transition = attempt.transition("processing")
+    async def _show_long_runners(self) -> None:
+        """Every half PROCESSING_SHOWN_AFTER, write `processing` for the attempts running longer than that: one
+        sweep for all of them, not a timer per order."""
+        while True:
+            await asyncio.sleep(PROCESSING_SHOWN_AFTER / 2)
+            shown_before = time.time() - PROCESSING_SHOWN_AFTER
+            while self._unshown:
+                attempt = next(iter(self._unshown))
+                if attempt.started_at > shown_before:
+                    break
+                del self._unshown[attempt]
+                self._show(attempt.transition("processing"))
 
+    def _show(self, transition: Transition) -> None:
         def written(stored: bool) -> None:
             if not stored:
                 self._hold_back(transition)

@@ -1,7 +1,7 @@
 -- The status store's one script: a batch of operations on order records, each applied atomically.
 --
 -- KEYS[i] is the record of the i-th operation. ARGV[1] is a JSON array with one entry per operation:
---   [op, ttl, rank, token, fingerprint, {field: value, ...}, hold]
+--   [op, ttl, rank, token, fingerprint, [field, value, ...], hold]
 -- (hold: for reserve, the seconds a pending reservation holds the order_id against other requests)
 -- (one argument for the whole batch: the client packs one string, not some twenty per operation).
 -- Returns one array per operation (see broker/status_store.py).
@@ -14,15 +14,12 @@ local operations = cjson.decode(ARGV[1])
 local results = {}
 local now = tonumber(redis.call('TIME')[1])
 
+local FINAL_RANK = 1000000 -- processed, dead_lettered: above every other state, so written without a look
+
 -- Write the operation's fields to the record and (re)start its time to live.
 local function write(key, ttl, fields)
-  local flat = {}
-  for name, value in pairs(fields) do
-    flat[#flat + 1] = name
-    flat[#flat + 1] = value
-  end
-  if #flat > 0 then
-    redis.call('HSET', key, unpack(flat))
+  if #fields > 0 then
+    redis.call('HSET', key, unpack(fields))
   end
   redis.call('EXPIRE', key, ttl)
 end
@@ -52,6 +49,9 @@ for i, key in ipairs(KEYS) do
       redis.call('HDEL', key, 'token', 'held_until')
     end
     results[i] = {held[1] or ''}
+  elseif op == 'transition' and rank >= FINAL_RANK then
+    write(key, ttl, fields)
+    results[i] = {''}
   elseif op == 'transition' then
     local held = redis.call('HMGET', key, 'state', 'rank')
     if rank >= (tonumber(held[2]) or -1) then
@@ -70,9 +70,9 @@ for i, key in ipairs(KEYS) do
     if not held or held == 'dead_lettered' then
       write(key, ttl, fields)
     else
-      for name, value in pairs(fields) do
-        if string.sub(name, 1, 3) == 'at:' then
-          redis.call('HSET', key, name, value)
+      for f = 1, #fields, 2 do
+        if string.sub(fields[f], 1, 3) == 'at:' then
+          redis.call('HSET', key, fields[f], fields[f + 1])
         end
       end
     end

@@ -100,10 +100,14 @@ class Transition:
     def rank(self) -> int:
         return rank_of(self.state, self.attempt)
 
-    def pairs(self) -> dict[str, str | int | float]:
-        """The record's fields this transition writes. Waiting in a queue (accepted, replayed) has no attempt."""
+    def fields_to_write(self) -> list[str | int | float]:
+        """The record's fields this transition writes, as names and values one after the other (HSET's arguments).
+        Waiting in a queue (accepted, replayed) has no attempt."""
         attempt: int | str = self.attempt if self.attempt > 0 else ""
-        return {"state": self.state, "rank": self.rank, "attempt": attempt, f"at:{self.state}": self.at, **self.fields}
+        written = ["state", self.state, "rank", self.rank, "attempt", attempt, f"at:{self.state}", self.at]
+        for name, value in self.fields.items():
+            written += (name, value)
+        return written
 
 
 def _times(record: dict[str, str]) -> list[tuple[str, datetime]]:

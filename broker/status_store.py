@@ -88,13 +88,16 @@ Answered = Callable[[list[str] | StatusUnavailable], None]
 class _Call:
     """One operation waiting for the next call of the script."""
 
-    __slots__ = ("answered", "entry", "key", "operation")
+    __slots__ = ("answered", "entry", "key", "operation", "waited")
 
-    def __init__(self, operation: Operation, key: str, entry: Sequence[object], answered: Answered) -> None:
+    def __init__(
+        self, operation: Operation, key: str, entry: Sequence[object], answered: Answered, waited: bool = True
+    ) -> None:
+        self.waited = waited
         self.operation = operation
         self.key = key
         self.entry = entry
-        """What the script reads for it: [op, ttl, rank, token, fingerprint, {field: value}, hold]."""
+        """What the script reads for it: [op, ttl, rank, token, fingerprint, [field, value, ...], hold]."""
         self.answered = answered
 
 
@@ -125,13 +128,9 @@ class StatusStore:
     async def reserve(self, order_id: str, fingerprint: str, token: str) -> Reserved | Taken:
         """Hold `order_id` for this request while it publishes (for the pending TTL at most: then another request
         for the same order may take it over), or say what holds it already."""
-        pairs: dict[str, str | int | float] = {
-            "state": "pending",
-            "rank": rank_of("pending", 0),
-            "fingerprint": fingerprint,
-            "token": token,
-        }
-        record = await self._run("reserve", order_id, pairs=pairs, token=token, fingerprint=fingerprint)
+        fields: list[str | int | float] = ["state", "pending", "rank", rank_of("pending", 0)]
+        fields += ("fingerprint", fingerprint, "token", token)
+        record = await self._run("reserve", order_id, fields=fields, token=token, fingerprint=fingerprint)
         if not record or record == RETAKEN:
             return Reserved(retaken=bool(record))
         status = _status(order_id, record)
@@ -140,16 +139,20 @@ class StatusStore:
 
     async def accept(self, transition: Transition, token: str) -> None:
         """The broker confirmed it: `pending` becomes `accepted`, if the reservation is still this request's."""
-        await self._run("accept", transition.order_id, pairs=transition.pairs(), token=token)
+        await self._run("accept", transition.order_id, fields=transition.fields_to_write(), token=token)
 
     async def release(self, transition: Transition, token: str) -> None:
         """The broker did not confirm it: `unconfirmed` (it may or may not be stored), and a retry may publish it."""
-        await self._run("release", transition.order_id, pairs=transition.pairs(), token=token)
+        await self._run("release", transition.order_id, fields=transition.fields_to_write(), token=token)
 
     async def record(self, transition: Transition, fingerprint: str = "") -> State | None:
         """Apply a transition unless the record is already further along; the state the record had before."""
         (previous,) = await self._run(
-            "transition", transition.order_id, rank=transition.rank, pairs=transition.pairs(), fingerprint=fingerprint
+            "transition",
+            transition.order_id,
+            rank=transition.rank,
+            fields=transition.fields_to_write(),
+            fingerprint=fingerprint,
         )
         return previous or None  # type: ignore[return-value]  # the script only writes States
 
@@ -160,8 +163,8 @@ class StatusStore:
         def answered(outcome: list[str] | StatusUnavailable) -> None:
             then(not isinstance(outcome, StatusUnavailable))
 
-        entry = ["transition", self._ttl, transition.rank, "", "", transition.pairs(), 0]
-        self._ask(_Call("transition", self._prefix + transition.order_id, entry, answered))
+        entry = ["transition", self._ttl, transition.rank, "", "", transition.fields_to_write(), 0]
+        self._ask(_Call("transition", self._prefix + transition.order_id, entry, answered, waited=False))
 
     async def _evalsha(self, keys: list[str], operations: bytes) -> list[list[str]]:
         """On the sender's own connection: one call at a time needs no pool. A connection that was idle may have
@@ -194,7 +197,7 @@ class StatusStore:
     async def replay(self, transition: Transition) -> None:
         """An operator sent it back from the dead-letter queue: a new round, unless a consumer has already
         started it (then only the time is noted)."""
-        await self._run("replay", transition.order_id, pairs=transition.pairs())
+        await self._run("replay", transition.order_id, fields=transition.fields_to_write())
 
     async def _run(
         self,
@@ -205,7 +208,7 @@ class StatusStore:
         rank: int = 0,
         token: str = "",
         fingerprint: str = "",
-        pairs: dict[str, str | int | float] | None = None,
+        fields: Sequence[str | int | float] = (),
     ) -> list[str]:
         result: asyncio.Future[list[str]] = asyncio.get_running_loop().create_future()
 
@@ -217,7 +220,7 @@ class StatusStore:
             else:
                 result.set_result(outcome)
 
-        entry = [operation, ttl or self._ttl, rank, token, fingerprint, pairs or {}, self._pending_ttl]
+        entry = [operation, ttl or self._ttl, rank, token, fingerprint, fields, self._pending_ttl]
         self._ask(_Call(operation, self._prefix + order_id, entry, answered))
         return await result
 
@@ -235,6 +238,8 @@ class StatusStore:
         try:
             while self._waiting:
                 await asyncio.sleep(0)
+                if len(self._waiting) < 64 and not any(call.waited for call in self._waiting):
+                    await asyncio.sleep(0.001)
                 calls, self._waiting = self._waiting, []
                 await self._send(calls)
         finally:

@@ -37,8 +37,9 @@ for i, key in ipairs(KEYS) do
     if held[1] and not (open and held[2] == fingerprint) then
       results[i] = redis.call('HGETALL', key)
     else
+      fields[#fields + 1] = 'held_until'
+      fields[#fields + 1] = now + hold
       write(key, ttl, fields)
-      redis.call('HSET', key, 'held_until', now + hold)
       results[i] = held[1] and {'retaken'} or {}
     end
   elseif op == 'accept' or op == 'release' then

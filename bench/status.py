@@ -1,10 +1,13 @@
-"""Status: what the order status store (Redis, ORDERLANE_STATUS_URL) costs intake and drain, off against on, in
-the same run.
+"""Status: what the order status store (Redis, ORDERLANE_STATUS_URL) costs intake, drain and priority, off against
+on, in the same run.
 
 - intake: `python -m api` under wrk (bench/intake.py) at CLIENTS connections. With the store on, each POST reserves
   its order_id before the publish and marks it accepted after the broker's confirm.
 - drain: a backlog of persistent orders drained by orderlane's Consumer at its defaults (bench/drain.py). With the
-  store on, each order is recorded `processing` before its handler and `processed` after it, before its ack.
+  store on, each order is recorded `processed` (and `processing`, if its handler runs long enough to show it)
+  before its ack.
+- priority: the priority scenario's one-queue orderlane at its defaults (bench/priority.py): regular orders/s and
+  how long the VIP orders waited.
 
 Each run has a queue of its own, hence a status namespace (`orderlane:<queue>:`) of its own: every order_id is new
 to the store, so every POST publishes (post.lua numbers the orders of each wrk run from 1) and every record is
@@ -59,7 +62,7 @@ class Side:
 @dataclass(frozen=True, slots=True)
 class StatusResult:
     path: str
-    """What was measured: `intake, 32 clients, 5 s` or `drain, 20,000 orders`."""
+    """What was measured: `intake, 32 clients, 5 s`, `drain, 20,000 orders` or `priority, ...`."""
     off: Side
     on: Side
 

@@ -22,8 +22,9 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
+from functools import partial
 
 from api.errors import RequestRejected
 from api.metrics import ApiMetrics
@@ -48,10 +49,6 @@ class Intake:
         self._publishing: dict[str, tuple[str, asyncio.Future[OrderStatus | None]]] = {}
         """order_id → (fingerprint, the outcome of the publish under way in this process: None if it failed)."""
 
-    @property
-    def has_status(self) -> bool:
-        return self._store is not None
-
     async def take(self, order: Order) -> Receipt | OrderStatus:
         """A Receipt when this call published the order (202); the order's status when it was known (200)."""
         if self._store is None:
@@ -63,15 +60,26 @@ class Intake:
         outcome: asyncio.Future[OrderStatus | None] = asyncio.get_running_loop().create_future()
         self._publishing[order.order_id] = (digest, outcome)
         status: OrderStatus | None = None
+        published = False
         try:
-            taken = await self._take(self._store, order, digest)
+            taken = await self._take(self._store, order, digest, partial(self._forget, order.order_id, outcome))
+            published = isinstance(taken, Receipt)
             status = taken if isinstance(taken, OrderStatus) else _accepted(taken)
             return taken
         finally:
-            del self._publishing[order.order_id]
             outcome.set_result(status)
+            if not published:  # a publish keeps its entry until its `accepted` is written
+                del self._publishing[order.order_id]
 
-    async def _take(self, store: StatusStore, order: Order, digest: str) -> Receipt | OrderStatus:
+    def _forget(self, order_id: str, outcome: asyncio.Future[OrderStatus | None]) -> None:
+        if self._publishing.get(order_id, (None, None))[1] is outcome:
+            del self._publishing[order_id]
+
+    async def _take(
+        self, store: StatusStore, order: Order, digest: str, forget: Callable[[], None]
+    ) -> Receipt | OrderStatus:
+        """Reserve, publish, and send `accepted` (without waiting for it: `forget` is called once it is written
+        or failed, and until then a concurrent request for the same order in this process follows this one)."""
         token = os.urandom(8).hex()
         try:
             reservation = await store.reserve(order.order_id, digest, token)
@@ -79,7 +87,10 @@ class Intake:
             if self._settings.status_required:
                 raise
             self._metrics.without_dedup.inc()
-            return await self._publish(order, check_processed=True)  # a copy may exist: nothing could tell
+            try:
+                return await self._publish(order, check_processed=True)  # a copy may exist: nothing could tell
+            finally:
+                forget()
         if isinstance(reservation, Taken):
             if reservation.fingerprint not in (None, digest):
                 raise self._conflict(order.order_id)
@@ -101,7 +112,10 @@ class Intake:
             at=time.time(),
             fields={"priority": receipt.priority.effective, "queue": receipt.queue},
         )
-        await _unless_away(store.accept(accepted, token))
+        try:
+            store.accept(accepted, token, then=forget)
+        except StatusUnavailable:
+            forget()
         return receipt
 
     async def _follow(

@@ -137,9 +137,12 @@ class StatusStore:
         assert status is not None
         return Taken(status, _fields(record).get("fingerprint") or None)
 
-    async def accept(self, transition: Transition, token: str) -> None:
-        """The broker confirmed it: `pending` becomes `accepted`, if the reservation is still this request's."""
-        await self._run("accept", transition.order_id, fields=transition.fields_to_write(), token=token)
+    def accept(self, transition: Transition, token: str, then: Callable[[], None]) -> None:
+        """The broker confirmed it: `pending` becomes `accepted`, if the reservation is still this request's. Nobody
+        waits for it: `then()` is called once it is written or failed. Raises StatusUnavailable at once while the
+        store is away."""
+        entry = ["accept", self._ttl, 0, token, "", transition.fields_to_write(), 0]
+        self._ask(_Call("accept", self._prefix + transition.order_id, entry, lambda _: then(), waited=False))
 
     async def release(self, transition: Transition, token: str) -> None:
         """The broker did not confirm it: `unconfirmed` (it may or may not be stored), and a retry may publish it."""

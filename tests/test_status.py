@@ -46,6 +46,13 @@ def transition(order_id: str, state: str, attempt: int) -> Transition:
     return Transition(order_id, state, attempt=attempt, at=1_700_000_000.0, fields={"queue": "q"})  # type: ignore[arg-type]
 
 
+async def accept(store: StatusStore, order_id: str, token: str) -> None:
+    answered: list[bool] = []
+    store.accept(transition(order_id, "accepted", 0), token, then=lambda: answered.append(True))
+    await store.settled()
+    assert answered == [True]
+
+
 async def metric(client: httpx.AsyncClient, line_start: str) -> float:
     text = (await client.get("/metrics")).text
     values = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(line_start)]
@@ -89,9 +96,9 @@ async def test_a_reservation_belongs_to_its_token_until_accepted_or_released(
     taken = await store.reserve("o-1", "print-2", "token-2")
     assert isinstance(taken, Taken) and taken.status.state == "pending" and taken.fingerprint == "print-1"
 
-    await store.accept(transition("o-1", "accepted", 0), "token-2")  # not its reservation: ignored
+    await accept(store, "o-1", "token-2")  # not its reservation: ignored
     assert (await store.get("o-1")).state == "pending"  # type: ignore[union-attr]
-    await store.accept(transition("o-1", "accepted", 0), "token-1")
+    await accept(store, "o-1", "token-1")
     accepted = await store.get("o-1")
     assert accepted is not None and accepted.state == "accepted" and accepted.queue == "q"
     assert set(accepted.at) == {"accepted"} and accepted.attempt is None

@@ -240,9 +240,10 @@ class StatusStore:
         the process, the more operations share a call (and none waits longer than one round trip for it)."""
         try:
             while self._waiting:
-                await asyncio.sleep(0)
-                if len(self._waiting) < 64 and not any(call.waited for call in self._waiting):
-                    await asyncio.sleep(0.001)
+                if not any(call.waited for call in self._waiting):  # nobody waits: let more join this call
+                    await asyncio.sleep(0)
+                    if len(self._waiting) < 64:
+                        await asyncio.sleep(0.001)
                 calls, self._waiting = self._waiting, []
                 await self._send(calls)
         finally:

@@ -11,7 +11,7 @@ import pytest
 
 from broker.connection import Broker, open_broker
 from broker.settings import Settings
-from scripts.ensure_services import answers, docker_works
+from scripts.ensure_services import answers, docker_works, redis_answers
 from tests.amqp import amqp_url, delete_topology
 from tests.status import delete_statuses
 
@@ -36,6 +36,19 @@ def rabbitmq() -> Iterator[str]:
         url = f"amqp://guest:guest@{params.host}:{params.port}/"
         os.environ["ORDERLANE_AMQP_URL"] = url
         yield url
+
+
+@pytest.fixture(scope="session", autouse=True)
+def redis() -> str | None:
+    """The status store at ORDERLANE_STATUS_URL (`make test` starts one where it can); empty: the suite runs without."""
+    url = Settings().status_url
+    if url is not None and not asyncio.run(redis_answers(str(url))):
+        pytest.exit(
+            f"no Redis answers at {url}: start one (`redis-server --save ''`, or `docker compose up -d redis`), "
+            "or set ORDERLANE_STATUS_URL",
+            returncode=3,
+        )
+    return str(url) if url else None
 
 
 @pytest.fixture

@@ -46,8 +46,8 @@ class Intake:
         self._store = store
         self._metrics = metrics
         self._settings = settings
-        self._publishing: dict[str, tuple[str, asyncio.Future[OrderStatus | None]]] = {}
-        """order_id → (fingerprint, the outcome of the publish under way in this process: None if it failed)."""
+        self._publishing: dict[str, tuple[str, asyncio.Future[Outcome]]] = {}
+        """order_id → (fingerprint, the outcome of the request under way in this process for it)."""
 
     async def take(self, order: Order) -> Receipt | OrderStatus:
         """A Receipt when this call published the order (202); the order's status when it was known (200)."""
@@ -57,21 +57,27 @@ class Intake:
         under_way = self._publishing.get(order.order_id)
         if under_way is not None:
             return await self._follow(order.order_id, digest, *under_way)
-        outcome: asyncio.Future[OrderStatus | None] = asyncio.get_running_loop().create_future()
+        outcome: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
         self._publishing[order.order_id] = (digest, outcome)
-        status: OrderStatus | None = None
-        published = False
+        forget = partial(self._forget, order.order_id, outcome)
         try:
-            taken = await self._take(self._store, order, digest, partial(self._forget, order.order_id, outcome))
-            published = isinstance(taken, Receipt)
-            status = taken if isinstance(taken, OrderStatus) else _accepted(taken)
-            return taken
-        finally:
-            outcome.set_result(status)
-            if not published:  # a publish keeps its entry until its `accepted` is written
-                del self._publishing[order.order_id]
+            taken = await self._take(self._store, order, digest, forget)
+        except Exception as exc:
+            outcome.set_result(exc)
+            forget()
+            raise
+        except BaseException:  # cancelled: the followers try for themselves
+            outcome.set_result(None)
+            forget()
+            raise
+        if isinstance(taken, OrderStatus):
+            outcome.set_result(taken)
+            forget()
+        else:
+            outcome.set_result(_accepted(taken))  # its entry stays until `accepted` is written (`_take` sees to it)
+        return taken
 
-    def _forget(self, order_id: str, outcome: asyncio.Future[OrderStatus | None]) -> None:
+    def _forget(self, order_id: str, outcome: asyncio.Future[Outcome]) -> None:
         if self._publishing.get(order_id, (None, None))[1] is outcome:
             del self._publishing[order_id]
 
@@ -119,14 +125,17 @@ class Intake:
         return receipt
 
     async def _follow(
-        self, order_id: str, digest: str, held_digest: str, outcome: asyncio.Future[OrderStatus | None]
+        self, order_id: str, digest: str, held_digest: str, outcome: asyncio.Future[Outcome]
     ) -> OrderStatus:
-        """The same order_id is being published by this process: the same order gets that publish's outcome."""
+        """The same order_id is being taken by this process: the same order gets that request's outcome (its
+        error too: a 409, a 503)."""
         if held_digest != digest:
             raise self._conflict(order_id)
         status = await asyncio.shield(outcome)
+        if isinstance(status, Exception):
+            raise status
         if status is None:
-            raise PublishError(f"the concurrent request that published order {order_id!r} failed")
+            raise PublishError(f"the concurrent request for order {order_id!r} was cancelled; retry")
         self._metrics.deduplicated.labels(outcome="known").inc()
         return status
 
@@ -139,6 +148,11 @@ class Intake:
     def _conflict(self, order_id: str) -> RequestRejected:
         self._metrics.deduplicated.labels(outcome="conflict").inc()
         return RequestRejected(409, "order_id_conflict", f"order_id {order_id!r} is already used by a different order")
+
+
+Outcome = OrderStatus | Exception | None
+"""What a request for an order_id came to, for the concurrent ones that follow it: its status, its error, or None
+if it was cancelled."""
 
 
 class OrderInProgress(RequestRejected):

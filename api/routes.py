@@ -78,7 +78,7 @@ async def readyz(request: Request) -> Response:
     state = services(request)
     if not state.publisher.is_ready:
         return error_response(503, [problem("broker_unavailable", "the broker connection is down")])
-    status_store = "off" if state.status is None else "up" if state.status.is_up else "away"
+    status_store = "off" if state.status is None else "up" if await state.status.answers() else "away"
     if status_store == "away" and state.settings.status_required:
         return error_response(503, [problem("status_unavailable", "the status store does not answer")])
     return JSONResponse({"status": "ready", "status_store": status_store})

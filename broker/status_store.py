@@ -35,6 +35,8 @@ from broker.status import OrderStatus, State, Transition, rank_of
 logger = logging.getLogger(__name__)
 
 Operation = Literal["get", "reserve", "accept", "release", "transition", "replay"]
+READINESS_KEY: Final = "\x00readiness"
+"""An order_id no order can have (the order_id rule excludes it): what `answers()` reads."""
 PAUSE_SECONDS: Final = 1.0
 """After a failed call, how long every operation fails at once before the store is tried again."""
 STORE_BUCKETS: Final = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1)
@@ -245,15 +247,19 @@ class StatusStore:
                     if len(self._waiting) < 64:
                         await asyncio.sleep(0.001)
                 calls, self._waiting = self._waiting, []
-                await self._send(calls)
+                if self.is_up:
+                    await self._send(calls)
+                else:  # asked for while the call before failed: fail at once, as a new one would
+                    self._fail(calls, StatusUnavailable("the status store is away"))
         finally:
             self._sender = None
 
     async def _send(self, calls: Sequence[_Call]) -> None:
-        keys = [call.key for call in calls]
-        operations = orjson.dumps([call.entry for call in calls])
+        """One call of the script for `calls`; every one of them is answered, whatever happens."""
         started = time.perf_counter()
         try:
+            keys = [call.key for call in calls]
+            operations = orjson.dumps([call.entry for call in calls])
             try:
                 results: list[list[str]] = await self._evalsha(keys, operations)
             except NoScriptError:  # a Redis restarted since, or one that never saw the script
@@ -263,10 +269,11 @@ class StatusStore:
             if self.is_up:
                 logger.warning("the status store does not answer (%s); trying again in %gs", exc, PAUSE_SECONDS)
             self._away_until = time.monotonic() + PAUSE_SECONDS
-            failure = StatusUnavailable(f"the status store did not answer: {exc}")
-            for call in calls:
-                self._metrics.errors.labels(operation=call.operation).inc()
-                call.answered(failure)
+            self._fail(calls, StatusUnavailable(f"the status store did not answer: {exc}"))
+            return
+        except Exception as exc:  # a value the store cannot take, a bug: the orders must not wait on it
+            logger.exception("status store call failed; its operations count as not written")
+            self._fail(calls, StatusUnavailable(f"the status store call failed: {exc!r}"))
             return
         finally:
             self._metrics.seconds.observe(time.perf_counter() - started)
@@ -275,6 +282,19 @@ class StatusStore:
             self._away_until = 0.0
         for call, result in zip(calls, results, strict=True):
             call.answered(result)
+
+    def _fail(self, calls: Sequence[_Call], failure: StatusUnavailable) -> None:
+        for call in calls:
+            self._metrics.errors.labels(operation=call.operation).inc()
+            call.answered(failure)
+
+    async def answers(self) -> bool:
+        """Whether the store answers now: a real call (unless one failed less than PAUSE_SECONDS ago)."""
+        try:
+            await self._run("get", READINESS_KEY)
+        except StatusUnavailable:
+            return False
+        return True
 
     async def close(self) -> None:
         await self.settled()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass
 
 from aio_pika.abc import AbstractIncomingMessage
@@ -65,34 +66,41 @@ async def replay_dead_letters(
     broker: Broker, settings: Settings, limit: int, status: StatusStore | None = None
 ) -> list[str]:
     """Move up to `limit` dead letters back to the work queue of their priority's lane (same priority, attempt
-    count reset), each acked in the dead-letter queue only after the broker confirmed its copy there; with a
-    status store, each order is `replayed` there (best effort: the order moves whether or not the store answers)."""
+    count reset), each acked in the dead-letter queue only after the broker confirmed its copy there. With a
+    status store, each order is `replayed` there first, so that what a consumer records of the new round comes
+    after it; if the publish fails, its record is dead-lettered again (best effort both: the order moves, or
+    stays, whether or not the store answers)."""
     queue = await broker.channel.get_queue(settings.dead_letter_queue)
     replayed: list[str] = []
     while len(replayed) < limit and (message := await queue.get(fail=False)) is not None:
         priority = int_header(message, PRIORITY_HEADER, -1)
         lane = broker.topology.lane_for_header(priority)
+        order_id = message.message_id if status is not None else None
+        if status is not None and order_id:
+            fields: dict[str, str | int | float] = {"queue": lane.work.name, "next_try_at": "", "last_error": ""}
+            if priority in PRIORITIES:
+                fields["priority"] = priority
+            replay = Transition(order_id, "replayed", attempt=0, at=time.time(), fields=fields)
+            await _best_effort(status.replay(replay), order_id)
         try:
             await publish_confirmed(
                 broker.channel, replay_message(message), queue=lane.work.name, confirm_within=settings.publish_timeout
             )
         except PublishError:
             await message.nack(requeue=True)
+            if status is not None and order_id:
+                letter = DeadLetter.of(message)
+                again: dict[str, str | int | float] = {"last_error": f"{letter.error_type}: {letter.error}"}
+                dead = Transition(order_id, "dead_lettered", letter.attempts or 0, time.time(), again)
+                await _best_effort(status.record(dead), order_id)
             raise
         await message.ack()
         replayed.append(message.message_id or "-")
-        if status is not None and message.message_id:
-            await _record_replay(status, message.message_id, priority, lane.work.name)
     return replayed
 
 
-async def _record_replay(status: StatusStore, order_id: str, priority: int, queue: str) -> None:
-    fields: dict[str, str | int | float] = {"queue": queue, "next_try_at": "", "last_error": ""}
-    if priority in PRIORITIES:
-        fields["priority"] = priority
+async def _best_effort(write: Awaitable[object], order_id: str) -> None:
     try:
-        await status.replay(Transition(order_id, "replayed", attempt=0, at=time.time(), fields=fields))
+        await write
     except StatusUnavailable:
-        logger.warning(
-            "replayed, but the status store is away: its status is not updated", extra={"order_id": order_id}
-        )
+        logger.warning("the status store is away: this order's status says otherwise", extra={"order_id": order_id})

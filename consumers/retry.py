@@ -14,7 +14,7 @@ from typing import Final, Protocol
 import aio_pika
 from aio_pika.abc import HeadersType
 
-from broker.publisher import ATTEMPT_HEADER
+from broker.publisher import ATTEMPT_HEADER, CHECK_PROCESSED_HEADER
 from broker.settings import Settings
 
 ERROR_TYPE_HEADER: Final = "x-orderlane-error-type"
@@ -96,7 +96,10 @@ def _own_headers(message: Copyable) -> HeadersType:
 
 
 def retry_message(message: Copyable, *, next_attempt: int, delay_seconds: float) -> aio_pika.Message:
-    return _copy(message, {**_own_headers(message), ATTEMPT_HEADER: next_attempt}, expiration=delay_seconds)
+    # Marked: if the ack of this attempt is lost, the broker redelivers it besides this copy; whichever runs
+    # second finds the order processed and skips it.
+    headers = {**_own_headers(message), ATTEMPT_HEADER: next_attempt, CHECK_PROCESSED_HEADER: True}
+    return _copy(message, headers, expiration=delay_seconds)
 
 
 def dead_letter_message(message: Copyable, *, error_type: str, error: str, attempts: int) -> aio_pika.Message:

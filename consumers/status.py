@@ -208,4 +208,6 @@ class StatusRecorder:
 
 
 def _describe(error: BaseException) -> str:
-    return f"{type(error).__name__}: {error}"[:500]
+    """`Type: message`, at most 500 characters, and valid UTF-8 whatever the message held."""
+    text = f"{type(error).__name__}: {error}"[:500]
+    return text.encode("utf-8", "replace").decode("utf-8")

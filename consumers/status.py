@@ -120,13 +120,13 @@ class StatusRecorder:
 
     async def retrying(self, attempt: Attempt, delay_seconds: float, error: BaseException) -> None:
         self._unshown.pop(attempt, None)
-        transition = attempt.transition("retrying", last_error=_describe(error))
+        transition = attempt.transition("retrying", last_error=describe_error(error))
         transition.fields["next_try_at"] = transition.at + delay_seconds
         await self._record(transition)
 
     async def dead_lettered(self, attempt: Attempt, error: BaseException) -> None:
         self._unshown.pop(attempt, None)
-        await self._record(attempt.transition("dead_lettered", last_error=_describe(error)))
+        await self._record(attempt.transition("dead_lettered", last_error=describe_error(error)))
 
     async def close(self) -> None:
         """Write back what is held, if the store answers within a pause; say what is left."""
@@ -207,7 +207,7 @@ class StatusRecorder:
                     del self._held_back[transition.order_id]
 
 
-def _describe(error: BaseException) -> str:
+def describe_error(error: BaseException) -> str:
     """`Type: message`, at most 500 characters, and valid UTF-8 whatever the message held."""
     text = f"{type(error).__name__}: {error}"[:500]
     return text.encode("utf-8", "replace").decode("utf-8")

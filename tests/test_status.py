@@ -14,7 +14,7 @@ from redis.asyncio import Redis
 
 from api.app import create_app
 from broker.connection import Broker, open_broker
-from broker.errors import PermanentFailure
+from broker.errors import PermanentFailure, StatusUnavailable
 from broker.messages import Order, encode_order
 from broker.publisher import CHECK_PROCESSED_HEADER
 from broker.settings import Settings
@@ -22,6 +22,7 @@ from broker.status import FINAL_RANK, Transition, fingerprint, rank_of
 from broker.status_store import Reserved, StatusStore, Taken, open_status_store
 from consumers.delivery import current_delivery
 from consumers.dlq import replay_dead_letters
+from consumers.status import describe_error
 from tests.amqp import delete_queues, depth_is, drain, publish_raw, queue_depth, wait_until
 from tests.consuming import consuming, order_message
 from tests.http import app_client
@@ -135,6 +136,22 @@ async def test_a_late_write_never_takes_a_status_backwards(store: StatusStore) -
     assert (await store.get("o")).state == "replayed"  # type: ignore[union-attr]
     await store.record(transition("o", "processing", 1))
     assert (await store.get("o")).state == "processing"  # type: ignore[union-attr]
+
+
+async def test_a_call_the_store_cannot_take_is_answered_not_stranded(store: StatusStore) -> None:
+    unencodable = Transition("o", "retrying", 1, 1.0, {"last_error": "a lone surrogate: \udcff"})
+    answers: list[bool] = []
+    store.record_then(transition("p", "processed", 1), then=answers.append)  # in the same call
+    with pytest.raises(StatusUnavailable):
+        await asyncio.wait_for(store.record(unencodable), 5)
+    await store.settled()
+    assert answers == [False], "answered as not written, so its ack is not stranded"
+    assert await store.record(transition("p", "processed", 1)) is None, "the store goes on"
+
+
+def test_an_error_text_is_valid_utf8_whatever_it_held() -> None:
+    described = describe_error(RuntimeError("file \udcff.txt"))
+    assert described.startswith("RuntimeError: file ") and described.encode()
 
 
 async def test_operations_of_one_turn_travel_in_one_call(settings: Settings) -> None:

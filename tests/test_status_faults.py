@@ -15,17 +15,19 @@ from prometheus_client import CollectorRegistry
 from pydantic import RedisDsn
 
 from api.app import create_app
-from broker.connection import Broker
+from broker.connection import Broker, open_broker
+from broker.errors import PermanentFailure
 from broker.messages import Order
 from broker.publisher import CHECK_PROCESSED_HEADER
 from broker.settings import Settings
-from broker.status_store import open_status_store
+from broker.status_store import PAUSE_SECONDS, open_status_store
 from consumers.delivery import Delivery
+from consumers.dlq import replay_dead_letters
 from consumers.metrics import ConsumerMetrics
 from consumers.runner import Consumer
 from consumers.status import Attempt, StatusRecorder
-from tests.amqp import depth_is, drain, publish_raw, queue_depth, wait_until
-from tests.consuming import order_message
+from tests.amqp import delete_queues, depth_is, drain, publish_raw, queue_depth, wait_until
+from tests.consuming import consuming, order_message
 from tests.dying import DIE_AFTER
 from tests.http import app_client
 from tests.processes import environment, run, start
@@ -149,6 +151,12 @@ async def test_intake_while_redis_is_away_accepts_or_refuses_as_configured(setti
             assert "orderlane_orders_without_dedup_total 2.0" in metrics
             messages = await drain(local.queue)
             assert [message.headers.get(CHECK_PROCESSED_HEADER) for message in messages] == [True, True]
+            await delete_queues(local.queue)  # and the broker refuses it too: still a 503, never a 500
+            unroutable = await client.post("/orders", json={"order_id": "a-3", "items": ["a"]})
+            assert unroutable.status_code == 503, unroutable.text
+            assert unroutable.json()["details"][0]["type"] == "broker_unavailable"
+        async with open_broker(local):  # the queue back
+            pass
         required = local.model_copy(update={"status_required": True})
         async with app_client(create_app(required)) as client:
             refused = await client.post("/orders", json={"order_id": "a-2", "items": ["a"]})
@@ -156,6 +164,8 @@ async def test_intake_while_redis_is_away_accepts_or_refuses_as_configured(setti
             assert refused.json()["details"][0]["type"] == "status_unavailable"
             assert "retry-after" in refused.headers
             assert (await client.get("/readyz")).status_code == 503
+            await asyncio.sleep(PAUSE_SECONDS)  # past the pause in which the store is not even tried
+            assert (await client.get("/readyz")).status_code == 503, "asked, and still away"
             await redis.start()
 
             async def ready() -> bool:  # the store is tried again after a pause of a second
@@ -200,3 +210,21 @@ async def test_held_back_writes_are_bounded_and_written_when_redis_answers(setti
             found = {n: await store.get(f"h-{n}") for n in range(5)}
             await recorder.close()
     assert [n for n, status in found.items() if status is not None and status.state == "processed"] == [2, 3, 4]
+
+
+async def test_a_replay_that_fails_again_ends_dead_lettered_not_replayed(settings: Settings, broker: Broker) -> None:
+    async def always_fails(order: Order) -> None:
+        raise PermanentFailure("still no such item")
+
+    orders = [f"again-{n}" for n in range(20)]
+    async with open_status_store(settings, CollectorRegistry()) as store:
+        assert store is not None
+        await publish_raw(settings.queue, *(order_message(order_id) for order_id in orders))
+        async with consuming(broker, always_fails, settings, store):
+            await wait_until(lambda: depth_is(settings.dead_letter_queue, 20), what="all dead-lettered")
+            assert await replay_dead_letters(broker, settings, 20, store) == orders
+            await wait_until(lambda: depth_is(settings.dead_letter_queue, 20), what="all dead-lettered again")
+            statuses = await asyncio.gather(*(store.get(order_id) for order_id in orders))
+    states = {status.state for status in statuses if status is not None}
+    assert states == {"dead_lettered"}, "what a consumer recorded of the new round comes after the replay"
+    assert all(status is not None and "replayed" in status.at for status in statuses)

@@ -118,14 +118,17 @@ class StatusStore:
         self._connection: Connection | None = None
         self._away_until = 0.0
 
-    @property
-    def is_up(self) -> bool:
-        """False for PAUSE_SECONDS after a call failed."""
-        return time.monotonic() >= self._away_until
-
     async def get(self, order_id: str) -> OrderStatus | None:
         record = await self._run("get", order_id)
         return _status(order_id, record)
+
+    async def answers(self) -> bool:
+        """Whether the store answers now: a real call (unless one failed less than PAUSE_SECONDS ago)."""
+        try:
+            await self._run("get", READINESS_KEY)
+        except StatusUnavailable:
+            return False
+        return True
 
     async def reserve(self, order_id: str, fingerprint: str, token: str) -> Reserved | Taken:
         """Hold `order_id` for this request while it publishes (for the pending TTL at most: then another request
@@ -143,8 +146,8 @@ class StatusStore:
         """The broker confirmed it: `pending` becomes `accepted`, if the reservation is still this request's. Nobody
         waits for it: `then()` is called once it is written or failed. Raises StatusUnavailable at once while the
         store is away."""
-        entry = ["accept", self._ttl, 0, token, "", transition.fields_to_write(), 0]
-        self._ask(_Call("accept", self._prefix + transition.order_id, entry, lambda _: then(), waited=False))
+        fields = transition.fields_to_write()
+        self._ask("accept", transition.order_id, lambda _: then(), waited=False, token=token, fields=fields)
 
     async def release(self, transition: Transition, token: str) -> None:
         """The broker did not confirm it: `unconfirmed` (it may or may not be stored), and a retry may publish it."""
@@ -152,12 +155,9 @@ class StatusStore:
 
     async def record(self, transition: Transition, fingerprint: str = "") -> State | None:
         """Apply a transition unless the record is already further along; the state the record had before."""
+        fields = transition.fields_to_write()
         (previous,) = await self._run(
-            "transition",
-            transition.order_id,
-            rank=transition.rank,
-            fields=transition.fields_to_write(),
-            fingerprint=fingerprint,
+            "transition", transition.order_id, rank=transition.rank, fields=fields, fingerprint=fingerprint
         )
         return previous or None  # type: ignore[return-value]  # the script only writes States
 
@@ -168,8 +168,120 @@ class StatusStore:
         def answered(outcome: list[str] | StatusUnavailable) -> None:
             then(not isinstance(outcome, StatusUnavailable))
 
-        entry = ["transition", self._ttl, transition.rank, "", "", transition.fields_to_write(), 0]
-        self._ask(_Call("transition", self._prefix + transition.order_id, entry, answered, waited=False))
+        fields = transition.fields_to_write()
+        self._ask("transition", transition.order_id, answered, waited=False, rank=transition.rank, fields=fields)
+
+    async def replay(self, transition: Transition) -> None:
+        """An operator sent it back from the dead-letter queue: a new round, unless a consumer has already
+        started it (then only the time is noted)."""
+        await self._run("replay", transition.order_id, fields=transition.fields_to_write())
+
+    async def settled(self) -> None:
+        """Wait until every operation asked for so far has been answered."""
+        while self._sender is not None:
+            await asyncio.wait((self._sender,))
+
+    async def close(self) -> None:
+        await self.settled()
+        if self._connection is not None:
+            await self._connection.disconnect()
+        await self._client.aclose()
+
+    @property
+    def _is_up(self) -> bool:
+        """False for PAUSE_SECONDS after a call failed."""
+        return time.monotonic() >= self._away_until
+
+    async def _run(
+        self,
+        operation: Operation,
+        order_id: str,
+        *,
+        rank: int = 0,
+        token: str = "",
+        fingerprint: str = "",
+        fields: Sequence[str | int | float] = (),
+    ) -> list[str]:
+        """Ask, and wait for the answer."""
+        result: asyncio.Future[list[str]] = asyncio.get_running_loop().create_future()
+
+        def answered(outcome: list[str] | StatusUnavailable) -> None:
+            if result.done():
+                return  # its caller was cancelled
+            if isinstance(outcome, StatusUnavailable):
+                result.set_exception(outcome)
+            else:
+                result.set_result(outcome)
+
+        self._ask(operation, order_id, answered, rank=rank, token=token, fingerprint=fingerprint, fields=fields)
+        return await result
+
+    def _ask(
+        self,
+        operation: Operation,
+        order_id: str,
+        answered: Answered,
+        *,
+        waited: bool = True,
+        rank: int = 0,
+        token: str = "",
+        fingerprint: str = "",
+        fields: Sequence[str | int | float] = (),
+    ) -> None:
+        """Queue an operation for the next call; `waited`: somebody waits for its answer (it is sent at once)."""
+        if not self._is_up:
+            self._metrics.errors.labels(operation=operation).inc()
+            raise StatusUnavailable("the status store is away")
+        entry = [operation, self._ttl, rank, token, fingerprint, fields, self._pending_ttl]
+        self._waiting.append(_Call(operation, self._prefix + order_id, entry, answered, waited))
+        if self._sender is None:
+            self._sender = asyncio.get_running_loop().create_task(self._send_waiting())
+
+    async def _send_waiting(self) -> None:
+        """One call in flight at a time: what is asked for meanwhile goes together in the next one, so the busier
+        the process, the more operations share a call (and none waits longer than one round trip for it)."""
+        try:
+            while self._waiting:
+                if not any(call.waited for call in self._waiting):  # nobody waits: let more join this call
+                    await asyncio.sleep(0)
+                    if len(self._waiting) < 64:
+                        await asyncio.sleep(0.001)
+                calls, self._waiting = self._waiting, []
+                if self._is_up:
+                    await self._send(calls)
+                else:  # asked for while the call before failed: fail at once, as a new one would
+                    self._fail(calls, StatusUnavailable("the status store is away"))
+        finally:
+            self._sender = None
+
+    async def _send(self, calls: Sequence[_Call]) -> None:
+        """One call of the script for `calls`; every one of them is answered, whatever happens."""
+        started = time.perf_counter()
+        try:
+            keys = [call.key for call in calls]
+            operations = orjson.dumps([call.entry for call in calls])
+            try:
+                results: list[list[str]] = await self._evalsha(keys, operations)
+            except NoScriptError:  # a Redis restarted since, or one that never saw the script
+                await self._client.script_load(SCRIPT)
+                results = await self._evalsha(keys, operations)
+        except (RedisError, OSError) as exc:
+            if self._is_up:
+                logger.warning("the status store does not answer (%s); trying again in %gs", exc, PAUSE_SECONDS)
+            self._away_until = time.monotonic() + PAUSE_SECONDS
+            self._fail(calls, StatusUnavailable(f"the status store did not answer: {exc}"))
+            return
+        except Exception as exc:  # a value the store cannot take, a bug: the orders must not wait on it
+            logger.exception("status store call failed; its operations count as not written")
+            self._fail(calls, StatusUnavailable(f"the status store call failed: {exc!r}"))
+            return
+        finally:
+            self._metrics.seconds.observe(time.perf_counter() - started)
+        if self._away_until:
+            logger.info("the status store answers again")
+            self._away_until = 0.0
+        for call, result in zip(calls, results, strict=True):
+            call.answered(result)
 
     async def _evalsha(self, keys: list[str], operations: bytes) -> list[list[str]]:
         """On the sender's own connection: one call at a time needs no pool. A connection that was idle may have
@@ -194,113 +306,10 @@ class StatusStore:
             raise
         return response
 
-    async def settled(self) -> None:
-        """Wait until every operation asked for so far has been answered."""
-        while self._sender is not None:
-            await asyncio.wait((self._sender,))
-
-    async def replay(self, transition: Transition) -> None:
-        """An operator sent it back from the dead-letter queue: a new round, unless a consumer has already
-        started it (then only the time is noted)."""
-        await self._run("replay", transition.order_id, fields=transition.fields_to_write())
-
-    async def _run(
-        self,
-        operation: Operation,
-        order_id: str,
-        *,
-        ttl: int | None = None,
-        rank: int = 0,
-        token: str = "",
-        fingerprint: str = "",
-        fields: Sequence[str | int | float] = (),
-    ) -> list[str]:
-        result: asyncio.Future[list[str]] = asyncio.get_running_loop().create_future()
-
-        def answered(outcome: list[str] | StatusUnavailable) -> None:
-            if result.done():
-                return  # its caller was cancelled
-            if isinstance(outcome, StatusUnavailable):
-                result.set_exception(outcome)
-            else:
-                result.set_result(outcome)
-
-        entry = [operation, ttl or self._ttl, rank, token, fingerprint, fields, self._pending_ttl]
-        self._ask(_Call(operation, self._prefix + order_id, entry, answered))
-        return await result
-
-    def _ask(self, call: _Call) -> None:
-        if not self.is_up:
-            self._metrics.errors.labels(operation=call.operation).inc()
-            raise StatusUnavailable("the status store is away")
-        self._waiting.append(call)
-        if self._sender is None:
-            self._sender = asyncio.get_running_loop().create_task(self._send_waiting())
-
-    async def _send_waiting(self) -> None:
-        """One call in flight at a time: what is asked for meanwhile goes together in the next one, so the busier
-        the process, the more operations share a call (and none waits longer than one round trip for it)."""
-        try:
-            while self._waiting:
-                if not any(call.waited for call in self._waiting):  # nobody waits: let more join this call
-                    await asyncio.sleep(0)
-                    if len(self._waiting) < 64:
-                        await asyncio.sleep(0.001)
-                calls, self._waiting = self._waiting, []
-                if self.is_up:
-                    await self._send(calls)
-                else:  # asked for while the call before failed: fail at once, as a new one would
-                    self._fail(calls, StatusUnavailable("the status store is away"))
-        finally:
-            self._sender = None
-
-    async def _send(self, calls: Sequence[_Call]) -> None:
-        """One call of the script for `calls`; every one of them is answered, whatever happens."""
-        started = time.perf_counter()
-        try:
-            keys = [call.key for call in calls]
-            operations = orjson.dumps([call.entry for call in calls])
-            try:
-                results: list[list[str]] = await self._evalsha(keys, operations)
-            except NoScriptError:  # a Redis restarted since, or one that never saw the script
-                await self._client.script_load(SCRIPT)
-                results = await self._evalsha(keys, operations)
-        except (RedisError, OSError) as exc:
-            if self.is_up:
-                logger.warning("the status store does not answer (%s); trying again in %gs", exc, PAUSE_SECONDS)
-            self._away_until = time.monotonic() + PAUSE_SECONDS
-            self._fail(calls, StatusUnavailable(f"the status store did not answer: {exc}"))
-            return
-        except Exception as exc:  # a value the store cannot take, a bug: the orders must not wait on it
-            logger.exception("status store call failed; its operations count as not written")
-            self._fail(calls, StatusUnavailable(f"the status store call failed: {exc!r}"))
-            return
-        finally:
-            self._metrics.seconds.observe(time.perf_counter() - started)
-        if self._away_until:
-            logger.info("the status store answers again")
-            self._away_until = 0.0
-        for call, result in zip(calls, results, strict=True):
-            call.answered(result)
-
     def _fail(self, calls: Sequence[_Call], failure: StatusUnavailable) -> None:
         for call in calls:
             self._metrics.errors.labels(operation=call.operation).inc()
             call.answered(failure)
-
-    async def answers(self) -> bool:
-        """Whether the store answers now: a real call (unless one failed less than PAUSE_SECONDS ago)."""
-        try:
-            await self._run("get", READINESS_KEY)
-        except StatusUnavailable:
-            return False
-        return True
-
-    async def close(self) -> None:
-        await self.settled()
-        if self._connection is not None:
-            await self._connection.disconnect()
-        await self._client.aclose()
 
 
 @asynccontextmanager

@@ -62,12 +62,8 @@ class Intake:
         forget = partial(self._forget, order.order_id, outcome)
         try:
             taken = await self._take(self._store, order, digest, forget)
-        except Exception as exc:
-            outcome.set_result(exc)
-            forget()
-            raise
-        except BaseException:  # cancelled: the followers try for themselves
-            outcome.set_result(None)
+        except BaseException as exc:  # its error, for the followers; None if cancelled: they try for themselves
+            outcome.set_result(exc if isinstance(exc, Exception) else None)
             forget()
             raise
         if isinstance(taken, OrderStatus):

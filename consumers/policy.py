@@ -100,8 +100,13 @@ class AckPolicy:
         metrics = self._metrics.of(delivery.priority)
         metrics.held_seconds.observe(held_seconds)
         self._metrics.observe_wait(message, metrics)
-        with delivering(delivery):
-            failure = await self._run_handler(order)
+        try:
+            with delivering(delivery):
+                failure = await self._run_handler(order)
+        except asyncio.CancelledError:  # a forced stop: unacked, redelivered, never shown as processing here
+            if self._status is not None and tracked is not None:
+                self._status.abandon(tracked)
+            raise
         if failure is None:
             metrics.processed.inc()
             if self._status is not None and tracked is not None:

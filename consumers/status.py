@@ -114,6 +114,10 @@ class StatusRecorder:
 
         self._record_then(transition, written)
 
+    def abandon(self, attempt: Attempt) -> None:
+        """The attempt was cancelled: nothing more is written for it."""
+        self._unshown.pop(attempt, None)
+
     async def settled(self) -> None:
         """Wait for the store's answers to what was asked so far (the acks of processed orders wait on them)."""
         await self._store.settled()

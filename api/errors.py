@@ -2,7 +2,7 @@
 
 | raised                                   | status | details                             |
 |------------------------------------------|--------|-------------------------------------|
-| RequestRejected (media type, size, ...)  | its own (400, 413, 415)              |
+| RequestRejected (media type, size, ...)  | its own (400, 408, 409, 413, 415)    |
 | pydantic ValidationError, invalid JSON   | 400    | `json_invalid`                      |
 | pydantic ValidationError, otherwise      | 422    | pydantic's errors                   |
 | PublishError (broker down, nack, return) | 503    | `broker_unavailable`, Retry-After   |

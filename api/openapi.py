@@ -87,6 +87,7 @@ def openapi_document(version: str) -> dict[str, Any]:
                         "401": _error("An API key is required and none valid was sent"),
                         "413": _error("The body is larger than ORDERLANE_MAX_BODY_BYTES"),
                         "415": _error("The content type is not application/json"),
+                        "408": _error("The body did not arrive within ORDERLANE_HTTP_BODY_TIMEOUT"),
                         "409": _error("The order_id is taken by a different order"),
                         "422": _error("The JSON is not a valid order; details are pydantic's errors"),
                         "503": unavailable,

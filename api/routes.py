@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import TypeAdapter
 from starlette.requests import ClientDisconnect, Request
@@ -19,20 +21,25 @@ from broker.status import OrderStatus
 ORDER_ID: TypeAdapter[str] = TypeAdapter(OrderId)
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """Read at most `limit` bytes, refusing early on a declared Content-Length and again while streaming."""
+async def read_body(request: Request, limit: int, within: float) -> bytes:
+    """Read at most `limit` bytes, refusing early on a declared Content-Length and again while streaming, and
+    within `within` seconds: a client that trickles its body must not hold a connection (and a slot) for ever."""
     too_large = RequestRejected(413, "body_too_large", f"the body is larger than {limit} bytes")
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise too_large
     body = bytearray()
     try:
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > limit:
-                raise too_large
+        async with asyncio.timeout(within):
+            async for chunk in request.stream():
+                body += chunk
+                if len(body) > limit:
+                    raise too_large
     except ClientDisconnect:
         raise RequestRejected(400, "client_disconnect", "the client went away before sending the body") from None
+    except TimeoutError:
+        message = f"the body did not arrive within {within:g}s (ORDERLANE_HTTP_BODY_TIMEOUT)"
+        raise RequestRejected(408, "body_timeout", message, headers={"Connection": "close"}) from None
     return bytes(body)
 
 
@@ -40,7 +47,8 @@ async def post_order(request: Request) -> Response:
     state = services(request)
     if not is_json_media_type(request.headers.get("content-type")):
         raise RequestRejected(415, "unsupported_media_type", "send the order as application/json")
-    order = Order.model_validate_json(await read_body(request, state.settings.max_body_bytes))
+    settings = state.settings
+    order = Order.model_validate_json(await read_body(request, settings.max_body_bytes, settings.http_body_timeout))
     taken = await state.intake.take(order)
     if isinstance(taken, OrderStatus):
         return JSONResponse(taken.model_dump(mode="json"), headers={"Content-Location": status_path(taken.order_id)})

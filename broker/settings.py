@@ -112,6 +112,8 @@ class Settings(BaseSettings):
     queue_poll_seconds: Annotated[float, Field(gt=0)] = 5.0
     http_max_concurrency: Annotated[int, Field(ge=1)] = 1000
     http_keep_alive_seconds: Annotated[int, Field(ge=1)] = 5
+    http_body_timeout: Annotated[float, Field(gt=0)] = 10.0
+    """Seconds a client has to send a request's whole body, once its headers are in (408 after)."""
     access_log: bool = False
 
     @field_validator("api_keys", "open_paths", "amqp_failover_urls", mode="before")

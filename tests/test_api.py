@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, MutableMapping
 from typing import Any
 
@@ -169,3 +170,22 @@ async def test_integers_beyond_64_bits_are_a_422_not_a_500(client: httpx.AsyncCl
     response = await client.post("/orders", content=content, headers={"content-type": "application/json"})
     assert response.status_code == 422
     assert response.json()["details"][0]["type"] == "less_than_equal"
+
+
+async def test_a_body_that_trickles_past_its_deadline_is_408_and_publishes_nothing(
+    publisher: RecordingPublisher,
+) -> None:
+    async def trickle() -> AsyncIterator[bytes]:
+        yield b'{"order_id": "slow", '
+        await asyncio.sleep(2)  # far past the deadline below
+        yield b'"items": ["a"]}'
+
+    settings = Settings(status_url=None, http_body_timeout=0.2)
+    async with app_client(create_app(settings, publisher=publisher)) as client:
+        response = await client.post("/orders", content=trickle(), headers={"content-type": "application/json"})
+        metrics = (await client.get("/metrics")).text
+    assert response.status_code == 408
+    assert response.json()["details"][0]["type"] == "body_timeout"
+    assert response.headers["connection"] == "close"
+    assert publisher.published == []
+    assert 'orderlane_http_requests_total{method="POST",route="/orders",status="408"} 1.0' in metrics

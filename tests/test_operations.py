@@ -166,7 +166,7 @@ async def test_openapi_document_validates_and_describes_the_order(settings: Sett
     assert order_schema["properties"]["priority"]["maximum"] == 9
     post = document["paths"]["/orders"]["post"]
     assert post["requestBody"]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/Order"}
-    assert set(post["responses"]) == {"200", "202", "400", "401", "409", "413", "415", "422", "503"}
+    assert set(post["responses"]) == {"200", "202", "400", "401", "408", "409", "413", "415", "422", "503"}
     assert "Location" in post["responses"]["202"]["headers"]
     status = document["paths"]["/orders/{order_id}"]["get"]
     assert set(status["responses"]) == {"200", "401", "404", "422", "503"}

@@ -99,7 +99,8 @@ async def test_handler_that_cannot_be_loaded_is_one_line(settings: Settings) -> 
 
 
 async def test_curl_path_api_and_consumer_processes_end_to_end(settings: Settings) -> None:
-    """What the README's curl line does: a real uvicorn server, a real consumer, one order through both."""
+    """What the README's curl lines do: a real uvicorn server, a real consumer, one order through both, followed
+    at its Location, then posted again."""
     port = free_port()
     env = environment(settings)
     consumer = await start("consumers", env=env)
@@ -113,10 +114,17 @@ async def test_curl_path_api_and_consumer_processes_end_to_end(settings: Setting
                 assert (await client.get("/readyz")).status_code == 200
                 order = {"order_id": "curl-1", "priority": 4, "items": ["book"], "user_type": "vip"}
                 response = await client.post("/orders", json=order)
-            assert response.status_code == 202, response.text
-            assert response.json()["priority"] == 0
-            await read_until(consumer, "order_id=curl-1", 1, consumer_lines)
-            assert "priority=0" in consumer_lines[-1]
+                assert response.status_code == 202, response.text
+                assert response.json()["priority"] == 0
+                await read_until(consumer, "order_id=curl-1", 1, consumer_lines)
+                assert "priority=0" in consumer_lines[-1]
+
+                async def followed_to_processed() -> bool:
+                    return bool((await client.get(response.headers["location"])).json()["state"] == "processed")
+
+                await wait_until(followed_to_processed, what="the Location says processed")
+                again = await client.post("/orders", json=order)
+                assert again.status_code == 200 and again.json()["state"] == "processed"
     finally:
         for process in (api, consumer):
             process.send_signal(signal.SIGTERM)
@@ -206,3 +214,26 @@ async def test_failover_urls_are_tried_in_turn_at_start_and_after_a_loss(setting
         consumer.terminate()
         await consumer.wait()
     assert "trying the next broker node" in "".join(lines)
+
+
+async def test_a_trickled_body_is_cut_off_by_the_real_server(settings: Settings) -> None:
+    """Against uvicorn itself: a client that sends half its body and waits gets a 408 and a closed connection."""
+    port = free_port()
+    api = await start("api", "--port", str(port), env=environment(settings, ORDERLANE_HTTP_BODY_TIMEOUT="0.5"))
+    try:
+        async with asyncio.timeout(60):
+            await read_until(api, "Uvicorn running", 1, [])
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            body = b'{"order_id": "trickle-1", "items": ["a"]}'
+            head = f"POST /orders HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {len(body)}"
+            writer.write(head.encode() + b"\r\n\r\n" + body[:10])
+            await writer.drain()
+            answer = await reader.read()  # until the server closes the connection
+            writer.close()
+    finally:
+        api.send_signal(signal.SIGTERM)
+    async with asyncio.timeout(30):
+        assert await api.wait() == 0
+    assert answer.startswith(b"HTTP/1.1 408"), answer[:80]
+    assert b"body_timeout" in answer
+    assert await queue_depth(settings.queue) == 0

@@ -7,7 +7,7 @@ import pytest
 from pydantic import ValidationError
 
 from broker.logs import ConsoleFormatter
-from broker.settings import Settings
+from broker.settings import Settings, redacted
 
 
 def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -85,3 +85,13 @@ def test_console_lines_carry_message_fields_but_not_uvicorns_colour_copy() -> No
     record.__dict__.update(order_id="A-1", priority=0, attempt=1, color_message="\x1b[1morder processed\x1b[0m")
     line = ConsoleFormatter(("s3cret",), "%(message)s").format(record)
     assert line == "order processed order_id=A-1 priority=0 attempt=1"
+
+
+def test_the_status_store_password_is_masked_like_the_brokers() -> None:
+    settings = Settings(
+        amqp_url="amqp://shop:s3cret@rabbit.example:5672/", status_url="redis://:r3dis-pw@redis.example:6379/0"
+    )
+    assert set(settings.passwords) == {"s3cret", "r3dis-pw"}
+    assert settings.status_url is not None
+    assert redacted(settings.status_url) == "redis://:***@redis.example:6379/0"
+    assert Settings(status_url="").status_url is None, "empty turns the status store off"

@@ -237,3 +237,23 @@ async def test_a_trickled_body_is_cut_off_by_the_real_server(settings: Settings)
     assert answer.startswith(b"HTTP/1.1 408"), answer[:80]
     assert b"body_timeout" in answer
     assert await queue_depth(settings.queue) == 0
+
+
+async def test_an_idle_keep_alive_connection_is_closed_by_the_real_server(settings: Settings) -> None:
+    """A client that keeps its connection open after a response and sends nothing more is cut off after
+    ORDERLANE_HTTP_KEEP_ALIVE_SECONDS: it does not hold a slot for ever."""
+    port = free_port()
+    api = await start("api", "--port", str(port), env=environment(settings, ORDERLANE_HTTP_KEEP_ALIVE_SECONDS="1"))
+    try:
+        async with asyncio.timeout(60):
+            await read_until(api, "Uvicorn running", 1, [])
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")  # keep-alive: HTTP/1.1's default
+            await writer.drain()
+            answer = await reader.read()  # returns once the server closes the idle connection
+            writer.close()
+    finally:
+        api.send_signal(signal.SIGTERM)
+    async with asyncio.timeout(30):
+        assert await api.wait() == 0
+    assert answer.startswith(b"HTTP/1.1 200"), answer[:80]

@@ -216,24 +216,33 @@ async def test_failover_urls_are_tried_in_turn_at_start_and_after_a_loss(setting
     assert "trying the next broker node" in "".join(lines)
 
 
-async def test_a_trickled_body_is_cut_off_by_the_real_server(settings: Settings) -> None:
-    """Against uvicorn itself: a client that sends half its body and waits gets a 408 and a closed connection."""
+async def send_until_closed(settings: Settings, sent: bytes, **environment_extra: str) -> bytes:
+    """Start `python -m api`, send `sent` on one raw connection and nothing more, and return everything the server
+    wrote until it closed the connection; the server must then stop cleanly."""
     port = free_port()
-    api = await start("api", "--port", str(port), env=environment(settings, ORDERLANE_HTTP_BODY_TIMEOUT="0.5"))
+    api = await start("api", "--port", str(port), env=environment(settings, **environment_extra))
     try:
         async with asyncio.timeout(60):
             await read_until(api, "Uvicorn running", 1, [])
             reader, writer = await asyncio.open_connection("127.0.0.1", port)
-            body = b'{"order_id": "trickle-1", "items": ["a"]}'
-            head = f"POST /orders HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {len(body)}"
-            writer.write(head.encode() + b"\r\n\r\n" + body[:10])
+            writer.write(sent)
             await writer.drain()
-            answer = await reader.read()  # until the server closes the connection
+            answer = await reader.read()  # returns once the server closes the connection
             writer.close()
     finally:
         api.send_signal(signal.SIGTERM)
     async with asyncio.timeout(30):
         assert await api.wait() == 0
+    return answer
+
+
+async def test_a_trickled_body_is_cut_off_by_the_real_server(settings: Settings) -> None:
+    """Against uvicorn itself: a client that sends part of its body and waits gets a 408 and a closed connection."""
+    body = b'{"order_id": "trickle-1", "items": ["a"]}'
+    head = f"POST /orders HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {len(body)}"
+    answer = await send_until_closed(
+        settings, head.encode() + b"\r\n\r\n" + body[:10], ORDERLANE_HTTP_BODY_TIMEOUT="0.5"
+    )
     assert answer.startswith(b"HTTP/1.1 408"), answer[:80]
     assert b"body_timeout" in answer
     assert await queue_depth(settings.queue) == 0
@@ -242,18 +251,6 @@ async def test_a_trickled_body_is_cut_off_by_the_real_server(settings: Settings)
 async def test_an_idle_keep_alive_connection_is_closed_by_the_real_server(settings: Settings) -> None:
     """A client that keeps its connection open after a response and sends nothing more is cut off after
     ORDERLANE_HTTP_KEEP_ALIVE_SECONDS: it does not hold a slot for ever."""
-    port = free_port()
-    api = await start("api", "--port", str(port), env=environment(settings, ORDERLANE_HTTP_KEEP_ALIVE_SECONDS="1"))
-    try:
-        async with asyncio.timeout(60):
-            await read_until(api, "Uvicorn running", 1, [])
-            reader, writer = await asyncio.open_connection("127.0.0.1", port)
-            writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")  # keep-alive: HTTP/1.1's default
-            await writer.drain()
-            answer = await reader.read()  # returns once the server closes the idle connection
-            writer.close()
-    finally:
-        api.send_signal(signal.SIGTERM)
-    async with asyncio.timeout(30):
-        assert await api.wait() == 0
+    request = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"  # keep-alive: HTTP/1.1's default
+    answer = await send_until_closed(settings, request, ORDERLANE_HTTP_KEEP_ALIVE_SECONDS="1")
     assert answer.startswith(b"HTTP/1.1 200"), answer[:80]

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, TypeAdapter
+from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
-from broker.messages import Order, OrderId
+from broker.messages import ORDER_ID, Order
 from broker.status import OrderStatus
 
 OPENAPI_VERSION = "3.1.0"
-ORDER_ID_SCHEMA = TypeAdapter(OrderId).json_schema()
+ORDER_ID_SCHEMA = ORDER_ID.json_schema()
 
 
 class Accepted(BaseModel):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import TypeAdapter
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
@@ -15,10 +14,8 @@ from api.responses import JSONResponse, error_response, problem
 from api.state import services
 from broker.connection import BROKER_ERRORS
 from broker.errors import BrokerUnavailable
-from broker.messages import Order, OrderId, is_json_media_type
+from broker.messages import ORDER_ID, Order, is_json_media_type
 from broker.status import OrderStatus
-
-ORDER_ID: TypeAdapter[str] = TypeAdapter(OrderId)
 
 
 async def read_body(request: Request, limit: int, within: float) -> bytes:

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, TypeAdapter
 
 UserType = Literal["regular", "vip"]
 CONTENT_TYPE = "application/json"
 OrderId = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._:-]+$")]
+ORDER_ID: TypeAdapter[str] = TypeAdapter(OrderId)
+"""Validates an order_id on its own (a path parameter), by the same rule as the order's field."""
 
 
 def _null_means_regular(value: Any) -> Any:

@@ -7,7 +7,7 @@ import re
 from dataclasses import dataclass
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, AmqpDsn, AnyUrl, Field, RedisDsn, SecretStr, field_validator, model_validator
+from pydantic import AfterValidator, AmqpDsn, Field, RedisDsn, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 QueueName = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9._:-]+$")]
@@ -165,7 +165,7 @@ class Settings(BaseSettings):
     @property
     def passwords(self) -> tuple[str, ...]:
         """Every password in the URLs, for the log formatter to mask."""
-        urls: tuple[AnyUrl | AmqpDsn | RedisDsn, ...] = (*self.broker_urls, *filter(None, [self.status_url]))
+        urls: tuple[AmqpDsn | RedisDsn, ...] = (*self.broker_urls, *filter(None, [self.status_url]))
         return tuple(url.password for url in urls if url.password)
 
     @property

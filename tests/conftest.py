@@ -9,11 +9,11 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
+from bench.workload import status_records
 from broker.connection import Broker, open_broker
 from broker.settings import Settings
 from scripts.ensure_services import answers, docker_works, redis_answers
 from tests.amqp import amqp_url, delete_topology
-from tests.status import delete_statuses
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -69,7 +69,7 @@ async def settings(queue_name: str) -> AsyncIterator[Settings]:
     )
     yield test_settings
     await delete_topology(test_settings)
-    await delete_statuses(test_settings)
+    await status_records(test_settings, delete=True)  # they would expire after ORDERLANE_STATUS_TTL anyway
 
 
 @pytest.fixture

@@ -1,5 +1,5 @@
-"""Helpers for tests of the status store: records read and cleaned up in Redis, and a redis-server of a test's
-own, which the test may pause, stop and start again without touching the machine's Redis."""
+"""A redis-server of a test's own, which the test may pause, stop and start again without touching the machine's
+Redis."""
 
 from __future__ import annotations
 
@@ -14,22 +14,8 @@ import pytest
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from broker.settings import Settings
 from tests.faults import REQUIRE_FAULT_TESTS
 from tests.processes import free_port
-
-
-async def delete_statuses(settings: Settings) -> None:
-    """Delete the records of this test's queue (they would expire after ORDERLANE_STATUS_TTL anyway)."""
-    if settings.status_url is None:
-        return
-    client = Redis.from_url(str(settings.status_url))
-    try:
-        keys = [key async for key in client.scan_iter(match=f"orderlane:{settings.queue}:*", count=1000)]
-        if keys:
-            await client.delete(*keys)
-    finally:
-        await client.aclose()
 
 
 def require_redis_server() -> str:

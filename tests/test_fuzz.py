@@ -14,10 +14,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from api.app import create_app
+from bench.workload import status_records
 from broker.settings import Settings
 from tests.amqp import amqp_url, delete_topology, queue_depth
 from tests.http import app_client
-from tests.status import delete_statuses
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
@@ -74,7 +74,7 @@ def api() -> Iterator[FuzzedApi]:
             runner.run(client_context.__aexit__(None, None, None))
         depth = runner.run(queue_depth(fuzz_settings.queue))
         runner.run(delete_topology(fuzz_settings))
-        runner.run(delete_statuses(fuzz_settings))
+        runner.run(status_records(fuzz_settings, delete=True))
     assert depth == fuzzed.accepted, "the queue holds a message the API did not answer 202 for"
 
 

@@ -9,6 +9,8 @@ from types import FrameType
 import uvicorn
 
 from api.app import create_app
+from api.connections import GuardedConfig
+from api.metrics import ApiMetrics
 from broker.cli import port_number, run_main
 from broker.connection import open_broker
 from broker.settings import Settings
@@ -20,19 +22,24 @@ async def serve(settings: Settings, host: str, port: int) -> None:
     # lifespan then opens the connection it keeps.
     async with open_broker(settings):
         pass
-    config = uvicorn.Config(
-        create_app(settings),
+    metrics = ApiMetrics()
+    config = GuardedConfig(
+        create_app(settings, api_metrics=metrics),
+        # uvicorn's own limit_concurrency would count waiting connections too, so a flood of half-open ones would
+        # turn every real request away: requests are limited by the app (api.limits), connections by the guard.
+        header_timeout=settings.http_header_timeout,
+        max_waiting=settings.http_max_waiting_connections,
+        on_close=lambda reason: metrics.connections_closed.labels(reason=reason).inc(),
         host=host,
         port=port,
         log_config=None,
         # Off by default: /metrics counts requests by route and status, and a log line per request costs a fifth
         # of the API's throughput (docs/benchmarks.md).
         access_log=settings.access_log,
-        # Above this many connections and requests at once uvicorn answers 503 instead of queueing without bound.
-        limit_concurrency=settings.http_max_concurrency,
         timeout_keep_alive=settings.http_keep_alive_seconds,
         timeout_graceful_shutdown=10,
     )
+    metrics.waiting_connections.set_function(lambda: len(config.waiting))
     # uvicorn shuts down gracefully on SIGTERM/SIGINT (the lifespan closes the connection), then re-raises the
     # signal under the handler that was in place before it started. With these no-ops serve() returns and the
     # process exits 0, as the consumer does, instead of dying by the signal.

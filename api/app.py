@@ -15,6 +15,7 @@ from starlette.routing import Route
 from api.auth import ApiKeys
 from api.errors import EXCEPTION_HANDLERS
 from api.intake import Intake
+from api.limits import InFlightLimit
 from api.metrics import ApiMetrics, RequestMetrics
 from api.openapi import openapi_document
 from api.routes import get_order, healthz, metrics, openapi, post_order, queues, readyz
@@ -29,13 +30,17 @@ logger = logging.getLogger(__name__)
 
 
 def create_app(
-    settings: Settings | None = None, *, publisher: Publisher | None = None, backlog: BacklogSource | None = None
+    settings: Settings | None = None,
+    *,
+    publisher: Publisher | None = None,
+    backlog: BacklogSource | None = None,
+    api_metrics: ApiMetrics | None = None,
 ) -> Starlette:
     """Build the API. Without a `publisher`, the lifespan opens one robust connection and confirm channel and
     closes them at shutdown; with one (tests), the caller owns its connection, and `/queues` answers only if
-    a `backlog` is given too."""
+    a `backlog` is given too. `api_metrics` are given by a server that counts into them too."""
     settings = settings or Settings()
-    api_metrics = ApiMetrics()
+    api_metrics = api_metrics or ApiMetrics()
     document = openapi_document(version("orderlane"))
 
     def services(
@@ -63,7 +68,10 @@ def create_app(
         Route("/metrics", metrics, methods=["GET"]),
         Route("/openapi.json", openapi, methods=["GET"]),
     ]
-    middleware = [Middleware(RequestMetrics, metrics=api_metrics)]
+    middleware = [
+        Middleware(RequestMetrics, metrics=api_metrics),
+        Middleware(InFlightLimit, limit=settings.http_max_concurrency, refused=api_metrics.overloaded),
+    ]
     if settings.api_keys:
         keys = tuple(key.get_secret_value().encode() for key in settings.api_keys)
         middleware.append(Middleware(ApiKeys, keys=keys, open_paths=settings.open_paths))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Final
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 CONFIRM_BUCKETS: Final = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
@@ -41,6 +41,23 @@ class ApiMetrics:
         self.without_dedup = Counter(
             "orderlane_orders_without_dedup",
             "Orders published without the duplicate check, because the status store was away",
+            registry=self.registry,
+        )
+        self.overloaded = Counter(
+            "orderlane_http_overloaded",
+            "Requests answered 503 because ORDERLANE_HTTP_MAX_CONCURRENCY requests were in flight",
+            registry=self.registry,
+        )
+        self.connections_closed = Counter(
+            "orderlane_http_connections_closed",
+            "Connections the API closed before a whole request: header_timeout, or too_many_waiting (the oldest "
+            "waiting connection, beyond ORDERLANE_HTTP_MAX_WAITING_CONNECTIONS)",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.waiting_connections = Gauge(
+            "orderlane_http_waiting_connections",
+            "Connections without a whole request yet: new, idle between requests, or still sending",
             registry=self.registry,
         )
         self.broker_errors = Counter(

@@ -111,6 +111,11 @@ class Settings(BaseSettings):
     metrics_port: Annotated[int, Field(ge=1, le=65535)] | None = None
     queue_poll_seconds: Annotated[float, Field(gt=0)] = 5.0
     http_max_concurrency: Annotated[int, Field(ge=1)] = 1000
+    """Requests in flight (from their head to their response) before the API answers 503 `overloaded`."""
+    http_max_waiting_connections: Annotated[int, Field(ge=1)] = 512
+    """Connections without a whole request yet (new, idle or still sending); beyond it the oldest is closed."""
+    http_header_timeout: Annotated[float, Field(gt=0)] = 5.0
+    """Seconds a client has to send a request's head, from the connection opening or the head's first byte."""
     http_keep_alive_seconds: Annotated[int, Field(ge=1)] = 5
     http_body_timeout: Annotated[float, Field(gt=0)] = 10.0
     """Seconds a client has to send a request's whole body, once its headers are in (408 after)."""
@@ -145,6 +150,10 @@ class Settings(BaseSettings):
     def _consistent(self) -> Settings:
         if self.retry_base_seconds > self.retry_max_seconds:
             raise ValueError("ORDERLANE_RETRY_BASE_SECONDS must not exceed ORDERLANE_RETRY_MAX_SECONDS")
+        if self.http_max_waiting_connections >= self.http_max_concurrency:
+            # A connection still sending its body holds a request slot; bounded below the limit, slow senders can
+            # never take every slot from the complete requests.
+            raise ValueError("ORDERLANE_HTTP_MAX_WAITING_CONNECTIONS must be below ORDERLANE_HTTP_MAX_CONCURRENCY")
         return self
 
     @property

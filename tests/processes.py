@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import socket
 import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 from broker.settings import Settings
@@ -75,3 +78,20 @@ def collect_output(process: asyncio.subprocess.Process) -> asyncio.Task[bytes]:
     """Keep reading the process's stderr in the background, so that a full pipe never blocks its logging."""
     assert process.stderr is not None
     return asyncio.create_task(process.stderr.read())
+
+
+@asynccontextmanager
+async def serving_api(settings: Settings, **environment_extra: str) -> AsyncIterator[int]:
+    """`python -m api` on a free port, yielded once uvicorn is running; on the way out it must stop cleanly on
+    SIGTERM. Its log is read all along, so that a flood of warnings never blocks it on a full pipe."""
+    port = free_port()
+    api = await start("api", "--port", str(port), env=environment(settings, **environment_extra))
+    try:
+        async with asyncio.timeout(60):
+            await read_until(api, "Uvicorn running", 1, [])
+        log = collect_output(api)
+        yield port
+    finally:
+        api.send_signal(signal.SIGTERM)
+    async with asyncio.timeout(30):
+        assert await api.wait() == 0, (await log).decode()[-2000:]

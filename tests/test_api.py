@@ -189,3 +189,36 @@ async def test_a_body_that_trickles_past_its_deadline_is_408_and_publishes_nothi
     assert response.headers["connection"] == "close"
     assert publisher.published == []
     assert 'orderlane_http_requests_total{method="POST",route="/orders",status="408"} 1.0' in metrics
+
+
+async def test_beyond_the_requests_in_flight_a_request_gets_503_at_once_and_liveness_still_answers(
+    publisher: RecordingPublisher,
+) -> None:
+    release = asyncio.Event()
+    reading = asyncio.Semaphore(0)
+
+    async def held_body() -> AsyncIterator[bytes]:
+        yield b'{"order_id": "held", '
+        reading.release()  # the app has asked for the rest of the body: the request is in flight
+        await release.wait()
+        yield b'"items": ["a"]}'
+
+    settings = Settings(status_url=None, http_max_concurrency=2, http_max_waiting_connections=1)
+    json_body = {"content-type": "application/json"}
+    async with app_client(create_app(settings, publisher=publisher)) as client:
+        held = [asyncio.create_task(client.post("/orders", content=held_body(), headers=json_body)) for _ in "ab"]
+        for _ in held:
+            await reading.acquire()
+        refused = await client.post("/orders", json=ORDER)
+        alive = await client.get("/healthz")
+        release.set()
+        answers = await asyncio.gather(*held)
+        after = await client.post("/orders", json=ORDER)
+        metrics = (await client.get("/metrics")).text
+    assert refused.status_code == 503
+    assert refused.headers["retry-after"] == "1"
+    assert refused.json()["details"][0]["type"] == "overloaded"
+    assert alive.status_code == 200
+    assert [answer.status_code for answer in answers] == [202, 202]
+    assert after.status_code == 202
+    assert "orderlane_http_overloaded_total 1.0" in metrics

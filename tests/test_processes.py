@@ -15,7 +15,7 @@ from broker.topology import build_topology
 from tests.amqp import delete_queues, depth_is, operator_channel, publish_raw, queue_depth, wait_until
 from tests.consuming import order_message
 from tests.faults import rabbitmqctl, require_rabbitmqctl
-from tests.processes import environment, free_port, read_until, run, start
+from tests.processes import environment, free_port, read_until, run, serving_api, start
 
 PROCESSED = "order processed"
 
@@ -219,20 +219,12 @@ async def test_failover_urls_are_tried_in_turn_at_start_and_after_a_loss(setting
 async def send_until_closed(settings: Settings, sent: bytes, **environment_extra: str) -> bytes:
     """Start `python -m api`, send `sent` on one raw connection and nothing more, and return everything the server
     wrote until it closed the connection; the server must then stop cleanly."""
-    port = free_port()
-    api = await start("api", "--port", str(port), env=environment(settings, **environment_extra))
-    try:
-        async with asyncio.timeout(60):
-            await read_until(api, "Uvicorn running", 1, [])
-            reader, writer = await asyncio.open_connection("127.0.0.1", port)
-            writer.write(sent)
-            await writer.drain()
-            answer = await reader.read()  # returns once the server closes the connection
-            writer.close()
-    finally:
-        api.send_signal(signal.SIGTERM)
-    async with asyncio.timeout(30):
-        assert await api.wait() == 0
+    async with serving_api(settings, **environment_extra) as port, asyncio.timeout(60):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(sent)
+        await writer.drain()
+        answer = await reader.read()  # returns once the server closes the connection
+        writer.close()
     return answer
 
 

@@ -1,0 +1,76 @@
+"""Slow and hostile clients against the real server (`python -m api`) on the real broker: a flood of connections that
+send part of a request and then nothing cannot keep a real order out, is closed by the deadlines, and publishes
+nothing. Every socket goes to 127.0.0.1, and every flood ends by itself (the server closes each connection)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter, defaultdict
+from typing import Final
+
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+
+from bench.flood import HALF_HEAD, TRICKLED_BODY, Flood, Held
+from broker.settings import Settings
+from tests.amqp import queue_depth
+from tests.processes import serving_api
+
+FLOOD: Final = 1100
+"""More connections than ORDERLANE_HTTP_MAX_CONCURRENCY (1000) and than the waiting bound (512) at their defaults."""
+DEADLINE: Final = 2.0
+"""The header or body deadline of these tests, short so that the suite stays fast; the defaults are 5 s and 10 s."""
+SETTLE: Final = 5.0
+"""Beyond the deadline, what the issue allows for every flooding connection to be closed."""
+
+
+def closed_by_reason(metrics: str) -> dict[str, float]:
+    closed: defaultdict[str, float] = defaultdict(float)
+    for family in text_string_to_metric_families(metrics):
+        for sample in family.samples:
+            if sample.name == "orderlane_http_connections_closed_total":
+                closed[sample.labels["reason"]] += sample.value
+    return dict(closed)
+
+
+async def real_order_during(flood: Flood, port: int, order_id: str) -> tuple[httpx.Response, list[Held], str]:
+    """Post one order once the whole flood is connected; return its answer, the flood's connections once the
+    server has closed every one, and the API's metrics after that."""
+    flooding = asyncio.create_task(flood.run())
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+        await flood.all_sent()
+        posted = await client.post("/orders", json={"order_id": order_id, "items": ["widget"]})
+        assert not flooding.done(), "the flood ended before the real order was answered: it proves nothing"
+        async with asyncio.timeout(DEADLINE + SETTLE):
+            held = await flooding
+        metrics = (await client.get("/metrics")).text
+    return posted, held, metrics
+
+
+async def test_half_sent_heads_cannot_keep_a_real_order_out_and_are_closed_by_the_header_deadline(
+    settings: Settings,
+) -> None:
+    async with serving_api(settings, ORDERLANE_HTTP_HEADER_TIMEOUT=str(DEADLINE)) as port:
+        posted, held, metrics = await real_order_during(Flood(port, HALF_HEAD, FLOOD), port, "amid-half-heads")
+    assert posted.status_code == 202, posted.text
+    assert {connection.reply for connection in held} == {b""}, "a half-sent head gets no answer, only a close"
+    closed = closed_by_reason(metrics)
+    assert sum(closed.values()) == FLOOD
+    assert closed["too_many_waiting"] >= FLOOD - settings.http_max_waiting_connections
+    assert closed["header_timeout"] > 0
+    assert await queue_depth(settings.queue) == 1  # the real order, and nothing from the flood
+
+
+async def test_trickled_bodies_cannot_keep_a_real_order_out_and_get_408_at_the_body_deadline(
+    settings: Settings,
+) -> None:
+    """Each trickling request holds a request slot while its body is awaited: bounded as waiting connections, they
+    can never take all of them (1100 of them would, beyond ORDERLANE_HTTP_MAX_CONCURRENCY)."""
+    async with serving_api(settings, ORDERLANE_HTTP_BODY_TIMEOUT=str(DEADLINE)) as port:
+        posted, held, metrics = await real_order_during(Flood(port, TRICKLED_BODY, FLOOD), port, "amid-trickles")
+    assert posted.status_code == 202, posted.text
+    answers = Counter(connection.status for connection in held)
+    assert set(answers) == {408, None}, answers  # cut off at the deadline, or closed as the oldest waiting
+    assert answers[None] == closed_by_reason(metrics)["too_many_waiting"]
+    assert f'orderlane_http_requests_total{{method="POST",route="/orders",status="408"}} {answers[408]}.0' in metrics
+    assert await queue_depth(settings.queue) == 1

@@ -29,7 +29,8 @@ async def serve(settings: Settings, host: str, port: int) -> None:
         # turn every real request away: requests are limited by the app (api.limits), connections by the guard.
         header_timeout=settings.http_header_timeout,
         max_waiting=settings.http_max_waiting_connections,
-        on_close=lambda reason: metrics.connections_closed.labels(reason=reason).inc(),
+        max_bodies=settings.http_max_incomplete_bodies,
+        closed=lambda reason: metrics.connections_closed.labels(reason=reason).inc(),
         host=host,
         port=port,
         log_config=None,
@@ -40,6 +41,7 @@ async def serve(settings: Settings, host: str, port: int) -> None:
         timeout_graceful_shutdown=10,
     )
     metrics.waiting_connections.set_function(lambda: len(config.waiting))
+    metrics.incomplete_bodies.set_function(lambda: len(config.bodies))
     # uvicorn shuts down gracefully on SIGTERM/SIGINT (the lifespan closes the connection), then re-raises the
     # signal under the handler that was in place before it started. With these no-ops serve() returns and the
     # process exits 0, as the consumer does, instead of dying by the signal.

@@ -1,13 +1,21 @@
-"""uvicorn's HTTP protocol with the two limits uvicorn lacks: a deadline for a request's head, and a bound on the
-connections waiting for a request, beyond which the one that has waited longest is closed.
+"""uvicorn's HTTP protocol with the limits uvicorn lacks: a deadline for a request's head, and bounds on the
+connections still waiting for a head and on the requests still waiting for their body, beyond which the one that
+has waited longest is closed.
 
-A connection *waits* from the moment it opens, or its last response is sent, until a whole request (head and
-body) has arrived: new, idle between requests, or still sending. Such a connection costs the process a socket
-and a little memory and, while it sends a body, a request slot. Without a bound, a thousand connections that send
-half a head and then nothing hold the server for as long as they like (uvicorn has no header-read timeout); with
-one, the newest connection always gets in, because a flood makes room by losing its own oldest members, and a
-client that sends its head in one piece is never the oldest. A request head must be complete within
-`header_timeout` of the connection opening, or of its first byte on a kept-alive connection.
+A connection *waits for a head* from the moment it opens, or its last response is sent, until its next request's
+head has arrived: new, idle between requests, or sending slowly. It costs the process a socket and a few KB, and no
+request slot: the app's limit (`api.limits`) counts requests from their head on. Each must complete its head within
+`header_timeout` of the connection opening, or of the head's first byte on a kept-alive connection, so a thousand
+connections that send half a head and then nothing are gone after the timeout (uvicorn has no header-read timeout,
+and would keep them for as long as they like). A request *waits for its body* from its head until its body is all
+in; it does hold a request slot, until ORDERLANE_HTTP_BODY_TIMEOUT answers 408. Fewer of those than request slots
+are allowed, so slow senders can never take all of the slots from the complete requests. A request whose body
+arrives with its head, as a real client's does, never waits at all.
+
+Bounded by closing the oldest, rather than refusing the newest: a flood makes room by losing its own oldest members,
+and a real client, which sends its head as soon as it connects, gets in. That holds while the flood is smaller than
+the bound; a larger flood that reconnects at once turns into a churn of connections, which costs the server CPU
+and can close a real client's connection before its head is read (the proxy's per-client limits are for that).
 """
 
 from __future__ import annotations
@@ -15,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 from uvicorn import Config
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -23,43 +31,52 @@ from uvicorn.server import ServerState
 
 logger = logging.getLogger(__name__)
 
-ConnectionClosed = Callable[[str], None]
-"""Told why the guard closed a connection: `header_timeout` or `too_many_waiting`."""
+CloseReason = Literal["header_timeout", "too_many_waiting", "too_many_bodies"]
 
 
-class WaitingConnections:
-    """The connections of one server process that wait for a request, oldest first."""
+class OldestFirst:
+    """Connections of one server process in one phase, oldest first; beyond `limit`, the oldest is closed."""
 
-    def __init__(self, limit: int, on_close: ConnectionClosed) -> None:
+    def __init__(self, limit: int, reason: CloseReason) -> None:
         self.limit = limit
-        self.on_close = on_close
-        self._waiting: dict[GuardedHttpProtocol, None] = {}
+        self.reason: CloseReason = reason
+        self._members: dict[GuardedHttpProtocol, None] = {}
 
     def __len__(self) -> int:
-        return len(self._waiting)
+        return len(self._members)
 
     def enter(self, connection: GuardedHttpProtocol) -> None:
-        """`connection` waits (again), as the newest; if that makes one too many, the oldest is closed."""
-        self._waiting.pop(connection, None)
-        self._waiting[connection] = None
-        if len(self._waiting) > self.limit:
-            oldest = next(iter(self._waiting))
+        """`connection` enters (again), as the newest."""
+        self._members.pop(connection, None)
+        self._members[connection] = None
+        if len(self._members) > self.limit:
+            oldest = next(iter(self._members))
             self.leave(oldest)
-            oldest.close("too_many_waiting")
+            oldest.close(self.reason)
 
     def leave(self, connection: GuardedHttpProtocol) -> None:
-        self._waiting.pop(connection, None)
+        self._members.pop(connection, None)
 
 
 class GuardedConfig(Config):
-    """uvicorn's Config, serving with `GuardedHttpProtocol` and holding what its connections share."""
+    """uvicorn's Config, serving with `GuardedHttpProtocol` and holding what its connections share; `closed` is told
+    why each connection the guard closes was closed."""
 
     def __init__(
-        self, app: Any, *, header_timeout: float, max_waiting: int, on_close: ConnectionClosed, **options: Any
+        self,
+        app: Any,
+        *,
+        header_timeout: float,
+        max_waiting: int,
+        max_bodies: int,
+        closed: Callable[[CloseReason], None],
+        **options: Any,
     ) -> None:
         super().__init__(app, http=GuardedHttpProtocol, **options)
         self.header_timeout = header_timeout
-        self.waiting = WaitingConnections(max_waiting, on_close)
+        self.waiting = OldestFirst(max_waiting, "too_many_waiting")
+        self.bodies = OldestFirst(max_bodies, "too_many_bodies")
+        self.closed = closed
 
 
 class GuardedHttpProtocol(HttpToolsProtocol):
@@ -74,18 +91,18 @@ class GuardedHttpProtocol(HttpToolsProtocol):
     ) -> None:
         super().__init__(config, server_state, app_state, _loop)
         assert isinstance(config, GuardedConfig), "serve GuardedHttpProtocol with a GuardedConfig"
-        self.header_timeout = config.header_timeout
-        self.waiting = config.waiting
+        self.guard = config
         self.head_deadline: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self._arm_head_deadline()
-        self.waiting.enter(self)
+        self.guard.waiting.enter(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm_head_deadline()
-        self.waiting.leave(self)
+        self.guard.waiting.leave(self)
+        self.guard.bodies.leave(self)
         super().connection_lost(exc)
 
     def on_message_begin(self) -> None:
@@ -95,25 +112,28 @@ class GuardedHttpProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._disarm_head_deadline()
+        self.guard.waiting.leave(self)
+        self.guard.bodies.enter(self)
         super().on_headers_complete()
 
     def on_message_complete(self) -> None:
-        self.waiting.leave(self)
+        self.guard.bodies.leave(self)
         super().on_message_complete()
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
+        self.guard.bodies.leave(self)  # answered before its body was all in (413, 408, ...)
         if not self.transport.is_closing():
-            self.waiting.enter(self)
+            self.guard.waiting.enter(self)
 
-    def close(self, reason: str) -> None:
+    def close(self, reason: CloseReason) -> None:
         if not self.transport.is_closing():
-            self.waiting.on_close(reason)
+            self.guard.closed(reason)
             logger.debug("closing a connection from %s: %s", self.client, reason)
             self.transport.close()
 
     def _arm_head_deadline(self) -> None:
-        self.head_deadline = self.loop.call_later(self.header_timeout, self.close, "header_timeout")
+        self.head_deadline = self.loop.call_later(self.guard.header_timeout, self.close, "header_timeout")
 
     def _disarm_head_deadline(self) -> None:
         if self.head_deadline is not None:

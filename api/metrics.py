@@ -50,15 +50,18 @@ class ApiMetrics:
         )
         self.connections_closed = Counter(
             "orderlane_http_connections_closed",
-            "Connections the API closed before a whole request: header_timeout, or too_many_waiting (the oldest "
-            "waiting connection, beyond ORDERLANE_HTTP_MAX_WAITING_CONNECTIONS)",
+            "Connections the API closed before a whole request: header_timeout; too_many_waiting or too_many_bodies "
+            "(the oldest, beyond ORDERLANE_HTTP_MAX_WAITING_CONNECTIONS or ORDERLANE_HTTP_MAX_INCOMPLETE_BODIES)",
             ["reason"],
             registry=self.registry,
         )
         self.waiting_connections = Gauge(
             "orderlane_http_waiting_connections",
-            "Connections without a whole request yet: new, idle between requests, or still sending",
+            "Connections waiting for a request head: new, idle between requests, or sending it",
             registry=self.registry,
+        )
+        self.incomplete_bodies = Gauge(
+            "orderlane_http_incomplete_bodies", "Requests whose body is not all in yet", registry=self.registry
         )
         self.broker_errors = Counter(
             "orderlane_broker_errors", "Orders the broker did not take (answered 503)", registry=self.registry

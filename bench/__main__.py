@@ -1,12 +1,14 @@
 """`python -m bench SCENARIO... [--quick]`: run a benchmark beside raw aio-pika, print its table, and write its JSON
 and PNG to bench/results/. SCENARIO is intake, drain, priority, peers, endtoend, memory, sharing, status (the status
-store off against on) or all (every one but peers, which needs the `peers` extra: FastStream and Taskiq)."""
+store off against on), flood (intake beside 1,100 half-open connections) or all (every one but peers, which needs
+the `peers` extra: FastStream and Taskiq)."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import logging
+import statistics
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -16,6 +18,8 @@ from tqdm import tqdm
 
 from bench.drain import DrainResult, measure_drain
 from bench.endtoend import EndToEndResult, measure_end_to_end
+from bench.flood import CLIENTS as FLOOD_CLIENTS
+from bench.flood import FLOOD_CONNECTIONS, SERVERS, FloodResult, measure_flood
 from bench.intake import IntakeResult, measure_intake
 from bench.memory import MemoryResult, measure_memory
 from bench.priority import SYSTEMS, PriorityResult, System, measure_priority, median_result
@@ -47,6 +51,8 @@ class Plan:
     sharing_processes: Sequence[int]
     sharing_backlog: int
     status_rounds: int
+    flood_seconds: float
+    flood_rounds: int
 
 
 FULL = Plan(
@@ -67,6 +73,8 @@ FULL = Plan(
     sharing_processes=(1, 2, 3),
     sharing_backlog=30_000,
     status_rounds=3,
+    flood_seconds=8,
+    flood_rounds=3,
 )
 QUICK = Plan(
     intake_clients=(1, 32),
@@ -86,6 +94,8 @@ QUICK = Plan(
     sharing_processes=(2,),
     sharing_backlog=8_000,
     status_rounds=1,
+    flood_seconds=3,
+    flood_rounds=1,
 )
 
 
@@ -230,6 +240,29 @@ def show_status(results: list[StatusResult]) -> str:
     return table(header, rows) + "\n" + notes
 
 
+async def flood(plan: Plan, progress: tqdm[Any]) -> list[FloodResult]:
+    return await measure_flood(plan.flood_seconds, plan.flood_rounds, progress.update)
+
+
+def show_flood(results: list[FloodResult]) -> str:
+    header = ("server", "alone/s", "p99 ms", "flooded 202/s", "p99 ms", "ratio", "first 202 s", "flood opened")
+    rows = [
+        (
+            r.server,
+            r.normal_per_second,
+            statistics.median(run.normal.p99_ms for run in r.runs),
+            r.flooded_per_second,
+            statistics.median(run.flooded.p99_ms for run in r.runs),
+            f"{r.ratio:.2f}",
+            "none" if r.first_order_seconds is None else f"{r.first_order_seconds:.2f}",
+            f"{statistics.median(run.flood_opened for run in r.runs):,.0f}",
+        )
+        for r in results
+    ]
+    notes = f"({FLOOD_CONNECTIONS:,} half-sent heads kept open beside wrk at {FLOOD_CLIENTS} clients; medians)"
+    return table(header, rows) + "\n" + notes
+
+
 def show_intake(results: list[IntakeResult]) -> str:
     header = ("clients", "api/s", "p50 ms", "p99 ms", "raw/s", "raw p50", "raw p99", "ratio")
     rows = [
@@ -304,6 +337,7 @@ SCENARIOS = {
     "memory": Scenario(memory, lambda p: 1, show_memory, lambda results: "no plot"),
     "sharing": Scenario(sharing, lambda p: len(p.sharing_processes), show_sharing, lambda results: "no plot"),
     "status": Scenario(status, lambda p: 3 * 2 * p.status_rounds, show_status, plot_status),
+    "flood": Scenario(flood, lambda p: len(SERVERS) * p.flood_rounds, show_flood, lambda results: "no plot"),
 }
 
 

@@ -14,10 +14,11 @@ import signal
 import statistics
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Final
 
 import httpx
 
@@ -29,6 +30,7 @@ from broker.settings import Settings
 
 POST_SCRIPT = Path(__file__).with_name("post.lua")
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+ORDERLANE_SERVER: Final = ("-m", "api", "--port", "{port}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,14 +83,12 @@ async def api_intake(settings: Settings, concurrency: int, seconds: float, port:
 
 
 @asynccontextmanager
-async def serving_api(settings: Settings, port: int) -> AsyncIterator[None]:
-    """`python -m api` on `port`, on the settings' queue and status store, from ready until SIGTERM."""
+async def serving_api(settings: Settings, port: int, server: Sequence[str] = ORDERLANE_SERVER) -> AsyncIterator[None]:
+    """The API served by `server` (arguments to python, `{port}` replaced) on `port`, on the settings' queue and
+    status store, from ready until SIGTERM."""
     api = await asyncio.create_subprocess_exec(
         sys.executable,
-        "-m",
-        "api",
-        "--port",
-        str(port),
+        *(argument.format(port=port) for argument in server),
         cwd=PROJECT_ROOT,
         env=environment(settings),
         stderr=asyncio.subprocess.DEVNULL,

@@ -112,8 +112,10 @@ class Settings(BaseSettings):
     queue_poll_seconds: Annotated[float, Field(gt=0)] = 5.0
     http_max_concurrency: Annotated[int, Field(ge=1)] = 1000
     """Requests in flight (from their head to their response) before the API answers 503 `overloaded`."""
-    http_max_waiting_connections: Annotated[int, Field(ge=1)] = 512
-    """Connections without a whole request yet (new, idle or still sending); beyond it the oldest is closed."""
+    http_max_waiting_connections: Annotated[int, Field(ge=1)] = 4096
+    """Connections waiting for a request head (new, idle, or sending it); beyond it the oldest is closed."""
+    http_max_incomplete_bodies: Annotated[int, Field(ge=1)] = 256
+    """Requests whose body is not all in yet; beyond it the oldest is closed. Below http_max_concurrency."""
     http_header_timeout: Annotated[float, Field(gt=0)] = 5.0
     """Seconds a client has to send a request's head, from the connection opening or the head's first byte."""
     http_keep_alive_seconds: Annotated[int, Field(ge=1)] = 5
@@ -150,10 +152,10 @@ class Settings(BaseSettings):
     def _consistent(self) -> Settings:
         if self.retry_base_seconds > self.retry_max_seconds:
             raise ValueError("ORDERLANE_RETRY_BASE_SECONDS must not exceed ORDERLANE_RETRY_MAX_SECONDS")
-        if self.http_max_waiting_connections >= self.http_max_concurrency:
-            # A connection still sending its body holds a request slot; bounded below the limit, slow senders can
+        if self.http_max_incomplete_bodies >= self.http_max_concurrency:
+            # A request still receiving its body holds a request slot; bounded below the limit, slow senders can
             # never take every slot from the complete requests.
-            raise ValueError("ORDERLANE_HTTP_MAX_WAITING_CONNECTIONS must be below ORDERLANE_HTTP_MAX_CONCURRENCY")
+            raise ValueError("ORDERLANE_HTTP_MAX_INCOMPLETE_BODIES must be below ORDERLANE_HTTP_MAX_CONCURRENCY")
         return self
 
     @property

@@ -203,7 +203,7 @@ async def test_beyond_the_requests_in_flight_a_request_gets_503_at_once_and_live
         await release.wait()
         yield b'"items": ["a"]}'
 
-    settings = Settings(status_url=None, http_max_concurrency=2, http_max_waiting_connections=1)
+    settings = Settings(status_url=None, http_max_concurrency=2, http_max_incomplete_bodies=1)
     json_body = {"content-type": "application/json"}
     async with app_client(create_app(settings, publisher=publisher)) as client:
         held = [asyncio.create_task(client.post("/orders", content=held_body(), headers=json_body)) for _ in "ab"]

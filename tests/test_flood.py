@@ -9,6 +9,7 @@ from collections import Counter, defaultdict
 from typing import Final
 
 import httpx
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from bench.flood import HALF_HEAD, TRICKLED_BODY, Flood, Held
@@ -17,7 +18,7 @@ from tests.amqp import queue_depth
 from tests.processes import serving_api
 
 FLOOD: Final = 1100
-"""More connections than ORDERLANE_HTTP_MAX_CONCURRENCY (1000) and than the waiting bound (512) at their defaults."""
+"""More connections than ORDERLANE_HTTP_MAX_CONCURRENCY (1000) at its default."""
 DEADLINE: Final = 2.0
 """The header or body deadline of these tests, short so that the suite stays fast; the defaults are 5 s and 10 s."""
 SETTLE: Final = 5.0
@@ -47,16 +48,19 @@ async def real_order_during(flood: Flood, port: int, order_id: str) -> tuple[htt
     return posted, held, metrics
 
 
-async def test_half_sent_heads_cannot_keep_a_real_order_out_and_are_closed_by_the_header_deadline(
-    settings: Settings,
+@pytest.mark.parametrize("max_waiting", [None, 512], ids=["default bound", "bound below the flood"])
+async def test_half_sent_heads_cannot_keep_a_real_order_out_and_are_closed(
+    settings: Settings, max_waiting: int | None
 ) -> None:
-    async with serving_api(settings, ORDERLANE_HTTP_HEADER_TIMEOUT=str(DEADLINE)) as port:
+    """At the default bound, the header deadline closes them all; below the flood, the oldest are closed at once."""
+    bound = {} if max_waiting is None else {"ORDERLANE_HTTP_MAX_WAITING_CONNECTIONS": str(max_waiting)}
+    async with serving_api(settings, ORDERLANE_HTTP_HEADER_TIMEOUT=str(DEADLINE), **bound) as port:
         posted, held, metrics = await real_order_during(Flood(port, HALF_HEAD, FLOOD), port, "amid-half-heads")
     assert posted.status_code == 202, posted.text
     assert {connection.reply for connection in held} == {b""}, "a half-sent head gets no answer, only a close"
     closed = closed_by_reason(metrics)
     assert sum(closed.values()) == FLOOD
-    assert closed["too_many_waiting"] >= FLOOD - settings.http_max_waiting_connections
+    assert closed.get("too_many_waiting", 0) >= FLOOD - (max_waiting or FLOOD)
     assert closed["header_timeout"] > 0
     assert await queue_depth(settings.queue) == 1  # the real order, and nothing from the flood
 
@@ -64,13 +68,13 @@ async def test_half_sent_heads_cannot_keep_a_real_order_out_and_are_closed_by_th
 async def test_trickled_bodies_cannot_keep_a_real_order_out_and_get_408_at_the_body_deadline(
     settings: Settings,
 ) -> None:
-    """Each trickling request holds a request slot while its body is awaited: bounded as waiting connections, they
+    """Each trickling request holds a request slot while its body is awaited: bounded below the request slots, they
     can never take all of them (1100 of them would, beyond ORDERLANE_HTTP_MAX_CONCURRENCY)."""
     async with serving_api(settings, ORDERLANE_HTTP_BODY_TIMEOUT=str(DEADLINE)) as port:
         posted, held, metrics = await real_order_during(Flood(port, TRICKLED_BODY, FLOOD), port, "amid-trickles")
     assert posted.status_code == 202, posted.text
     answers = Counter(connection.status for connection in held)
     assert set(answers) == {408, None}, answers  # cut off at the deadline, or closed as the oldest waiting
-    assert answers[None] == closed_by_reason(metrics)["too_many_waiting"]
+    assert answers[None] == closed_by_reason(metrics)["too_many_bodies"] >= FLOOD - settings.http_max_incomplete_bodies
     assert f'orderlane_http_requests_total{{method="POST",route="/orders",status="408"}} {answers[408]}.0' in metrics
     assert await queue_depth(settings.queue) == 1

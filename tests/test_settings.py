@@ -76,10 +76,10 @@ def test_retry_base_must_not_exceed_the_cap() -> None:
         Settings(retry_base_seconds=600, retry_max_seconds=1)
 
 
-def test_waiting_connections_must_stay_below_the_requests_in_flight() -> None:
-    """Connections still sending a body hold request slots: were they allowed as many, they could take them all."""
-    with pytest.raises(ValidationError, match="MAX_WAITING_CONNECTIONS"):
-        Settings(http_max_concurrency=100, http_max_waiting_connections=100)
+def test_incomplete_bodies_must_stay_below_the_requests_in_flight() -> None:
+    """Requests still receiving a body hold request slots: were they allowed as many, they could take them all."""
+    with pytest.raises(ValidationError, match="MAX_INCOMPLETE_BODIES"):
+        Settings(http_max_concurrency=100, http_max_incomplete_bodies=100)
 
 
 def test_an_empty_key_list_means_no_keys() -> None:

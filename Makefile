@@ -19,11 +19,20 @@ $(INSTALLED): pyproject.toml
 services: install
 	$(BIN)/python scripts/ensure_services.py
 
-# wrk, the HTTP load generator of the intake benchmark and of the quick performance check (Debian's package).
+# Install a Debian package, updating the package lists first only if the install fails without.
+apt-install = apt-get install -y -q $(1) >/dev/null 2>&1 \
+	  || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q $(1) >/dev/null 2>&1; }
+
+# Debian's packages of wrk, the HTTP load generator of the intake benchmark and of the quick performance check, and
+# of nginx, the proxy of deploy/nginx.conf that tests/test_proxy.py runs as a child process of its own. Only nginx's
+# binary is wanted: apt starts the system's nginx on port 80 after installing it (unless policy-rc.d forbids it, as
+# in Docker images), so stop that one at once and keep it from starting at boot.
 tools:
-	@command -v wrk >/dev/null || apt-get install -y -q wrk >/dev/null 2>&1 \
-	  || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q wrk >/dev/null 2>&1; } \
+	@command -v wrk >/dev/null || $(call apt-install,wrk) \
 	  || echo "make: could not install wrk; install it (apt-get install wrk) for the intake benchmark"
+	@test -x /usr/sbin/nginx || { { $(call apt-install,nginx); } \
+	  && { invoke-rc.d nginx stop; update-rc.d nginx disable; true; } >/dev/null 2>&1; } \
+	  || echo "make: could not install nginx; install it (apt-get install nginx) for the proxy tests"
 
 run: services
 	HOST=$(HOST) PORT=$(PORT) scripts/run-dev

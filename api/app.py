@@ -15,7 +15,7 @@ from starlette.routing import Route
 from api.auth import ApiKeys
 from api.errors import EXCEPTION_HANDLERS
 from api.intake import Intake
-from api.limits import InFlightLimit
+from api.limits import InFlightLimit, TokenBuckets
 from api.metrics import ApiMetrics, RequestMetrics
 from api.openapi import openapi_document
 from api.routes import get_order, healthz, metrics, openapi, post_order, queues, readyz
@@ -74,7 +74,19 @@ def create_app(
     ]
     if settings.api_keys:
         keys = tuple(key.get_secret_value().encode() for key in settings.api_keys)
-        middleware.append(Middleware(ApiKeys, keys=keys, open_paths=settings.open_paths))
+        rates = None
+        if settings.rate_limit_per_key is not None:
+            rates = TokenBuckets(settings.rate_limit_per_key, settings.rate_limit_burst)
+            logger.info("each API key may send %g requests/s", settings.rate_limit_per_key)
+        middleware.append(
+            Middleware(
+                ApiKeys,
+                keys=keys,
+                open_paths=settings.open_paths,
+                rates=rates,
+                rate_limited=api_metrics.rate_limited,
+            )
+        )
         logger.info("API keys required (%d keys), except on %s", len(keys), ", ".join(settings.open_paths))
     else:
         logger.info("no API keys configured: POST /orders is open to anyone who can reach it")

@@ -1,6 +1,11 @@
-"""The bound on requests in flight: beyond it a request gets 503 at once rather than a place in a queue without end."""
+"""Limits on requests: how many may be in flight at once (beyond it, 503 at once rather than a place in a queue
+without end), and how fast each API key may send them (beyond it, 429)."""
 
 from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
 
 from prometheus_client import Counter
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -36,3 +41,30 @@ class InFlightLimit:
             await self.app(scope, receive, send)
         finally:
             self.in_flight -= 1
+
+
+class TokenBuckets:
+    """A token bucket per key, kept as GCRA's one timestamp: `rate` requests a second on average, and `burst` at
+    once after a pause (by default, a second's worth). In this process only: with N API processes, a key may send
+    N times as much."""
+
+    def __init__(self, rate: float, burst: int | None = None, clock: Callable[[], float] = time.monotonic) -> None:
+        self.interval = 1 / rate
+        self.tolerance = ((burst or max(1, math.ceil(rate))) - 1) * self.interval
+        self.clock = clock
+        self._next_due: dict[int, float] = {}
+
+    def take(self, key: int) -> float:
+        """0 if a request with `key` may go now (it is counted); else the seconds until one may."""
+        now = self.clock()
+        due = max(self._next_due.get(key, now), now)
+        wait = due - self.tolerance - now
+        if wait > 0:
+            return wait
+        self._next_due[key] = due + self.interval
+        return 0.0
+
+
+def retry_after(wait: float) -> str:
+    """A Retry-After header's whole seconds, never 0: a client told 0 would come straight back."""
+    return str(max(1, math.ceil(wait)))

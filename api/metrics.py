@@ -48,6 +48,12 @@ class ApiMetrics:
             "Requests answered 503 because ORDERLANE_HTTP_MAX_CONCURRENCY requests were in flight",
             registry=self.registry,
         )
+        self.rate_limited = Counter(
+            "orderlane_http_rate_limited",
+            "Requests answered 429 because their API key (its position in ORDERLANE_API_KEYS) was over its rate",
+            ["key"],
+            registry=self.registry,
+        )
         self.connections_closed = Counter(
             "orderlane_http_connections_closed",
             "Connections the API closed before a whole request: header_timeout; too_many_waiting or too_many_bodies "

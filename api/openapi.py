@@ -65,9 +65,14 @@ def openapi_document(version: str) -> dict[str, Any]:
         ],
         ref_template="#/components/schemas/{model}",
     )
-    unavailable = _error("The broker is down, refused or did not confirm the order; see `Retry-After`")
+    unavailable = _error(
+        "The broker is down, refused or did not confirm the order, or ORDERLANE_HTTP_MAX_CONCURRENCY requests are "
+        "in flight (`overloaded`); see `Retry-After`"
+    )
     retry_after = {"Retry-After": {"schema": {"type": "integer"}, "description": "seconds"}}
     unavailable["headers"] = retry_after
+    rate_limited = _error("This API key sends more than ORDERLANE_RATE_LIMIT_PER_KEY allows; see `Retry-After`")
+    rate_limited["headers"] = retry_after
     accepted = _json("Stored by the broker, persistent; `Location` is its status", "Accepted")
     accepted["headers"] = {"Location": {"schema": {"type": "string"}, "description": "`/orders/{order_id}`"}}
     status_unknown = _error("The status store does not answer: the order's state is unknown for now")
@@ -90,6 +95,7 @@ def openapi_document(version: str) -> dict[str, Any]:
                         "408": _error("The body did not arrive within ORDERLANE_HTTP_BODY_TIMEOUT"),
                         "409": _error("The order_id is taken by a different order"),
                         "422": _error("The JSON is not a valid order; details are pydantic's errors"),
+                        "429": rate_limited,
                         "503": unavailable,
                     },
                     "security": [{"bearer": []}, {}],
@@ -106,6 +112,7 @@ def openapi_document(version: str) -> dict[str, Any]:
                         "401": _error("An API key is required and none valid was sent"),
                         "404": _error("Unknown (never posted, or its status expired), or this API keeps no status"),
                         "422": _error("Not a valid order_id"),
+                        "429": rate_limited,
                         "503": status_unknown,
                     },
                     "security": [{"bearer": []}, {}],

@@ -107,6 +107,10 @@ class Settings(BaseSettings):
 
     queue_type: Literal["classic", "quorum"] = "classic"
     api_keys: Annotated[tuple[SecretStr, ...], NoDecode] = ()
+    rate_limit_per_key: Annotated[float, Field(gt=0)] | None = None
+    """Requests a second each API key may send, on average, in one API process; empty: no limit."""
+    rate_limit_burst: Annotated[int, Field(ge=1)] | None = None
+    """Requests an API key may send at once after a pause; empty: a second's worth of its rate."""
     open_paths: Annotated[tuple[str, ...], NoDecode] = OPEN_PATHS
     metrics_port: Annotated[int, Field(ge=1, le=65535)] | None = None
     queue_poll_seconds: Annotated[float, Field(gt=0)] = 5.0
@@ -134,7 +138,7 @@ class Settings(BaseSettings):
             return items
         return value
 
-    @field_validator("status_url", mode="before")
+    @field_validator("status_url", "rate_limit_per_key", "rate_limit_burst", mode="before")
     @classmethod
     def _empty_means_off(cls, value: object) -> object:
         return None if value == "" else value
@@ -152,6 +156,8 @@ class Settings(BaseSettings):
     def _consistent(self) -> Settings:
         if self.retry_base_seconds > self.retry_max_seconds:
             raise ValueError("ORDERLANE_RETRY_BASE_SECONDS must not exceed ORDERLANE_RETRY_MAX_SECONDS")
+        if self.rate_limit_per_key is not None and not self.api_keys:
+            raise ValueError("ORDERLANE_RATE_LIMIT_PER_KEY needs ORDERLANE_API_KEYS: the limit is per key")
         if self.http_max_incomplete_bodies >= self.http_max_concurrency:
             # A request still receiving its body holds a request slot; bounded below the limit, slow senders can
             # never take every slot from the complete requests.

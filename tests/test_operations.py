@@ -20,7 +20,7 @@ from broker.messages import Order
 from broker.settings import Settings
 from broker.topology import build_topology, check_queue_type
 from consumers.delivery import current_delivery
-from tests.amqp import delete_queues, depth_is, publish_raw, wait_until
+from tests.amqp import delete_queues, depth_is, publish_raw, queue_depth, wait_until
 from tests.consuming import consuming, order_message
 from tests.fakes import RecordingPublisher
 from tests.faults import rabbitmqctl, require_rabbitmqctl
@@ -147,6 +147,26 @@ async def test_api_keys_guard_orders_and_leave_probes_open(settings: Settings) -
     assert schema.status_code == 200
 
 
+async def test_a_key_over_its_rate_gets_429_and_the_other_keys_are_served(settings: Settings) -> None:
+    limited = Settings.model_validate(
+        {**settings.model_dump(), "api_keys": "k-one,k-two", "rate_limit_per_key": 0.01, "rate_limit_burst": 2}
+    )
+    one, two = ({"authorization": f"Bearer k-{name}"} for name in ("one", "two"))
+    async with app_client(create_app(limited)) as client:
+        first = [(await client.post("/orders", json={**ORDER, "order_id": f"r-{n}"}, headers=one)) for n in range(3)]
+        other = await client.post("/orders", json={**ORDER, "order_id": "r-other"}, headers=two)
+        probe = await client.get("/healthz", headers=one)
+        metrics = (await client.get("/metrics")).text
+    assert [response.status_code for response in first] == [202, 202, 429]
+    refused = first[2]
+    assert refused.json()["details"][0]["type"] == "rate_limited"
+    assert int(refused.headers["retry-after"]) >= 90  # the next token comes after 1 / 0.01 s
+    assert other.status_code == 202
+    assert probe.status_code == 200  # open paths are not counted against a key
+    assert 'orderlane_http_rate_limited_total{key="1"} 1.0' in metrics
+    assert await queue_depth(settings.queue) == 3
+
+
 async def test_open_paths_are_configurable(settings: Settings) -> None:
     closed = Settings.model_validate({**settings.model_dump(), "api_keys": "k", "open_paths": "/healthz"})
     async with app_client(create_app(closed)) as client:
@@ -166,10 +186,10 @@ async def test_openapi_document_validates_and_describes_the_order(settings: Sett
     assert order_schema["properties"]["priority"]["maximum"] == 9
     post = document["paths"]["/orders"]["post"]
     assert post["requestBody"]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/Order"}
-    assert set(post["responses"]) == {"200", "202", "400", "401", "408", "409", "413", "415", "422", "503"}
+    assert set(post["responses"]) == {"200", "202", "400", "401", "408", "409", "413", "415", "422", "429", "503"}
     assert "Location" in post["responses"]["202"]["headers"]
     status = document["paths"]["/orders/{order_id}"]["get"]
-    assert set(status["responses"]) == {"200", "401", "404", "422", "503"}
+    assert set(status["responses"]) == {"200", "401", "404", "422", "429", "503"}
     assert status["parameters"][0]["schema"]["pattern"] == order_schema["properties"]["order_id"]["pattern"]
     assert {"order_id", "state", "at"} <= document["components"]["schemas"]["OrderStatus"]["properties"].keys()
 

@@ -82,6 +82,11 @@ def test_incomplete_bodies_must_stay_below_the_requests_in_flight() -> None:
         Settings(http_max_concurrency=100, http_max_incomplete_bodies=100)
 
 
+def test_a_rate_per_key_needs_keys() -> None:
+    with pytest.raises(ValidationError, match="RATE_LIMIT_PER_KEY needs ORDERLANE_API_KEYS"):
+        Settings(rate_limit_per_key=10)
+
+
 def test_an_empty_key_list_means_no_keys() -> None:
     assert Settings.model_validate({"api_keys": ""}).api_keys == ()
 

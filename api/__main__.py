@@ -9,7 +9,7 @@ from types import FrameType
 import uvicorn
 
 from api.app import create_app
-from api.connections import GuardedConfig
+from api.connections import GuardedConfig, allow_connections
 from api.metrics import ApiMetrics
 from broker.cli import port_number, run_main
 from broker.connection import open_broker
@@ -22,6 +22,7 @@ async def serve(settings: Settings, host: str, port: int) -> None:
     # lifespan then opens the connection it keeps.
     async with open_broker(settings):
         pass
+    allow_connections(settings.http_max_waiting_connections + settings.http_max_concurrency)
     metrics = ApiMetrics()
     config = GuardedConfig(
         create_app(settings, api_metrics=metrics),

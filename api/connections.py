@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import resource
 from collections.abc import Callable
 from typing import Any, Literal
 
@@ -32,6 +33,26 @@ from uvicorn.server import ServerState
 logger = logging.getLogger(__name__)
 
 CloseReason = Literal["header_timeout", "too_many_waiting", "too_many_bodies"]
+SPARE_FILES = 64
+"""Files the process needs besides its HTTP connections: the listening socket, the broker's and the store's, logs."""
+
+
+def allow_connections(connections: int) -> int:
+    """Let the process open enough files for `connections` (sockets are files), raising its soft limit (`ulimit -n`)
+    up to the hard one if need be; warn if that is not enough. Returns the soft limit in force."""
+    needed = connections + SPARE_FILES
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        soft = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        logger.warning(
+            "this process may open %d files (ulimit -n), fewer than the %d its HTTP bounds need: raise the hard limit, "
+            "or lower ORDERLANE_HTTP_MAX_WAITING_CONNECTIONS",
+            soft,
+            needed,
+        )
+    return soft
 
 
 class OldestFirst:

@@ -102,23 +102,7 @@ async def sustained_flood(
     return opened
 
 
-PLAIN_UVICORN: Final = (
-    "-m",
-    "uvicorn",
-    "api.app:create_app",
-    "--factory",
-    "--port",
-    "{port}",
-    "--limit-concurrency",
-    "1000",
-    "--timeout-keep-alive",
-    "5",
-    "--no-access-log",
-    "--log-level",
-    "critical",
-)
-"""The same app under plain uvicorn, as `python -m api` served it before the guard: no header deadline, and its
-limit_concurrency counts connections too."""
+PLAIN_UVICORN: Final = ("-m", "bench.plain_server", "--port", "{port}")
 SERVERS: Final = {"orderlane (python -m api)": ORDERLANE_SERVER, "plain uvicorn, as before": PLAIN_UVICORN}
 FLOOD_CONNECTIONS: Final = 1100
 CLIENTS: Final = 32

@@ -19,7 +19,7 @@ from tqdm import tqdm
 from bench.drain import DrainResult, measure_drain
 from bench.endtoend import EndToEndResult, measure_end_to_end
 from bench.flood import CLIENTS as FLOOD_CLIENTS
-from bench.flood import FLOOD_CONNECTIONS, SERVERS, FloodResult, measure_flood
+from bench.flood import FLOOD_CONNECTIONS, FloodResult, measure_flood, servers
 from bench.intake import IntakeResult, measure_intake
 from bench.memory import MemoryResult, measure_memory
 from bench.priority import SYSTEMS, PriorityResult, System, measure_priority, median_result
@@ -337,7 +337,7 @@ SCENARIOS = {
     "memory": Scenario(memory, lambda p: 1, show_memory, lambda results: "no plot"),
     "sharing": Scenario(sharing, lambda p: len(p.sharing_processes), show_sharing, lambda results: "no plot"),
     "status": Scenario(status, lambda p: 3 * 2 * p.status_rounds, show_status, plot_status),
-    "flood": Scenario(flood, lambda p: len(SERVERS) * p.flood_rounds, show_flood, lambda results: "no plot"),
+    "flood": Scenario(flood, lambda p: len(servers()) * p.flood_rounds, show_flood, lambda results: "no plot"),
 }
 
 

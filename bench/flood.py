@@ -1,6 +1,6 @@
 """Flood: intake beside hostile clients, orderlane's server against plain uvicorn (as `python -m api` was before its
-connection guard), in the same run. The hostile clients are connections that send part of a request and then
-nothing, to 127.0.0.1 only; the flood tests use them too.
+connection guard) and, where it is installed, granian, in the same run. The hostile clients are connections that
+send part of a request and then nothing, to 127.0.0.1 only; the flood tests use them too.
 
 - `HALF_HEAD`: half a request head (slowloris).
 - `TRICKLED_BODY`: a whole head announcing a body, and the body's first bytes.
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -103,7 +104,23 @@ async def sustained_flood(
 
 
 PLAIN_UVICORN: Final = ("-m", "bench.plain_server", "--port", "{port}")
-SERVERS: Final = {"orderlane (python -m api)": ORDERLANE_SERVER, "plain uvicorn, as before": PLAIN_UVICORN}
+GRANIAN: Final = (
+    *("-m", "granian", "--interface", "asgi", "--factory", "--port", "{port}", "--no-ws", "--log-level", "error"),
+    *("--http1-header-read-timeout", "5000", "api.app:create_app"),
+)
+"""The same app under granian (Rust), which has a header-read timeout of its own, here ORDERLANE_HTTP_HEADER_TIMEOUT's
+default: the other way to get one. Run only where granian is installed (`pip install granian`); not a dependency."""
+
+
+def servers() -> dict[str, Sequence[str]]:
+    """orderlane's server and the baselines: plain uvicorn always, granian where it is installed."""
+    found: dict[str, Sequence[str]] = {"orderlane (python -m api)": ORDERLANE_SERVER}
+    found["plain uvicorn, as before"] = PLAIN_UVICORN
+    if importlib.util.find_spec("granian") is not None:
+        found["granian, header read timeout 5 s"] = GRANIAN
+    return found
+
+
 FLOOD_CONNECTIONS: Final = 1100
 CLIENTS: Final = 32
 PORT: Final = 8768
@@ -193,9 +210,10 @@ async def flood_run(server: Sequence[str], seconds: float) -> FloodRun:
 
 async def measure_flood(seconds: float, rounds: int, progress: Callable[[], object]) -> list[FloodResult]:
     """Each server in turn per round, which one goes first swapping from one round to the next."""
-    runs: dict[str, list[FloodRun]] = {name: [] for name in SERVERS}
+    compared = servers()
+    runs: dict[str, list[FloodRun]] = {name: [] for name in compared}
     for round_number in range(rounds):
-        order = list(SERVERS.items())
+        order = list(compared.items())
         for name, server in order if round_number % 2 == 0 else reversed(order):
             runs[name].append(await flood_run(server, seconds))
             progress()

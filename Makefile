@@ -30,9 +30,9 @@ apt-install = apt-get install -y -q $(1) >/dev/null 2>&1 \
 tools:
 	@command -v wrk >/dev/null || $(call apt-install,wrk) \
 	  || echo "make: could not install wrk; install it (apt-get install wrk) for the intake benchmark"
-	@test -x /usr/sbin/nginx || { { $(call apt-install,nginx); } \
-	  && { invoke-rc.d nginx stop; update-rc.d nginx disable; true; } >/dev/null 2>&1; } \
-	  || echo "make: could not install nginx; install it (apt-get install nginx) for the proxy tests"
+	@test -x /usr/sbin/nginx || { $(call apt-install,nginx); { invoke-rc.d nginx stop; update-rc.d nginx disable; } \
+	  >/dev/null 2>&1; true; }
+	@test -x /usr/sbin/nginx || echo "make: could not install nginx; install it (apt-get install nginx) for the proxy tests"
 
 run: services
 	HOST=$(HOST) PORT=$(PORT) scripts/run-dev

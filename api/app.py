@@ -70,7 +70,12 @@ def create_app(
     ]
     middleware = [
         Middleware(RequestMetrics, metrics=api_metrics),
-        Middleware(InFlightLimit, limit=settings.http_max_concurrency, refused=api_metrics.overloaded),
+        Middleware(
+            InFlightLimit,
+            limit=settings.http_max_concurrency,
+            refused=api_metrics.overloaded,
+            in_flight=api_metrics.requests_in_flight,
+        ),
     ]
     if settings.api_keys:
         keys = tuple(key.get_secret_value().encode() for key in settings.api_keys)

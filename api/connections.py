@@ -3,19 +3,21 @@ connections still waiting for a head and on the requests still waiting for their
 has waited longest is closed.
 
 A connection *waits for a head* from the moment it opens, or its last response is sent, until its next request's
-head has arrived: new, idle between requests, or sending slowly. It costs the process a socket and a few KB, and no
-request slot: the app's limit (`api.limits`) counts requests from their head on. Each must complete its head within
-`header_timeout` of the connection opening, or of the head's first byte on a kept-alive connection, so a thousand
-connections that send half a head and then nothing are gone after the timeout (uvicorn has no header-read timeout,
-and would keep them for as long as they like). A request *waits for its body* from its head until its body is all
-in; it does hold a request slot, until ORDERLANE_HTTP_BODY_TIMEOUT answers 408. Fewer of those than request slots
-are allowed, so slow senders can never take all of the slots from the complete requests. A request whose body
-arrives with its head, as a real client's does, never waits at all.
+head has arrived: new, idle between requests, or sending slowly. It costs the process a socket and a few KB, and
+no request slot: the app's limit (`api.limits`) counts requests from their head on. Each must complete its head
+within `header_timeout` of the connection opening, or of the first byte after a response on a kept-alive
+connection, so a thousand connections that send half a head and then nothing are gone after the timeout (uvicorn
+has no header-read timeout, and would keep them for as long as they like).
 
-Bounded by closing the oldest, rather than refusing the newest: a flood makes room by losing its own oldest members,
-and a real client, which sends its head as soon as it connects, gets in. That holds while the flood is smaller than
-the bound; a larger flood that reconnects at once turns into a churn of connections, which costs the server CPU
-and can close a real client's connection before its head is read (the proxy's per-client limits are for that).
+A request *waits for its body* from its head until its body is all in; it does hold a request slot, until
+ORDERLANE_HTTP_BODY_TIMEOUT answers 408. Fewer of those than request slots are allowed, so slow senders can never
+take all of the slots from the complete requests. A request whose body arrives with its head never waits at all.
+
+Bounded by closing the oldest, rather than refusing the newest: a flood makes room by losing its own oldest
+members, and a real client, which sends its head as soon as it connects, gets in. That holds while a flood is
+smaller than the bound. A larger one that reconnects at once becomes a churn of connections, which costs the server
+CPU and can close a real client's connection before its head is read, or, for a flood of slow bodies, a request
+whose body follows its head only later (`Expect: 100-continue`); the proxy's per-client limits are for that.
 """
 
 from __future__ import annotations
@@ -126,10 +128,12 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self.guard.bodies.leave(self)
         super().connection_lost(exc)
 
-    def on_message_begin(self) -> None:
-        super().on_message_begin()
-        if self.head_deadline is None:  # the first byte of a request on a kept-alive connection
+    def data_received(self, data: bytes) -> None:
+        if self.head_deadline is None and (self.cycle is None or self.cycle.response_complete):
+            # The first bytes after a response: a new head, a stray CRLF, or the rest of a body the app did not read
+            # (uvicorn's keep-alive timer stops at any byte, and only a complete head arms it again).
             self._arm_head_deadline()
+        super().data_received(data)
 
     def on_headers_complete(self) -> None:
         self._disarm_head_deadline()
@@ -143,9 +147,10 @@ class GuardedHttpProtocol(HttpToolsProtocol):
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
-        self.guard.bodies.leave(self)  # answered before its body was all in (413, 408, ...)
-        if not self.transport.is_closing():
-            self.guard.waiting.enter(self)
+        if self.cycle.response_complete:  # no pipelined request was started: the connection waits for the next one
+            self.guard.bodies.leave(self)  # answered before its body was all in (401, 413, 415, ...)
+            if not self.transport.is_closing():
+                self.guard.waiting.enter(self)
 
     def close(self, reason: CloseReason) -> None:
         if not self.transport.is_closing():

@@ -7,24 +7,26 @@ import math
 import time
 from collections.abc import Callable
 
-from prometheus_client import Counter
+from prometheus_client import Counter, Gauge
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from api.responses import error_response, problem
 
-UNLIMITED_PATHS = frozenset({"/healthz"})
-"""A liveness probe must not fail because the API is busy: a restart would make it busier."""
+UNLIMITED_PATHS = frozenset({"/healthz", "/metrics"})
+"""A liveness probe must not fail because the API is busy (a restart would make it busier), nor a scrape, which is
+when it matters. `/readyz` is limited: an overloaded API is not ready for more."""
 
 
 class InFlightLimit:
     """Pure ASGI middleware counting the requests between their head and their response. A request still sending
     its body counts: `api.connections` bounds how many of those there can be, below this limit."""
 
-    def __init__(self, app: ASGIApp, limit: int, refused: Counter) -> None:
+    def __init__(self, app: ASGIApp, limit: int, refused: Counter, in_flight: Gauge) -> None:
         self.app = app
         self.limit = limit
         self.refused = refused
         self.in_flight = 0
+        in_flight.set_function(lambda: self.in_flight)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] in UNLIMITED_PATHS:

@@ -48,6 +48,11 @@ class ApiMetrics:
             "Requests answered 503 because ORDERLANE_HTTP_MAX_CONCURRENCY requests were in flight",
             registry=self.registry,
         )
+        self.requests_in_flight = Gauge(
+            "orderlane_http_requests_in_flight",
+            "Requests between their head and their response (limit: ORDERLANE_HTTP_MAX_CONCURRENCY)",
+            registry=self.registry,
+        )
         self.rate_limited = Counter(
             "orderlane_http_rate_limited",
             "Requests answered 429 because their API key (its position in ORDERLANE_API_KEYS) was over its rate",

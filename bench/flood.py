@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib.util
+import itertools
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -92,8 +93,10 @@ async def sustained_flood(
         nonlocal opened
         while not stop.is_set():
             opened += 1
-            with contextlib.suppress(OSError):
+            try:
                 await hold(port, payload, sent)
+            except OSError:  # refused: the server is not there (yet, or any more)
+                await asyncio.sleep(0.1)
 
     async with asyncio.TaskGroup() as group:
         tasks = [group.create_task(keep_one()) for _ in range(connections)]
@@ -169,13 +172,13 @@ class FloodResult:
 
 
 async def first_order(port: int, within: float) -> float | None:
-    """Seconds until a new order is answered 202, posting again on any other outcome; None if not `within`."""
-    order = {"order_id": "first", "items": ["widget"]}
+    """Seconds until a new order is answered 202, posting a new one on any other outcome; None if not `within`."""
     began = time.perf_counter()
     async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=within) as client:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(within):
-                while True:
+                for attempt in itertools.count():
+                    order = {"order_id": f"first-{attempt}", "items": ["widget"]}
                     with contextlib.suppress(httpx.TransportError):
                         if (await client.post("/orders", json=order)).status_code == 202:
                             return time.perf_counter() - began

@@ -14,7 +14,7 @@ import signal
 import statistics
 import sys
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,19 +83,22 @@ async def api_intake(settings: Settings, concurrency: int, seconds: float, port:
 
 
 @asynccontextmanager
-async def serving_api(settings: Settings, port: int, server: Sequence[str] = ORDERLANE_SERVER) -> AsyncIterator[None]:
+async def serving_api(
+    settings: Settings, port: int, server: Sequence[str] = ORDERLANE_SERVER, env: Mapping[str, str] | None = None
+) -> AsyncIterator[asyncio.subprocess.Process]:
     """The API served by `server` (arguments to python, `{port}` replaced) on `port`, on the settings' queue and
-    status store, from ready until SIGTERM."""
+    status store (or in `env`), from ready until SIGTERM; it has exited when this returns."""
     api = await asyncio.create_subprocess_exec(
         sys.executable,
         *(argument.format(port=port) for argument in server),
         cwd=PROJECT_ROOT,
-        env=environment(settings),
+        env=env if env is not None else environment(settings),
+        stdout=asyncio.subprocess.DEVNULL,  # granian logs there
         stderr=asyncio.subprocess.DEVNULL,
     )
     try:
         await wait_ready(port)
-        yield
+        yield api
     finally:
         api.send_signal(signal.SIGTERM)
         await api.wait()

@@ -158,6 +158,8 @@ class Settings(BaseSettings):
             raise ValueError("ORDERLANE_RETRY_BASE_SECONDS must not exceed ORDERLANE_RETRY_MAX_SECONDS")
         if self.rate_limit_per_key is not None and not self.api_keys:
             raise ValueError("ORDERLANE_RATE_LIMIT_PER_KEY needs ORDERLANE_API_KEYS: the limit is per key")
+        if self.rate_limit_burst is not None and self.rate_limit_per_key is None:
+            raise ValueError("ORDERLANE_RATE_LIMIT_BURST needs ORDERLANE_RATE_LIMIT_PER_KEY")
         if self.http_max_incomplete_bodies >= self.http_max_concurrency:
             # A request still receiving its body holds a request slot; bounded below the limit, slow senders can
             # never take every slot from the complete requests.

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
 import socket
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+from bench.intake import serving_api as bench_serving_api
 from broker.settings import Settings
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -82,16 +82,9 @@ def collect_output(process: asyncio.subprocess.Process) -> asyncio.Task[bytes]:
 
 @asynccontextmanager
 async def serving_api(settings: Settings, **environment_extra: str) -> AsyncIterator[int]:
-    """`python -m api` on a free port, yielded once uvicorn is running; on the way out it must stop cleanly on
-    SIGTERM. Its log is read all along, so that a flood of warnings never blocks it on a full pipe."""
+    """`python -m api` on a free port with the tests' environment (bench.intake.serving_api), yielded once ready;
+    on the way out it must stop cleanly on SIGTERM."""
     port = free_port()
-    api = await start("api", "--port", str(port), env=environment(settings, **environment_extra))
-    try:
-        async with asyncio.timeout(60):
-            await read_until(api, "Uvicorn running", 1, [])
-        log = collect_output(api)
+    async with bench_serving_api(settings, port, env=environment(settings, **environment_extra)) as api:
         yield port
-    finally:
-        api.send_signal(signal.SIGTERM)
-    async with asyncio.timeout(30):
-        assert await api.wait() == 0, (await log).decode()[-2000:]
+    assert api.returncode == 0, f"python -m api exited {api.returncode} on SIGTERM"

@@ -19,7 +19,7 @@ from tests.processes import serving_api
 
 FLOOD: Final = 1100
 """More connections than ORDERLANE_HTTP_MAX_CONCURRENCY (1000) at its default."""
-DEADLINE: Final = 2.0
+DEADLINE: Final = 3.0
 """The header or body deadline of these tests, short so that the suite stays fast; the defaults are 5 s and 10 s."""
 SETTLE: Final = 5.0
 """Beyond the deadline, what the issue allows for every flooding connection to be closed."""
@@ -45,6 +45,9 @@ async def real_order_during(flood: Flood, port: int, order_id: str) -> tuple[htt
         async with asyncio.timeout(DEADLINE + SETTLE):
             held = await flooding
         metrics = (await client.get("/metrics")).text
+    # Nothing left behind: the only connection is the one asking for the metrics, and it is in a request.
+    assert "orderlane_http_waiting_connections 0.0" in metrics
+    assert "orderlane_http_incomplete_bodies 0.0" in metrics
     return posted, held, metrics
 
 
@@ -78,3 +81,59 @@ async def test_trickled_bodies_cannot_keep_a_real_order_out_and_get_408_at_the_b
     assert answers[None] == closed_by_reason(metrics)["too_many_bodies"] >= FLOOD - settings.http_max_incomplete_bodies
     assert f'orderlane_http_requests_total{{method="POST",route="/orders",status="408"}} {answers[408]}.0' in metrics
     assert await queue_depth(settings.queue) == 1
+
+
+async def answered_then(port: int, first: bytes, then: bytes) -> bytes:
+    """Send `first`, wait for the head of its answer, send `then`; return all the server wrote until it closed."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(first)
+        answer = await reader.readuntil(b"\r\n\r\n")
+        writer.write(then)
+        async with asyncio.timeout(DEADLINE + SETTLE):
+            return answer + await reader.read()
+    finally:
+        writer.close()
+
+
+@pytest.mark.parametrize(
+    ("first", "then"),
+    [
+        (b"GET /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n0123456789", b"more of the body"),
+        (b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n", b"\r\n"),
+    ],
+    ids=["the rest of a body the app did not read", "a stray CRLF"],
+)
+async def test_bytes_after_a_response_that_begin_no_head_are_cut_off_by_the_header_deadline(
+    settings: Settings, first: bytes, then: bytes
+) -> None:
+    """Any byte stops uvicorn's keep-alive timer and only a complete head starts it again: without a deadline from
+    the first byte after a response, such a connection would be kept for ever."""
+    async with serving_api(settings, ORDERLANE_HTTP_HEADER_TIMEOUT=str(DEADLINE)) as port:
+        answer = await answered_then(port, first, then)
+        async with httpx.AsyncClient() as client:
+            metrics = (await client.get(f"http://127.0.0.1:{port}/metrics")).text
+    assert answer.startswith(b"HTTP/1.1 200"), answer[:80]
+    assert closed_by_reason(metrics) == {"header_timeout": 1.0}
+
+
+async def test_a_pipelined_request_waiting_for_its_body_is_bounded_as_one(settings: Settings) -> None:
+    """A body-less POST head sent behind another request is started once that one is answered: it waits for its
+    body like any other (counted, and bounded by ORDERLANE_HTTP_MAX_INCOMPLETE_BODIES), then gets its 408."""
+    post = b"POST /orders HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n"
+    pipelined = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n" + post
+    async with serving_api(settings, ORDERLANE_HTTP_BODY_TIMEOUT=str(DEADLINE)) as port:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            writer.write(pipelined)
+            first = await reader.readuntil(b"\r\n\r\n")
+            async with httpx.AsyncClient() as client:
+                metrics = (await client.get(f"http://127.0.0.1:{port}/metrics")).text
+            async with asyncio.timeout(DEADLINE + SETTLE):
+                rest = await reader.read()
+        finally:
+            writer.close()
+    assert first.startswith(b"HTTP/1.1 200")
+    assert "orderlane_http_incomplete_bodies 1.0" in metrics
+    assert b"HTTP/1.1 408" in rest
+    assert await queue_depth(settings.queue) == 0

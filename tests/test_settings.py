@@ -82,9 +82,11 @@ def test_incomplete_bodies_must_stay_below_the_requests_in_flight() -> None:
         Settings(http_max_concurrency=100, http_max_incomplete_bodies=100)
 
 
-def test_a_rate_per_key_needs_keys() -> None:
+def test_a_rate_per_key_needs_keys_and_a_burst_needs_a_rate() -> None:
     with pytest.raises(ValidationError, match="RATE_LIMIT_PER_KEY needs ORDERLANE_API_KEYS"):
         Settings(rate_limit_per_key=10)
+    with pytest.raises(ValidationError, match="RATE_LIMIT_BURST needs ORDERLANE_RATE_LIMIT_PER_KEY"):
+        Settings.model_validate({"api_keys": "k", "rate_limit_burst": 5})
 
 
 def test_an_empty_key_list_means_no_keys() -> None:

@@ -121,7 +121,7 @@ class Settings(BaseSettings):
     http_max_incomplete_bodies: Annotated[int, Field(ge=1)] = 256
     """Requests whose body is not all in yet; beyond it the oldest is closed. Below http_max_concurrency."""
     http_header_timeout: Annotated[float, Field(gt=0)] = 5.0
-    """Seconds a client has to send a request's head, from the connection opening or the head's first byte."""
+    """Seconds a client has to send a request's head, from the connection opening or the first byte after a response."""
     http_keep_alive_seconds: Annotated[int, Field(ge=1)] = 5
     http_body_timeout: Annotated[float, Field(gt=0)] = 10.0
     """Seconds a client has to send a request's whole body, once its headers are in (408 after)."""

@@ -23,13 +23,16 @@ async def test_drain_keeps_up_with_raw_aio_pika() -> None:
     assert result.ratio >= 0.7
 
 
-async def test_intake_keeps_up_with_raw_confirmed_publishing() -> None:
+async def test_intake_keeps_up_with_raw_confirmed_publishing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The API process runs without coverage's tracing (which `make test` passes to child processes through this
+    variable): traced, it measures the tracer, at a third of its speed; the other tests cover its code."""
+    monkeypatch.delenv("COVERAGE_PROCESS_CONFIG", raising=False)
     if shutil.which("wrk") is None:
         pytest.fail("wrk is not installed: `make test` installs it (apt-get install wrk)")
     result = await measure_intake(concurrency=32, seconds=2, port=free_port())
     print(f"\nintake: API {result.api.per_second:,.0f}/s, raw {result.raw.per_second:,.0f}/s")
     assert result.api.errors == 0
-    assert result.ratio >= 0.35
+    assert result.ratio >= 0.5
 
 
 async def test_vip_orders_overtake_what_the_consumer_holds() -> None:

@@ -47,6 +47,7 @@ def create_app(
         publisher: Publisher, backlog: BacklogSource | None, status: StatusStore | None
     ) -> dict[str, Services]:
         intake = Intake(publisher, status, api_metrics, settings)
+        api_metrics.broker_blocked.set_function(lambda: publisher.is_blocked)
         return {"services": Services(settings, publisher, intake, status, api_metrics, backlog, document)}
 
     @asynccontextmanager

@@ -6,6 +6,7 @@
 | pydantic ValidationError, invalid JSON   | 400    | `json_invalid`                      |
 | pydantic ValidationError, otherwise      | 422    | pydantic's errors                   |
 | PublishError (broker down, nack, return) | 503    | `broker_unavailable`, Retry-After   |
+| PublishBlocked (memory or disk alarm)    | 503    | `broker_blocked`, Retry-After       |
 | BrokerUnavailable (`/queues`, broker away) | 503  | `broker_unavailable`, Retry-After   |
 | StatusUnavailable (status store away)    | 503    | `status_unavailable`, Retry-After   |
 | HTTPException (404, 405, ...)            | its own                              |
@@ -24,7 +25,7 @@ from starlette.responses import Response
 
 from api.responses import error_response, problem, validation_error_response
 from api.state import services
-from broker.errors import BrokerUnavailable, PublishError, StatusUnavailable
+from broker.errors import BrokerUnavailable, PublishBlocked, PublishError, StatusUnavailable
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +63,13 @@ async def not_published(request: Request, exc: Exception) -> Response:
     return unavailable(request, message)
 
 
+async def not_sent(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, PublishBlocked)
+    services(request).metrics.broker_errors.inc()
+    message = f"{exc}: the order was not published; retry with the same order_id"
+    return unavailable(request, message, error_type="broker_blocked")
+
+
 async def broker_down(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, BrokerUnavailable)
     return unavailable(request, str(exc))
@@ -87,6 +95,7 @@ EXCEPTION_HANDLERS: Mapping[Any, Any] = {
     RequestRejected: rejected,
     ValidationError: invalid,
     PublishError: not_published,
+    PublishBlocked: not_sent,
     BrokerUnavailable: broker_down,
     StatusUnavailable: status_away,
     HTTPException: http_error,

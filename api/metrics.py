@@ -74,6 +74,11 @@ class ApiMetrics:
         self.incomplete_bodies = Gauge(
             "orderlane_http_incomplete_bodies", "Requests whose body is not all in yet", registry=self.registry
         )
+        self.broker_blocked = Gauge(
+            "orderlane_broker_blocked",
+            "1 while the broker blocks publishing (a memory or disk alarm) and orders are refused at once",
+            registry=self.registry,
+        )
         self.broker_errors = Counter(
             "orderlane_broker_errors", "Orders the broker did not take (answered 503)", registry=self.registry
         )

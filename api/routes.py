@@ -79,10 +79,14 @@ async def healthz(request: Request) -> Response:
 
 
 async def readyz(request: Request) -> Response:
-    """Ready while the broker connection is up; and, with ORDERLANE_STATUS_REQUIRED, while the status store is."""
+    """Ready while the broker connection is up and not blocked (an alarm); and, with ORDERLANE_STATUS_REQUIRED, while
+    the status store is."""
     state = services(request)
     if not state.publisher.is_ready:
         return error_response(503, [problem("broker_unavailable", "the broker connection is down")])
+    if state.publisher.is_blocked:
+        message = "the broker blocks publishing (a memory or disk alarm): orders are refused until it lifts"
+        return error_response(503, [problem("broker_blocked", message)])
     status_store = "off" if state.status is None else "up" if await state.status.answers() else "away"
     if status_store == "away" and state.settings.status_required:
         return error_response(503, [problem("status_unavailable", "the status store does not answer")])

@@ -62,6 +62,22 @@ class Broker:
         """True while the connection and the channel are open (not closed, not reconnecting)."""
         return not self.connection.is_closed and not self.channel.is_closed
 
+    @property
+    def is_blocked(self) -> bool:
+        """True while the broker blocks this connection's publishes (`connection.blocked`: a memory or disk alarm)."""
+        return publishing_blocked(self.connection)
+
+
+def publishing_blocked(connection: AbstractRobustConnection) -> bool:
+    """aiormq handles `connection.blocked` / `unblocked` itself, holding every outgoing frame meanwhile, and offers
+    no public hook (../shared/RABBITMQ.md): its event is read here. tests/test_faults.py raises a real memory alarm,
+    so an aiormq that renames it fails there, not in production."""
+    transport = connection.transport
+    if transport is None:
+        return False
+    unblocked: asyncio.Event | None = getattr(transport.connection, "_Connection__connection_unblocked", None)
+    return unblocked is not None and transport.connection.is_opened and not unblocked.is_set()
+
 
 async def connect(settings: Settings, name: str = "orderlane") -> AbstractRobustConnection:
     """Connect robustly (`name` is what the broker shows for the connection), retrying with exponential backoff

@@ -6,6 +6,7 @@
     ├── BrokerRefused       the broker answered but refused us: login, virtual host, permissions
     ├── TopologyConflict    a queue exists with other arguments (the broker's 406 PRECONDITION_FAILED)
     ├── PublishError        the broker did not take a message: nack, return (unroutable), timeout, channel down
+    │   └── PublishBlocked  not even tried: the broker blocks publishing (a memory or disk alarm)
     ├── InvalidMessage      a delivery whose body is not a valid order (never retried)
     ├── PermanentFailure    raised by a handler: this order can never succeed, dead-letter it now
     └── StatusUnavailable   the status store (Redis) did not answer, or was found away less than a second ago
@@ -47,6 +48,11 @@ class TopologyConflict(OrderlaneError):
 
 class PublishError(OrderlaneError):
     """The broker did not confirm a message: it was nacked, returned, timed out or the channel was down."""
+
+
+class PublishBlocked(PublishError):
+    """The broker blocks this connection's publishes (`connection.blocked`, a memory or disk alarm): the message
+    was not sent, and would only have waited in the client until the alarm clears."""
 
 
 class InvalidMessage(OrderlaneError):

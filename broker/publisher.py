@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -12,10 +13,12 @@ import aio_pika
 from aio_pika.abc import AbstractRobustChannel
 
 from broker.connection import BROKER_ERRORS, Broker
-from broker.errors import PublishError
+from broker.errors import PublishBlocked, PublishError
 from broker.messages import CONTENT_TYPE, Order, encode_order
 from broker.priority import Priority, prioritize
 from broker.settings import Settings
+
+logger = logging.getLogger(__name__)
 
 PRIORITY_HEADER = "x-orderlane-priority"
 ATTEMPT_HEADER = "x-orderlane-attempt"
@@ -39,6 +42,11 @@ class Publisher(Protocol):
     @property
     def is_ready(self) -> bool:
         """True while a publish can reach the broker."""
+        ...
+
+    @property
+    def is_blocked(self) -> bool:
+        """True while the broker blocks publishing (a memory or disk alarm): `publish` raises PublishBlocked."""
         ...
 
     async def publish(self, order: Order, *, check_processed: bool = False) -> Receipt:
@@ -88,12 +96,26 @@ class OrderPublisher:
         self._vip_priority = settings.vip_priority
         self._max_priority = settings.max_priority
         self._timeout = settings.publish_timeout
+        self._refusing = False
 
     @property
     def is_ready(self) -> bool:
         return self._broker.is_ready
 
+    @property
+    def is_blocked(self) -> bool:
+        return self._broker.is_blocked
+
     async def publish(self, order: Order, *, check_processed: bool = False) -> Receipt:
+        if self._broker.is_blocked:
+            # aiormq would hold the frames until the alarm clears: the client would wait out the publish timeout.
+            if not self._refusing:
+                logger.warning("the broker blocks publishing (a memory or disk alarm): orders get 503 until it lifts")
+                self._refusing = True
+            raise PublishBlocked("the broker blocks publishing (a memory or disk alarm); nothing was sent")
+        if self._refusing:
+            logger.warning("the broker takes orders again")
+            self._refusing = False
         priority = prioritize(order, vip_priority=self._vip_priority, max_priority=self._max_priority)
         queue = self._broker.topology.lane_for(priority.effective).work.name
         message = build_message(order, priority, check_processed=check_processed)

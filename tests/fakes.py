@@ -19,6 +19,10 @@ class RecordingPublisher:
     def is_ready(self) -> bool:
         return self.ready
 
+    @property
+    def is_blocked(self) -> bool:
+        return False
+
     async def publish(self, order: Order, *, check_processed: bool = False) -> Receipt:
         if not self.ready:
             raise PublishError("recording publisher is down")

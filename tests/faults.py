@@ -1,4 +1,4 @@
-"""Causing faults on the broker's machine: `rabbitmqctl stop_app` / `start_app`."""
+"""Causing faults on the broker's machine: `rabbitmqctl stop_app` / `start_app`, a memory alarm."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ import asyncio
 import os
 import shutil
 import subprocess
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import pytest
 
@@ -48,3 +50,14 @@ async def restart_broker_app(path: str, *, down_seconds: float) -> None:
 async def ensure_broker_app_running(path: str) -> None:
     await rabbitmqctl(path, "start_app")
     await rabbitmqctl(path, "await_startup")
+
+
+@asynccontextmanager
+async def memory_alarm(path: str) -> AsyncIterator[None]:
+    """A memory alarm on the broker (a high watermark of 1 MB, far below what it uses): it blocks every publishing
+    connection. The machine's broker is shared: the watermark goes back to its default (0.4) on the way out."""
+    await rabbitmqctl(path, "set_vm_memory_high_watermark", "absolute", "1MB")
+    try:
+        yield
+    finally:
+        await rabbitmqctl(path, "set_vm_memory_high_watermark", "0.4")

@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import signal
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 
+from api.app import create_app
 from broker.connection import Broker
 from broker.settings import Settings
-from tests.amqp import depth_is, publish_raw, wait_until
+from tests.amqp import depth_is, drain, publish_raw, queue_depth, wait_until
 from tests.consuming import order_message
-from tests.faults import ensure_broker_app_running, require_rabbitmqctl, restart_broker_app
+from tests.faults import ensure_broker_app_running, memory_alarm, require_rabbitmqctl, restart_broker_app
+from tests.http import app_client
 from tests.processes import collect_output, environment, free_port, read_until, start
 from tests.recording import RECORD_FILE, recorded, redelivered
 
@@ -157,3 +160,39 @@ async def test_consumer_killed_mid_batch_its_orders_go_to_another(
     killed_in_flight = redelivered(second_log)
     print(f"\nSIGKILL: processed={total} redelivered to the second consumer={killed_in_flight}")
     assert killed_in_flight >= 1, "the killed consumer's unacked orders come back marked redelivered"
+
+
+async def test_a_memory_alarm_is_answered_503_at_once_not_after_the_publish_timeout(settings: Settings) -> None:
+    """While the broker blocks publishing, aiormq holds every publish until the alarm clears: each POST would wait
+    out ORDERLANE_PUBLISH_TIMEOUT. The broker tells a connection that it is blocked when it next publishes: that
+    first order waits its timeout and gets 503; from then on the API answers 503 `broker_blocked` without trying,
+    says so in /readyz and its metrics, and takes orders again once the alarm lifts, with no restart."""
+    ctl = require_rabbitmqctl()
+    patient = Settings.model_validate({**settings.model_dump(), "publish_timeout": 8})
+
+    async def readiness(client: httpx.AsyncClient) -> str:
+        answer = (await client.get("/readyz")).json()
+        return "ready" if answer["status"] == "ready" else answer["details"][0]["type"]
+
+    async with app_client(create_app(patient)) as client:
+        assert (await client.post("/orders", json={"order_id": "before", "items": ["a"]})).status_code == 202
+        async with memory_alarm(ctl):
+            first = await client.post("/orders", json={"order_id": "first", "items": ["a"]})
+            await wait_until(lambda: _is(readiness(client), "broker_blocked"), within=30, what="the API to see it")
+            async with asyncio.timeout(patient.publish_timeout / 2):  # a publish tried would wait all 8 s
+                refused = await client.post("/orders", json={"order_id": "during", "items": ["a"]})
+            metrics = (await client.get("/metrics")).text
+        await wait_until(lambda: _is(readiness(client), "ready"), within=30, what="the alarm to lift")
+        after = await client.post("/orders", json={"order_id": "after", "items": ["a"]})
+    assert first.status_code == 503  # unconfirmed: it may still be stored when the alarm clears
+    assert refused.status_code == 503
+    assert refused.json()["details"][0]["type"] == "broker_blocked"
+    assert "retry-after" in refused.headers
+    assert "orderlane_broker_blocked 1.0" in metrics
+    assert after.status_code == 202
+    assert await queue_depth(settings.queue) in (2, 3)  # before, after, and maybe first; never the refused one
+    assert "during" not in {message.message_id for message in await drain(settings.queue)}
+
+
+async def _is(value: Awaitable[str], expected: str) -> bool:
+    return await value == expected

@@ -1,7 +1,8 @@
 """`python -m bench SCENARIO... [--quick]`: run a benchmark beside raw aio-pika, print its table, and write its JSON
 and PNG to bench/results/. SCENARIO is intake, drain, priority, peers, endtoend, memory, sharing, status (the status
-store off against on), flood (intake beside 1,100 half-open connections) or all (every one but peers, which needs
-the `peers` extra: FastStream and Taskiq)."""
+store off against on), flood (intake beside 1,100 half-open connections), intake-peers (the API beside the HTTP
+intakes users would pick instead) or all (every one but peers and intake-peers, which need the `peers` extra:
+FastStream, Taskiq, FastAPI, Celery)."""
 
 from __future__ import annotations
 
@@ -22,6 +23,8 @@ from bench.flood import CLIENTS as FLOOD_CLIENTS
 from bench.flood import FLOOD_CONNECTIONS, FloodResult, measure_flood, servers
 from bench.intake import IntakeResult, measure_intake
 from bench.memory import MemoryResult, measure_memory
+from bench.peer_intake import CLIENTS as PEER_CLIENTS
+from bench.peer_intake import INTAKES, PeerIntakeResult, measure_peer_intake
 from bench.priority import SYSTEMS, PriorityResult, System, measure_priority, median_result
 from bench.report import plot_drain, plot_end_to_end, plot_intake, plot_priority, plot_status, save_json
 from bench.sharing import SharingResult, measure_sharing
@@ -53,6 +56,8 @@ class Plan:
     status_rounds: int
     flood_seconds: float
     flood_rounds: int
+    peer_intake_seconds: float
+    peer_intake_rounds: int
 
 
 FULL = Plan(
@@ -75,6 +80,8 @@ FULL = Plan(
     status_rounds=3,
     flood_seconds=8,
     flood_rounds=6,  # even: each server goes first in as many rounds as it goes last
+    peer_intake_seconds=8,
+    peer_intake_rounds=3,
 )
 QUICK = Plan(
     intake_clients=(1, 32),
@@ -96,6 +103,8 @@ QUICK = Plan(
     status_rounds=1,
     flood_seconds=3,
     flood_rounds=1,
+    peer_intake_seconds=3,
+    peer_intake_rounds=1,
 )
 
 
@@ -263,6 +272,22 @@ def show_flood(results: list[FloodResult]) -> str:
     return table(header, rows) + "\n" + notes
 
 
+async def intake_peers(plan: Plan, progress: tqdm[Any]) -> list[PeerIntakeResult]:
+    """orderlane's API beside the HTTP intakes users would pick instead (served with the `peers` extra), and raw
+    publishing."""
+    return await measure_peer_intake(plan.peer_intake_seconds, plan.peer_intake_rounds, progress.update)
+
+
+def show_intake_peers(results: list[PeerIntakeResult]) -> str:
+    orderlane, raw = results[0].per_second, results[-1].per_second
+    header = ("intake", "orders/s", "p99 ms", "orderlane / it", "it / raw", "2xx not in the queue")
+    rows = [
+        (r.intake, r.per_second, r.p99_ms, f"{orderlane / r.per_second:.2f}", f"{r.per_second / raw:.2f}", r.missing)
+        for r in results
+    ]
+    return table(header, rows) + f"\n({PEER_CLIENTS} clients; medians of the rounds)"
+
+
 def show_intake(results: list[IntakeResult]) -> str:
     header = ("clients", "api/s", "p50 ms", "p99 ms", "raw/s", "raw p50", "raw p99", "ratio")
     rows = [
@@ -337,6 +362,12 @@ SCENARIOS = {
     "memory": Scenario(memory, lambda p: 1, show_memory, lambda results: "no plot"),
     "sharing": Scenario(sharing, lambda p: len(p.sharing_processes), show_sharing, lambda results: "no plot"),
     "status": Scenario(status, lambda p: 3 * 2 * p.status_rounds, show_status, plot_status),
+    "intake-peers": Scenario(
+        intake_peers,
+        lambda p: (len(INTAKES) + 1) * p.peer_intake_rounds,
+        show_intake_peers,
+        lambda results: "no plot",
+    ),
     "flood": Scenario(flood, lambda p: len(servers()) * p.flood_rounds, show_flood, lambda results: "no plot"),
 }
 
@@ -355,7 +386,7 @@ def main() -> None:
     parser.add_argument("scenario", nargs="+", choices=[*SCENARIOS, "all"])
     parser.add_argument("--quick", action="store_true", help="a short run of each (make bench)")
     args = parser.parse_args()
-    names = [name for name in SCENARIOS if name != "peers"] if "all" in args.scenario else args.scenario
+    names = [name for name in SCENARIOS if "peers" not in name] if "all" in args.scenario else args.scenario
     command = "python -m bench " + " ".join(sys.argv[1:])
     logging.basicConfig(level=logging.ERROR)  # the progress bar and the tables are the output
     asyncio.run(run(names, QUICK if args.quick else FULL, command))

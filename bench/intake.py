@@ -39,6 +39,8 @@ class Throughput:
     p50_ms: float
     p99_ms: float
     errors: int = 0
+    requests: int = 0
+    """All that were answered (wrk); 0 where not counted."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,7 +76,8 @@ def parse_wrk(output: str) -> Throughput:
     non_2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", output)
     timeouts = re.search(r"Socket errors:.*?(\d+) timeout", output)
     errors = (int(non_2xx.group(1)) if non_2xx else 0) + (int(timeouts.group(1)) if timeouts else 0)
-    return Throughput(rate, p50, p99, errors)
+    requests = int(re.search(r"(\d+) requests in", output).group(1))  # type: ignore[union-attr]
+    return Throughput(rate, p50, p99, errors, requests)
 
 
 async def api_intake(settings: Settings, concurrency: int, seconds: float, port: int) -> Throughput:
@@ -84,10 +87,15 @@ async def api_intake(settings: Settings, concurrency: int, seconds: float, port:
 
 @asynccontextmanager
 async def serving_api(
-    settings: Settings, port: int, server: Sequence[str] = ORDERLANE_SERVER, env: Mapping[str, str] | None = None
+    settings: Settings,
+    port: int,
+    server: Sequence[str] = ORDERLANE_SERVER,
+    env: Mapping[str, str] | None = None,
+    ready: tuple[str, int] = ("/readyz", 200),
 ) -> AsyncIterator[asyncio.subprocess.Process]:
     """The API served by `server` (arguments to python, `{port}` replaced) on `port`, on the settings' queue and
-    status store (or in `env`), from ready until SIGTERM; it has exited when this returns."""
+    status store (or in `env`), from `ready` (a GET of that path answered with that status) until SIGTERM; it has
+    exited when this returns."""
     api = await asyncio.create_subprocess_exec(
         sys.executable,
         *(argument.format(port=port) for argument in server),
@@ -97,7 +105,7 @@ async def serving_api(
         stderr=asyncio.subprocess.DEVNULL,
     )
     try:
-        await wait_ready(port)
+        await wait_ready(port, *ready)
         yield api
     finally:
         api.send_signal(signal.SIGTERM)
@@ -121,11 +129,11 @@ async def run_wrk(concurrency: int, seconds: float, port: int) -> Throughput:
     return parse_wrk(output.decode())
 
 
-async def wait_ready(port: int) -> None:
+async def wait_ready(port: int, path: str = "/readyz", status: int = 200) -> None:
     async with httpx.AsyncClient() as client, asyncio.timeout(60):
         while True:
             try:
-                if (await client.get(f"http://127.0.0.1:{port}/readyz")).status_code == 200:
+                if (await client.get(f"http://127.0.0.1:{port}{path}")).status_code == status:
                     return
             except httpx.TransportError:
                 pass

@@ -1,0 +1,44 @@
+"""What a user could write in about 40 lines: Starlette, pydantic and one aio-pika confirm channel."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import aio_pika
+from pydantic import ValidationError
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from bench.intake_peers.order import AMQP_URL, QUEUE, QUEUE_ARGUMENTS, OrderRequest
+
+
+@asynccontextmanager
+async def lifespan(app: Starlette) -> AsyncIterator[None]:
+    connection = await aio_pika.connect_robust(AMQP_URL)
+    async with connection:
+        channel = await connection.channel(publisher_confirms=True)
+        await channel.declare_queue(QUEUE, durable=True, arguments=QUEUE_ARGUMENTS)
+        app.state.channel = channel
+        yield
+
+
+async def post_order(request: Request) -> JSONResponse:
+    try:
+        order = OrderRequest.model_validate_json(await request.body())
+    except ValidationError as exc:
+        return JSONResponse({"errors": exc.errors(include_url=False, include_context=False)}, status_code=422)
+    message = aio_pika.Message(
+        order.model_dump_json().encode(),
+        content_type="application/json",
+        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+        message_id=order.order_id,
+        priority=order.broker_priority,
+    )
+    await request.app.state.channel.default_exchange.publish(message, routing_key=QUEUE, mandatory=True)
+    return JSONResponse({"status": "accepted", "order_id": order.order_id}, status_code=202)
+
+
+app = Starlette(routes=[Route("/orders", post_order, methods=["POST"])], lifespan=lifespan)

@@ -1,0 +1,123 @@
+"""Intake beside the peers: orderlane's `python -m api` and the HTTP intakes users would write or pick instead
+(bench/intake_peers: a minimal Starlette + aio-pika app, FastAPI + Taskiq, FastAPI + FastStream, FastAPI + Celery),
+each served by uvicorn with httptools and no access log, under the same wrk load (bench/post.lua: a new order per
+request); and raw aio-pika publishing with confirms at the same concurrency, no HTTP, as the ceiling.
+
+Each run starts one intake alone on a queue of its own; afterwards every 2xx it answered must be in that queue
+(`missing`, 0 in a fair run: Celery publishes without confirms). Rounds interleave the intakes, which one goes
+first rotating from one round to the next; per intake, the medians.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Final
+
+from bench.intake import ORDERLANE_SERVER, Throughput, raw_publish, run_wrk, serving_api
+from bench.workload import bench_channel, bench_settings, delete_queues
+from broker.connection import open_broker
+from broker.settings import Settings
+
+CLIENTS: Final = 32
+PORT: Final = 8769
+RAW: Final = "raw aio-pika, confirmed, no HTTP"
+
+
+def uvicorn_serving(app: str) -> tuple[str, ...]:
+    return ("-m", "uvicorn", app, "--port", "{port}", "--http", "httptools", "--no-access-log", "--log-level", "error")
+
+
+INTAKES: Final[dict[str, tuple[str, ...]]] = {
+    "orderlane (python -m api)": ORDERLANE_SERVER,
+    "minimal Starlette + aio-pika": uvicorn_serving("bench.intake_peers.minimal:app"),
+    "FastAPI + Taskiq": uvicorn_serving("bench.intake_peers.taskiq_app:app"),
+    "FastAPI + FastStream": uvicorn_serving("bench.intake_peers.faststream_app:app"),
+    "FastAPI + Celery (no confirms)": uvicorn_serving("bench.intake_peers.celery_app:app"),
+}
+PEER_READY: Final = ("/orders", 405)
+"""A peer has no readiness endpoint: once it answers a GET of /orders (405), its lifespan has run."""
+
+
+@dataclass(frozen=True, slots=True)
+class IntakeRun:
+    throughput: Throughput
+    missing: int
+    """2xx answers whose order is not in the queue."""
+
+
+@dataclass(frozen=True, slots=True)
+class PeerIntakeResult:
+    intake: str
+    runs: tuple[IntakeRun, ...]
+
+    @property
+    def per_second(self) -> float:
+        return statistics.median(run.throughput.per_second for run in self.runs)
+
+    @property
+    def p99_ms(self) -> float:
+        return statistics.median(run.throughput.p99_ms for run in self.runs)
+
+    @property
+    def missing(self) -> int:
+        return sum(run.missing for run in self.runs)
+
+
+async def intake_run(server: Sequence[str], seconds: float) -> IntakeRun:
+    settings = bench_settings()
+    orderlane = server == ORDERLANE_SERVER
+    try:
+        if orderlane:
+            async with open_broker(settings):  # the peers declare their queues themselves
+                pass
+        async with serving_api(settings, PORT, server, ready=("/readyz", 200) if orderlane else PEER_READY):
+            throughput = await run_wrk(CLIENTS, seconds, PORT)
+        stored = await queue_depth(settings, settle=not orderlane)
+    finally:
+        await delete_queues(settings)
+        await delete_exchange(settings.queue)  # Celery declares a direct exchange named after the queue
+    return IntakeRun(throughput, max(0, throughput.requests - throughput.errors - stored))
+
+
+async def queue_depth(settings: Settings, *, settle: bool) -> int:
+    """Messages in the run's queue; with `settle`, once the count stops growing (publishes not confirmed)."""
+    async with bench_channel(settings) as channel:
+        queue = await channel.declare_queue(settings.queue, passive=True)
+        depth = queue.declaration_result.message_count or 0
+        while settle:
+            await asyncio.sleep(0.5)
+            queue = await channel.declare_queue(settings.queue, passive=True)
+            settle = (queue.declaration_result.message_count or 0) > depth
+            depth = queue.declaration_result.message_count or 0
+        return depth
+
+
+async def delete_exchange(name: str) -> None:
+    async with bench_channel(bench_settings()) as channel:
+        await channel.exchange_delete(name)
+
+
+async def raw_run(seconds: float) -> IntakeRun:
+    settings = bench_settings()
+    try:
+        async with open_broker(settings):
+            pass
+        return IntakeRun(await raw_publish(settings, CLIENTS, seconds), 0)
+    finally:
+        await delete_queues(settings)
+
+
+async def measure_peer_intake(seconds: float, rounds: int, progress: Callable[[], object]) -> list[PeerIntakeResult]:
+    runs: dict[str, list[IntakeRun]] = {name: [] for name in (*INTAKES, RAW)}
+    names = list(INTAKES)
+    for round_number in range(rounds):
+        turn = round_number % len(names)
+        for name in names[turn:] + names[:turn]:
+            runs[name].append(await intake_run(INTAKES[name], seconds))
+            progress()
+        runs[RAW].append(await raw_run(seconds))
+        progress()
+    return [PeerIntakeResult(name, tuple(found)) for name, found in runs.items()]

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import statistics
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
@@ -30,12 +30,21 @@ def uvicorn_serving(app: str) -> tuple[str, ...]:
     return ("-m", "uvicorn", app, "--port", "{port}", "--http", "httptools", "--no-access-log", "--log-level", "error")
 
 
-INTAKES: Final[dict[str, tuple[str, ...]]] = {
-    "orderlane (python -m api)": ORDERLANE_SERVER,
-    "minimal Starlette + aio-pika": uvicorn_serving("bench.intake_peers.minimal:app"),
-    "FastAPI + Taskiq": uvicorn_serving("bench.intake_peers.taskiq_app:app"),
-    "FastAPI + FastStream": uvicorn_serving("bench.intake_peers.faststream_app:app"),
-    "FastAPI + Celery (no confirms)": uvicorn_serving("bench.intake_peers.celery_app:app"),
+@dataclass(frozen=True, slots=True)
+class Intake:
+    server: tuple[str, ...]
+    """Arguments to python, `{port}` replaced."""
+    status_store: bool = True
+    """orderlane only: whether it keeps order statuses (and catches reposts), its default; the peers never do."""
+
+
+INTAKES: Final = {
+    "orderlane (python -m api)": Intake(ORDERLANE_SERVER),
+    "orderlane, status store off": Intake(ORDERLANE_SERVER, status_store=False),
+    "minimal Starlette + aio-pika": Intake(uvicorn_serving("bench.intake_peers.minimal:app")),
+    "FastAPI + Taskiq": Intake(uvicorn_serving("bench.intake_peers.taskiq_app:app")),
+    "FastAPI + FastStream": Intake(uvicorn_serving("bench.intake_peers.faststream_app:app")),
+    "FastAPI + Celery (no confirms)": Intake(uvicorn_serving("bench.intake_peers.celery_app:app")),
 }
 PEER_READY: Final = ("/orders", 405)
 """A peer has no readiness endpoint: once it answers a GET of /orders (405), its lifespan has run."""
@@ -66,14 +75,15 @@ class PeerIntakeResult:
         return sum(run.missing for run in self.runs)
 
 
-async def intake_run(server: Sequence[str], seconds: float) -> IntakeRun:
-    settings = bench_settings()
-    orderlane = server == ORDERLANE_SERVER
+async def intake_run(intake: Intake, seconds: float) -> IntakeRun:
+    settings = bench_settings() if intake.status_store else bench_settings(status_url=None)
+    orderlane = intake.server == ORDERLANE_SERVER
     try:
         if orderlane:
             async with open_broker(settings):  # the peers declare their queues themselves
                 pass
-        async with serving_api(settings, PORT, server, ready=("/readyz", 200) if orderlane else PEER_READY):
+        ready = ("/readyz", 200) if orderlane else PEER_READY
+        async with serving_api(settings, PORT, intake.server, ready=ready):
             throughput = await run_wrk(CLIENTS, seconds, PORT)
         stored = await queue_depth(settings, settle=not orderlane)
     finally:

@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from typing import Protocol
 
 import aio_pika
+import aiormq
 from aio_pika.abc import AbstractRobustChannel
 
 from broker.connection import BROKER_ERRORS, Broker
@@ -83,7 +84,14 @@ async def publish_confirmed(
         raise PublishError("the broker connection is down")
     try:
         async with asyncio.timeout(confirm_within):
-            await channel.default_exchange.publish(message, routing_key=queue, mandatory=True)
+            # aiormq's own call, as aio-pika's Exchange.publish makes it but with wait=False: the channel's lock is
+            # released once the frames are queued, not after the writer has written them, so concurrent publishes
+            # are not serialized through the writer task. The confirm is still awaited.
+            underlay = await channel.get_underlay_channel()
+            assert isinstance(underlay, aiormq.Channel)  # the abstract one does not declare `wait`
+            await underlay.basic_publish(
+                message.body, routing_key=queue, properties=message.properties, mandatory=True, wait=False
+            )
     except BROKER_ERRORS as exc:
         raise PublishError(f"the broker did not confirm message {message.message_id!r} to {queue!r}: {exc!r}") from exc
 

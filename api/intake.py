@@ -138,7 +138,7 @@ class Intake:
     async def _publish(self, order: Order, *, check_processed: bool = False) -> Receipt:
         with self._metrics.publish_seconds.time():
             receipt = await self._publisher.publish(order, check_processed=check_processed)
-        self._metrics.accepted.labels(priority=str(receipt.priority.effective)).inc()
+        self._metrics.accepted_by_priority[receipt.priority.effective].inc()
         return receipt
 
     def _conflict(self, order_id: str) -> RequestRejected:

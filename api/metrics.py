@@ -7,6 +7,8 @@ from typing import Final
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from broker.priority import PRIORITIES
+
 CONFIRM_BUCKETS: Final = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
 UNMATCHED: Final = "unmatched"
 
@@ -26,6 +28,8 @@ class ApiMetrics:
             ["priority"],
             registry=self.registry,
         )
+        self.accepted_by_priority = {priority: self.accepted.labels(priority=str(priority)) for priority in PRIORITIES}
+        """Each priority's counter, looked up once: `labels()` per order is a measurable part of the API's CPU."""
         self.publish_seconds = Histogram(
             "orderlane_publish_confirm_seconds",
             "From publish to the broker's confirm",
@@ -90,6 +94,8 @@ class RequestMetrics:
     def __init__(self, app: ASGIApp, metrics: ApiMetrics) -> None:
         self.app = app
         self.metrics = metrics
+        self._counters: dict[tuple[str, str, int], Counter] = {}
+        """Each route, method and status's counter, looked up once (methods are the few HTTP knows)."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -106,7 +112,9 @@ class RequestMetrics:
         try:
             await self.app(scope, receive, send_and_note)
         finally:
-            route = scope.get("route")
-            self.metrics.requests.labels(
-                route=getattr(route, "path", UNMATCHED), method=scope["method"], status=str(status)
-            ).inc()
+            key = (getattr(scope.get("route"), "path", UNMATCHED), scope["method"], status)
+            counter = self._counters.get(key)
+            if counter is None:
+                route, method, _ = key
+                counter = self._counters[key] = self.metrics.requests.labels(route, method, str(status))
+            counter.inc()

@@ -280,9 +280,17 @@ async def intake_peers(plan: Plan, progress: tqdm[Any]) -> list[PeerIntakeResult
 
 def show_intake_peers(results: list[PeerIntakeResult]) -> str:
     orderlane, raw = results[0].per_second, results[-1].per_second
-    header = ("intake", "orders/s", "p99 ms", "orderlane / it", "it / raw", "2xx not in the queue")
+    header = ("intake", "orders/s", "p99 ms", "orderlane / it", "it / raw", "CPU µs/order", "2xx not in the queue")
     rows = [
-        (r.intake, r.per_second, r.p99_ms, f"{orderlane / r.per_second:.2f}", f"{r.per_second / raw:.2f}", r.missing)
+        (
+            r.intake,
+            r.per_second,
+            r.p99_ms,
+            f"{orderlane / r.per_second:.2f}",
+            f"{r.per_second / raw:.2f}",
+            "-" if r.cpu_us_per_order is None else f"{r.cpu_us_per_order:.0f}",
+            r.missing,
+        )
         for r in results
     ]
     return table(header, rows) + f"\n({PEER_CLIENTS} clients; medians of the rounds)"

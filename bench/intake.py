@@ -8,6 +8,7 @@ cost as little CPU as possible, or it measures itself. wrk is one C process, fro
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import shutil
 import signal
@@ -127,6 +128,12 @@ async def run_wrk(concurrency: int, seconds: float, port: int) -> Throughput:
     )
     output, _ = await wrk.communicate()
     return parse_wrk(output.decode())
+
+
+def cpu_seconds(pid: int) -> float:
+    """The CPU time (user and system) a process has used so far, from /proc (Linux)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def wait_ready(port: int, path: str = "/readyz", status: int = 200) -> None:

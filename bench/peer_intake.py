@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
-from bench.intake import ORDERLANE_SERVER, Throughput, raw_publish, run_wrk, serving_api
+from bench.intake import ORDERLANE_SERVER, Throughput, cpu_seconds, raw_publish, run_wrk, serving_api
 from bench.workload import bench_channel, bench_settings, delete_queues
 from broker.connection import open_broker
 from broker.settings import Settings
@@ -55,6 +55,8 @@ class IntakeRun:
     throughput: Throughput
     missing: int
     """2xx answers whose order is not in the queue."""
+    cpu_us_per_order: float | None
+    """The intake process's CPU time over the run, per answer: steadier than the rate on a shared machine."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +76,11 @@ class PeerIntakeResult:
     def missing(self) -> int:
         return sum(run.missing for run in self.runs)
 
+    @property
+    def cpu_us_per_order(self) -> float | None:
+        measured = [run.cpu_us_per_order for run in self.runs if run.cpu_us_per_order is not None]
+        return statistics.median(measured) if measured else None
+
 
 async def intake_run(intake: Intake, seconds: float) -> IntakeRun:
     settings = bench_settings() if intake.status_store else bench_settings(status_url=None)
@@ -83,13 +90,15 @@ async def intake_run(intake: Intake, seconds: float) -> IntakeRun:
             async with open_broker(settings):  # the peers declare their queues themselves
                 pass
         ready = ("/readyz", 200) if orderlane else PEER_READY
-        async with serving_api(settings, PORT, intake.server, ready=ready):
+        async with serving_api(settings, PORT, intake.server, ready=ready) as process:
+            before = cpu_seconds(process.pid)
             throughput = await run_wrk(CLIENTS, seconds, PORT)
+            cpu_us = (cpu_seconds(process.pid) - before) / max(1, throughput.requests) * 1e6
         stored = await queue_depth(settings, settle=not orderlane)
     finally:
         await delete_queues(settings)
         await delete_exchange(settings.queue)  # Celery declares a direct exchange named after the queue
-    return IntakeRun(throughput, max(0, throughput.requests - throughput.errors - stored))
+    return IntakeRun(throughput, max(0, throughput.requests - throughput.errors - stored), cpu_us)
 
 
 async def queue_depth(settings: Settings, *, settle: bool) -> int:
@@ -115,7 +124,7 @@ async def raw_run(seconds: float) -> IntakeRun:
     try:
         async with open_broker(settings):
             pass
-        return IntakeRun(await raw_publish(settings, CLIENTS, seconds), 0)
+        return IntakeRun(await raw_publish(settings, CLIENTS, seconds), 0, None)
     finally:
         await delete_queues(settings)
 

@@ -83,8 +83,13 @@ async def replay_dead_letters(
             replay = Transition(order_id, "replayed", attempt=0, at=time.time(), fields=fields)
             await _best_effort(status.replay(replay), order_id)
         try:
+            copy = replay_message(message)
             await publish_confirmed(
-                broker.channel, replay_message(message), queue=lane.work.name, confirm_within=settings.publish_timeout
+                broker.channel,
+                copy.body,
+                copy.properties,
+                queue=lane.work.name,
+                confirm_within=settings.publish_timeout,
             )
         except PublishError:
             await message.nack(requeue=True)

@@ -182,7 +182,11 @@ class AckPolicy:
             return
         try:
             await publish_confirmed(
-                self._broker.channel, copy, queue=queue, confirm_within=self._settings.publish_timeout
+                self._broker.channel,
+                copy.body,
+                copy.properties,
+                queue=queue,
+                confirm_within=self._settings.publish_timeout,
             )
         except PublishError as exc:
             logger.error("could not move it to %r (%s); requeueing it", queue, exc, extra=message_fields(message))

@@ -10,9 +10,9 @@ import pytest
 from api.app import create_app
 from broker.connection import Broker
 from broker.errors import PublishError
-from broker.messages import Order
+from broker.messages import Order, encode_order
 from broker.priority import Priority
-from broker.publisher import PRIORITY_HEADER, OrderPublisher, build_message, publish_confirmed
+from broker.publisher import PRIORITY_HEADER, OrderPublisher, message_properties, publish_confirmed
 from broker.queues import queue_stats
 from broker.settings import Settings
 from tests.amqp import delete_queues, drain, operator_channel, queue_depth
@@ -73,9 +73,10 @@ async def test_nacked_order_raises_publish_error(settings: Settings, broker: Bro
     async with operator_channel() as channel:
         await channel.declare_queue(full, arguments={"x-max-length": 0, "x-overflow": "reject-publish"})
     try:
-        message = build_message(Order.model_validate(ORDER), Priority(effective=5, broker=4))
+        order = Order.model_validate(ORDER)
+        properties = message_properties(order, Priority(effective=5, broker=4))
         with pytest.raises(PublishError):
-            await publish_confirmed(broker.channel, message, queue=full, confirm_within=5)
+            await publish_confirmed(broker.channel, encode_order(order), properties, queue=full, confirm_within=5)
     finally:
         await delete_queues(full)
 

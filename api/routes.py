@@ -21,23 +21,26 @@ from broker.status import OrderStatus
 async def read_body(request: Request, limit: int, within: float) -> bytes:
     """Read at most `limit` bytes, refusing early on a declared Content-Length and again while streaming, and
     within `within` seconds: a client that trickles its body must not hold a connection (and a slot) for ever."""
-    too_large = RequestRejected(413, "body_too_large", f"the body is larger than {limit} bytes")
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise too_large
+        raise body_too_large(limit)
     body = bytearray()
     try:
         async with asyncio.timeout(within):
             async for chunk in request.stream():
                 body += chunk
                 if len(body) > limit:
-                    raise too_large
+                    raise body_too_large(limit)
     except ClientDisconnect:
         raise RequestRejected(400, "client_disconnect", "the client went away before sending the body") from None
     except TimeoutError:
         message = f"the body did not arrive within {within:g}s (ORDERLANE_HTTP_BODY_TIMEOUT)"
         raise RequestRejected(408, "body_timeout", message, headers={"Connection": "close"}) from None
     return bytes(body)
+
+
+def body_too_large(limit: int) -> RequestRejected:
+    return RequestRejected(413, "body_too_large", f"the body is larger than {limit} bytes")
 
 
 async def post_order(request: Request) -> Response:

@@ -35,7 +35,8 @@ class InFlightLimit:
         if self.in_flight >= self.limit:
             self.refused.inc()
             message = f"{self.limit} requests are in flight (ORDERLANE_HTTP_MAX_CONCURRENCY); retry shortly"
-            busy = error_response(503, [problem("overloaded", message)], {"Retry-After": "1"})
+            # Closed after: shedding connections is part of shedding load, and its body (if any) is not read.
+            busy = error_response(503, [problem("overloaded", message)], {"Retry-After": "1", "Connection": "close"})
             await busy(scope, receive, send)
             return
         self.in_flight += 1

@@ -18,8 +18,14 @@ from broker.settings import Settings
 EXIT_FAILURE = 1
 
 
-def run_main(program: str, main: Callable[[Settings], Coroutine[Any, Any, None]]) -> int:
-    """Load the settings, set up logging and run `main`; a bad setting or a known failure is one line on stderr."""
+LoopFactory = Callable[[], asyncio.AbstractEventLoop]
+
+
+def run_main(
+    program: str, main: Callable[[Settings], Coroutine[Any, Any, None]], loop_factory: LoopFactory | None = None
+) -> int:
+    """Load the settings, set up logging and run `main` (on a loop from `loop_factory`, else asyncio's own); a bad
+    setting or a known failure is one line on stderr."""
     try:
         settings = Settings()
     except ValidationError as exc:
@@ -31,7 +37,8 @@ def run_main(program: str, main: Callable[[Settings], Coroutine[Any, Any, None]]
     # does: the start-up retries are cancelled and it exits without a traceback.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
-        asyncio.run(main(settings))
+        with asyncio.Runner(loop_factory=loop_factory) as runner:
+            runner.run(main(settings))
     except OrderlaneError as exc:
         print(f"{program}: error: {exc}", file=sys.stderr)
         return EXIT_FAILURE

@@ -104,14 +104,17 @@ async def intake_run(intake: Intake, seconds: float) -> IntakeRun:
 async def queue_depth(settings: Settings, *, settle: bool) -> int:
     """Messages in the run's queue; with `settle`, once the count stops growing (publishes not confirmed)."""
     async with bench_channel(settings) as channel:
-        queue = await channel.declare_queue(settings.queue, passive=True)
-        depth = queue.declaration_result.message_count or 0
+
+        async def depth() -> int:
+            queue = await channel.declare_queue(settings.queue, passive=True)
+            return queue.declaration_result.message_count or 0
+
+        stored = await depth()
         while settle:
             await asyncio.sleep(0.5)
-            queue = await channel.declare_queue(settings.queue, passive=True)
-            settle = (queue.declaration_result.message_count or 0) > depth
-            depth = queue.declaration_result.message_count or 0
-        return depth
+            latest = await depth()
+            settle, stored = latest > stored, latest
+        return stored
 
 
 async def delete_exchange(name: str) -> None:

@@ -47,12 +47,12 @@ def create_app(
         publisher: Publisher, backlog: BacklogSource | None, status: StatusStore | None
     ) -> dict[str, Services]:
         intake = Intake(publisher, status, api_metrics, settings)
-        api_metrics.broker_blocked.set_function(lambda: publisher.is_blocked)
+        api_metrics.broker_blocked.read_from(lambda: publisher.is_blocked)
         return {"services": Services(settings, publisher, intake, status, api_metrics, backlog, document)}
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Services]]:
-        async with open_status_store(settings, api_metrics.registry) as status:
+        async with api_metrics.sampling(), open_status_store(settings, api_metrics.registry) as status:
             if publisher is not None:
                 yield services(publisher, backlog, status)
                 return

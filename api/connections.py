@@ -25,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import resource
-from collections.abc import Callable
 from typing import Any, Literal
 
 from uvicorn import Config
@@ -82,24 +81,16 @@ class OldestFirst:
 
 
 class GuardedConfig(Config):
-    """uvicorn's Config, serving with `GuardedHttpProtocol` and holding what its connections share; `closed` is told
-    why each connection the guard closes was closed."""
+    """uvicorn's Config, serving with `GuardedHttpProtocol` and holding what its connections share."""
 
-    def __init__(
-        self,
-        app: Any,
-        *,
-        header_timeout: float,
-        max_waiting: int,
-        max_bodies: int,
-        closed: Callable[[CloseReason], None],
-        **options: Any,
-    ) -> None:
+    def __init__(self, app: Any, *, header_timeout: float, max_waiting: int, max_bodies: int, **options: Any) -> None:
         super().__init__(app, http=GuardedHttpProtocol, **options)
         self.header_timeout = header_timeout
         self.waiting = OldestFirst(max_waiting, "too_many_waiting")
         self.bodies = OldestFirst(max_bodies, "too_many_bodies")
-        self.closed = closed
+
+    def closed(self, reason: CloseReason) -> None:
+        """Told why each connection the guard closes was closed: a subclass counts them."""
 
 
 class GuardedHttpProtocol(HttpToolsProtocol):

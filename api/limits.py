@@ -7,9 +7,10 @@ import math
 import time
 from collections.abc import Callable
 
-from prometheus_client import Counter, Gauge
+from prometheus_client import Counter
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from api.metrics import SampledGauge
 from api.responses import error_response, problem
 
 UNLIMITED_PATHS = frozenset({"/healthz", "/metrics"})
@@ -21,12 +22,12 @@ class InFlightLimit:
     """Pure ASGI middleware counting the requests between their head and their response. A request still sending
     its body counts: `api.connections` bounds how many of those there can be, below this limit."""
 
-    def __init__(self, app: ASGIApp, limit: int, refused: Counter, in_flight: Gauge) -> None:
+    def __init__(self, app: ASGIApp, limit: int, refused: Counter, in_flight: SampledGauge) -> None:
         self.app = app
         self.limit = limit
         self.refused = refused
         self.in_flight = 0
-        in_flight.set_function(lambda: self.in_flight)
+        in_flight.read_from(lambda: self.in_flight)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] in UNLIMITED_PATHS:

@@ -1,16 +1,56 @@
-"""The API's Prometheus metrics, and the pure ASGI middleware that counts requests."""
+"""The API's Prometheus metrics, and the pure ASGI middleware that counts requests.
+
+With several API processes on one port (`python -m api --workers N`), a scrape reaches one of them, which must
+answer for all: prometheus-client's multiprocess mode, where every process writes its values to files in one
+directory (`PROMETHEUS_MULTIPROC_DIR`) and the one scraped reads them all. It is the library's own answer, used the
+same way under gunicorn, and needs no process of its own; the alternatives (a scrape target per process, or a push
+gateway) would put the workers in the user's Prometheus configuration. Its limit: a gauge is only what a process
+`set`, so gauges read from a function (`set_function`) are sampled into their values instead (`SampledGauge`).
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import os
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Final
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from broker.priority import PRIORITIES
 
 CONFIRM_BUCKETS: Final = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
 UNMATCHED: Final = "unmatched"
+MULTIPROCESS_DIRECTORY: Final = "PROMETHEUS_MULTIPROC_DIR"
+"""prometheus-client's switch: set before it is first imported, its values live in files in this directory."""
+SAMPLE_SECONDS: Final = 1.0
+"""With several processes, how often each one writes its sampled gauges for whichever is scraped."""
+
+
+def multiprocess_directory() -> Path | None:
+    """The directory every API process writes its metrics to, if there are several."""
+    directory = os.environ.get(MULTIPROCESS_DIRECTORY)
+    return Path(directory) if directory else None
+
+
+class SampledGauge(Gauge):
+    """A gauge read from its source when sampled: `set_function`, except that in multiprocess mode the value reaches
+    the other processes, which only see what was `set`."""
+
+    def _metric_init(self) -> None:
+        super()._metric_init()
+        self._source: Callable[[], float] | None = None
+
+    def read_from(self, source: Callable[[], float]) -> None:
+        self._source = source
+
+    def sample(self) -> None:
+        if self._source is not None:
+            self.set(self._source())
 
 
 class ApiMetrics:
@@ -52,9 +92,10 @@ class ApiMetrics:
             "Requests answered 503 because ORDERLANE_HTTP_MAX_CONCURRENCY requests were in flight",
             registry=self.registry,
         )
-        self.requests_in_flight = Gauge(
+        self.requests_in_flight = SampledGauge(
             "orderlane_http_requests_in_flight",
             "Requests between their head and their response (limit: ORDERLANE_HTTP_MAX_CONCURRENCY)",
+            multiprocess_mode="livesum",
             registry=self.registry,
         )
         self.rate_limited = Counter(
@@ -70,22 +111,79 @@ class ApiMetrics:
             ["reason"],
             registry=self.registry,
         )
-        self.waiting_connections = Gauge(
+        self.waiting_connections = SampledGauge(
             "orderlane_http_waiting_connections",
             "Connections waiting for a request head: new, idle between requests, or sending it",
+            multiprocess_mode="livesum",
             registry=self.registry,
         )
-        self.incomplete_bodies = Gauge(
-            "orderlane_http_incomplete_bodies", "Requests whose body is not all in yet", registry=self.registry
+        self.incomplete_bodies = SampledGauge(
+            "orderlane_http_incomplete_bodies",
+            "Requests whose body is not all in yet",
+            multiprocess_mode="livesum",
+            registry=self.registry,
         )
-        self.broker_blocked = Gauge(
+        self.broker_blocked = SampledGauge(
             "orderlane_broker_blocked",
             "1 while the broker blocks publishing (a memory or disk alarm) and orders are refused at once",
+            multiprocess_mode="livemax",
             registry=self.registry,
         )
         self.broker_errors = Counter(
             "orderlane_broker_errors", "Orders the broker did not take (answered 503)", registry=self.registry
         )
+        self.sampled = (self.requests_in_flight, self.waiting_connections, self.incomplete_bodies, self.broker_blocked)
+
+    def sample(self) -> None:
+        for gauge in self.sampled:
+            gauge.sample()
+
+    def exposition(self) -> bytes:
+        """What `/metrics` answers: this process's metrics, or, with several processes, all of theirs."""
+        self.sample()
+        directory = multiprocess_directory()
+        if directory is None:
+            return generate_latest(self.registry)
+        forget_dead_processes(directory)
+        every_process = CollectorRegistry()
+        MultiProcessCollector(every_process, path=str(directory))
+        return generate_latest(every_process)
+
+    @contextlib.asynccontextmanager
+    async def sampling(self) -> AsyncIterator[None]:
+        """While the app serves: with several processes, sample the gauges every SAMPLE_SECONDS for the others, and
+        take this process's out of the sums when it stops. Alone, a scrape samples them (`exposition`)."""
+        directory = multiprocess_directory()
+        if directory is None:
+            yield
+            return
+
+        async def keep_sampling() -> None:
+            while True:
+                self.sample()
+                await asyncio.sleep(SAMPLE_SECONDS)
+
+        sampler = asyncio.create_task(keep_sampling())
+        try:
+            yield
+        finally:
+            sampler.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sampler
+            mark_process_dead(os.getpid(), str(directory))
+
+
+def forget_dead_processes(directory: Path) -> None:
+    """Take the live gauges of processes that ended without saying so (killed) out of the sums. A process is its
+    files' last part: `gauge_livesum_1234.db`."""
+    for path in directory.glob("gauge_live*_*.db"):
+        pid = int(path.stem.rpartition("_")[2])
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            mark_process_dead(pid, str(directory))
+        except PermissionError:  # alive, another user's: not one of ours, left alone
+            pass
 
 
 class RequestMetrics:

@@ -131,9 +131,12 @@ async def run_wrk(concurrency: int, seconds: float, port: int) -> Throughput:
 
 
 def cpu_seconds(pid: int) -> float:
-    """The CPU time (user and system) a process has used so far, from /proc (Linux)."""
+    """The CPU time (user and system) a process and its descendants alive now (an API's workers) have used so far,
+    from /proc (Linux)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    own = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return own + sum(cpu_seconds(int(child)) for child in children)
 
 
 async def wait_ready(port: int, path: str = "/readyz", status: int = 200) -> None:

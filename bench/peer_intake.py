@@ -34,13 +34,16 @@ def uvicorn_serving(app: str) -> tuple[str, ...]:
 class Intake:
     server: tuple[str, ...]
     """Arguments to python, `{port}` replaced."""
+    orderlane: bool = False
+    """orderlane's own API, ready once /readyz answers 200; a peer is ready once it answers at all."""
     status_store: bool = True
     """orderlane only: whether it keeps order statuses (and catches reposts), its default; the peers never do."""
 
 
 INTAKES: Final = {
-    "orderlane (python -m api)": Intake(ORDERLANE_SERVER),
-    "orderlane, status store off": Intake(ORDERLANE_SERVER, status_store=False),
+    "orderlane (python -m api)": Intake(ORDERLANE_SERVER, orderlane=True),
+    "orderlane, status store off": Intake(ORDERLANE_SERVER, orderlane=True, status_store=False),
+    "orderlane --workers 2": Intake((*ORDERLANE_SERVER, "--workers", "2"), orderlane=True),
     "minimal Starlette + aio-pika": Intake(uvicorn_serving("bench.intake_peers.minimal:app")),
     "FastAPI + Taskiq": Intake(uvicorn_serving("bench.intake_peers.taskiq_app:app")),
     "FastAPI + FastStream": Intake(uvicorn_serving("bench.intake_peers.faststream_app:app")),
@@ -84,17 +87,16 @@ class PeerIntakeResult:
 
 async def intake_run(intake: Intake, seconds: float) -> IntakeRun:
     settings = bench_settings() if intake.status_store else bench_settings(status_url=None)
-    orderlane = intake.server == ORDERLANE_SERVER
     try:
-        if orderlane:
+        if intake.orderlane:
             async with open_broker(settings):  # the peers declare their queues themselves
                 pass
-        ready = ("/readyz", 200) if orderlane else PEER_READY
+        ready = ("/readyz", 200) if intake.orderlane else PEER_READY
         async with serving_api(settings, PORT, intake.server, ready=ready) as process:
             before = cpu_seconds(process.pid)
             throughput = await run_wrk(CLIENTS, seconds, PORT)
             cpu_us = (cpu_seconds(process.pid) - before) / max(1, throughput.requests) * 1e6
-        stored = await queue_depth(settings, settle=not orderlane)
+        stored = await queue_depth(settings, settle=not intake.orderlane)
     finally:
         await delete_queues(settings)
         await delete_exchange(settings.queue)  # Celery declares a direct exchange named after the queue

@@ -24,8 +24,17 @@ LoopFactory = Callable[[], asyncio.AbstractEventLoop]
 def run_main(
     program: str, main: Callable[[Settings], Coroutine[Any, Any, None]], loop_factory: LoopFactory | None = None
 ) -> int:
-    """Load the settings, set up logging and run `main` (on a loop from `loop_factory`, else asyncio's own); a bad
-    setting or a known failure is one line on stderr."""
+    """`run_program` for a coroutine: `main` runs on a loop from `loop_factory`, else asyncio's own."""
+
+    def run_on_a_loop(settings: Settings) -> None:
+        with asyncio.Runner(loop_factory=loop_factory) as runner:
+            runner.run(main(settings))
+
+    return run_program(program, run_on_a_loop)
+
+
+def run_program(program: str, main: Callable[[Settings], None]) -> int:
+    """Load the settings, set up logging and run `main`; a bad setting or a known failure is one line on stderr."""
     try:
         settings = Settings()
     except ValidationError as exc:
@@ -37,8 +46,7 @@ def run_main(
     # does: the start-up retries are cancelled and it exits without a traceback.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
-        with asyncio.Runner(loop_factory=loop_factory) as runner:
-            runner.run(main(settings))
+        main(settings)
     except OrderlaneError as exc:
         print(f"{program}: error: {exc}", file=sys.stderr)
         return EXIT_FAILURE

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from api.server import metrics_directory, serve, serve_workers
+from api.server import serve, serve_workers
 from broker.cli import LoopFactory, port_number, run_main, run_program
 
 fast_event_loop: LoopFactory | None
@@ -33,12 +33,11 @@ def main() -> int:
         help="processes serving the port, each with its own broker connection (default: %(default)s)",
     )
     args = parser.parse_args()
-    with metrics_directory(args.workers):
-        if args.workers == 1:
-            # uvloop: the API's CPU per order 496 -> 403 us and 20 % more orders/s (docs/benchmarks.md). uvicorn would
-            # pick it by itself, but this process makes its loop before uvicorn starts, so it is asked for here.
-            return run_main("api", lambda settings: serve(settings, args.host, args.port), fast_event_loop)
-        return run_program("api", lambda settings: serve_workers(settings, args.host, args.port, args.workers))
+    if args.workers == 1:
+        # uvloop: the API's CPU per order 496 -> 403 us and 20 % more orders/s (docs/benchmarks.md). uvicorn would
+        # pick it by itself, but this process makes its loop before uvicorn starts, so it is asked for here.
+        return run_main("api", lambda settings: serve(settings, args.host, args.port), fast_event_loop)
+    return run_program("api", lambda settings: serve_workers(settings, args.host, args.port, args.workers))
 
 
 if __name__ == "__main__":

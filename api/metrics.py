@@ -13,7 +13,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from collections.abc import AsyncIterator, Callable
+import re
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Final
 
@@ -29,6 +30,8 @@ MULTIPROCESS_DIRECTORY: Final = "PROMETHEUS_MULTIPROC_DIR"
 """prometheus-client's switch: set before it is first imported, its values live in files in this directory."""
 SAMPLE_SECONDS: Final = 1.0
 """With several processes, how often each one writes its sampled gauges for whichever is scraped."""
+METRIC_FILE: Final = re.compile(r"(?:counter|histogram|summary|gauge_[a-z]+)_(\d+)\.db")
+"""A file prometheus-client writes in multiprocess mode: one per metric type (and gauge mode) and process id."""
 
 
 def multiprocess_directory() -> Path | None:
@@ -173,17 +176,32 @@ class ApiMetrics:
             mark_process_dead(os.getpid(), str(directory))
 
 
+def metric_files(directory: Path) -> Iterator[tuple[Path, int]]:
+    """prometheus-client's files in `directory`, each with the id of the process that writes it."""
+    for path in directory.iterdir():
+        if match := METRIC_FILE.fullmatch(path.name):
+            yield path, int(match[1])
+
+
 def forget_dead_processes(directory: Path) -> None:
-    """Take the live gauges of processes that ended without saying so (killed) out of the sums. A process is its
-    files' last part: `gauge_livesum_1234.db`."""
-    for path in directory.glob("gauge_live*_*.db"):
-        pid = int(path.stem.rpartition("_")[2])
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            mark_process_dead(pid, str(directory))
-        except PermissionError:  # alive, another user's: not one of ours, left alone
-            pass
+    """Take the live gauges of processes that ended without saying so (killed) out of the sums, and drop the empty
+    file of one killed while it made it, which the library could not read. Two workers may do it at once."""
+    for path, pid in metric_files(directory):
+        if is_running(pid):
+            continue
+        with contextlib.suppress(FileNotFoundError):  # another worker was first
+            if path.name.startswith("gauge_live") or path.stat().st_size == 0:
+                path.unlink()
+
+
+def is_running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's
+        pass
+    return True
 
 
 class RequestMetrics:

@@ -6,13 +6,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import logging
 import os
 import signal
+import sys
 import tempfile
 from collections.abc import Iterator
 from types import FrameType
-from typing import Any
+from typing import Any, Final
 
 import uvicorn
 from starlette.applications import Starlette
@@ -21,16 +23,18 @@ from uvicorn.supervisors import Multiprocess
 
 from api.app import create_app
 from api.connections import CloseReason, GuardedConfig, allow_connections
-from api.metrics import MULTIPROCESS_DIRECTORY, ApiMetrics, multiprocess_directory
+from api.metrics import MULTIPROCESS_DIRECTORY, ApiMetrics, metric_files, multiprocess_directory
 from broker.connection import open_broker
-from broker.errors import OrderlaneError
+from broker.errors import ConfigurationError, OrderlaneError
 from broker.logs import configure_logging
 from broker.settings import Settings
 
 logger = logging.getLogger(__name__)
 
-GRACEFUL_SHUTDOWN_SECONDS = 10
+GRACEFUL_SHUTDOWN_SECONDS: Final = 10
 """After SIGTERM, how long requests in flight may take before they are cancelled."""
+PR_SET_PDEATHSIG: Final = 1
+"""Linux's prctl(2) option: the signal a process gets when its parent dies."""
 
 
 class ApiServerConfig(GuardedConfig):
@@ -53,17 +57,27 @@ class ApiServerConfig(GuardedConfig):
             **options,
         )
         self.metrics: ApiMetrics | None = None
+        self.supervisor = os.getpid()
+        """With workers, the process that starts them: this one."""
 
     def configure_logging(self) -> None:
-        """Called by uvicorn in every process it serves from: orderlane's log format there too."""
+        """Called by uvicorn here and in each worker it spawns: orderlane's log format everywhere."""
         super().configure_logging()
         configure_logging(self.settings)
 
     def load_app(self) -> Starlette:
-        self.metrics = ApiMetrics()
-        self.metrics.waiting_connections.read_from(lambda: len(self.waiting))
-        self.metrics.incomplete_bodies.read_from(lambda: len(self.bodies))
-        return create_app(self.settings, api_metrics=self.metrics)
+        """The app, built in the process that serves it. A failure exits as uvicorn's own `load_app` does, with
+        its start-up failure status: the supervisor then stops every worker instead of starting this one again."""
+        try:
+            if self.workers > 1:
+                stop_with_the_supervisor(self.supervisor)
+            self.metrics = ApiMetrics()
+            self.metrics.waiting_connections.read_from(lambda: len(self.waiting))
+            self.metrics.incomplete_bodies.read_from(lambda: len(self.bodies))
+            return create_app(self.settings, api_metrics=self.metrics)
+        except Exception:
+            logger.exception("could not build the API")
+            sys.exit(STARTUP_FAILURE)
 
     def closed(self, reason: CloseReason) -> None:
         assert self.metrics is not None, "connections are served only after load_app"
@@ -80,15 +94,16 @@ async def check_broker(settings: Settings) -> None:
 
 async def serve(settings: Settings, host: str, port: int) -> None:
     """Serve in this process until SIGTERM or SIGINT."""
-    await check_broker(settings)
-    allow_connections(settings.http_max_waiting_connections + settings.http_max_concurrency)
-    config = ApiServerConfig(settings, host=host, port=port)
-    # uvicorn shuts down gracefully on SIGTERM/SIGINT (the lifespan closes the connection), then re-raises the
-    # signal under the handler that was in place before it started. With these no-ops serve() returns and the
-    # process exits 0, as the consumer does, instead of dying by the signal.
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, _already_handled_by_uvicorn)
-    await uvicorn.Server(config).serve()
+    with metrics_directory(workers=1):
+        await check_broker(settings)
+        allow_connections(settings.http_max_waiting_connections + settings.http_max_concurrency)
+        config = ApiServerConfig(settings, host=host, port=port)
+        # uvicorn shuts down gracefully on SIGTERM/SIGINT (the lifespan closes the connection), then re-raises the
+        # signal under the handler that was in place before it started. With these no-ops serve() returns and the
+        # process exits 0, as the consumer does, instead of dying by the signal.
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, _already_handled_by_uvicorn)
+        await uvicorn.Server(config).serve()
 
 
 def _already_handled_by_uvicorn(signum: int, frame: FrameType | None) -> None:
@@ -99,24 +114,37 @@ def serve_workers(settings: Settings, host: str, port: int, workers: int) -> Non
     """Serve from `workers` processes until SIGTERM or SIGINT, which the supervisor passes on to each worker, which
     stops as `serve` does. A worker that dies is replaced; one that cannot start stops them all. Each worker runs on
     uvloop where it is installed (uvicorn's `loop="auto"`), as `python -m api` does."""
-    asyncio.run(check_broker(settings))
-    allow_connections(settings.http_max_waiting_connections + settings.http_max_concurrency)
-    config = ApiServerConfig(settings, host=host, port=port, workers=workers)
-    with config.bind_socket() as listening:
-        supervisor = Multiprocess(config, sockets=[listening])
-        supervisor.run()
+    with metrics_directory(workers):
+        asyncio.run(check_broker(settings))
+        allow_connections(settings.http_max_waiting_connections + settings.http_max_concurrency)
+        config = ApiServerConfig(settings, host=host, port=port, workers=workers)
+        with config.bind_socket() as listening:
+            supervisor = Multiprocess(config, sockets=[listening])
+            supervisor.run()
     if any(worker.exitcode == STARTUP_FAILURE for worker in supervisor.processes):
         raise OrderlaneError("an API worker failed to start (its log above says why), so all were stopped")
+
+
+def stop_with_the_supervisor(supervisor: int) -> None:
+    """Linux: have the kernel send this worker SIGTERM, which it obeys gracefully, if the supervisor dies without
+    stopping it (SIGKILL, the OOM killer), so that no orphan goes on serving the port. Elsewhere, nothing."""
+    if sys.platform != "linux":
+        return
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != supervisor:  # it died before the request took effect
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 @contextlib.contextmanager
 def metrics_directory(workers: int) -> Iterator[None]:
     """The directory the API's processes write their metrics to (`api.metrics`): PROMETHEUS_MULTIPROC_DIR if set (a
-    tmpfs, say), emptied first, as prometheus-client asks between runs; else, for several workers, a temporary one,
-    removed at the end; else none."""
+    tmpfs, say), cleared of prometheus-client's files first, as the library asks between runs; else, for several
+    workers, a temporary one, removed at the end; else none."""
     given = multiprocess_directory()
     if given is not None:
-        for stale in given.glob("*.db"):
+        if not given.is_dir() or not os.access(given, os.W_OK | os.X_OK):
+            raise ConfigurationError(f"PROMETHEUS_MULTIPROC_DIR={given} is not a directory this process may write to")
+        for stale, _ in metric_files(given):
             stale.unlink()
         yield
         return

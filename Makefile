@@ -6,7 +6,7 @@ INSTALLED := $(VENV)/.installed
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: install services tools run test check format bench bench-full clean
+.PHONY: install services tools run test check format bench bench-full clean cluster cluster-stop
 
 install: $(INSTALLED)
 
@@ -23,9 +23,9 @@ services: install
 apt-install = apt-get install -y -q $(1) >/dev/null 2>&1 \
 	  || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q $(1) >/dev/null 2>&1; }
 
-# Debian's packages of wrk, the HTTP load generator of the intake benchmark and of the quick performance check, and
-# of nginx, the proxy of deploy/nginx.conf that tests/test_proxy.py runs as a child process of its own. Only nginx's
-# binary is wanted: apt starts the system's nginx on port 80 after installing it (unless policy-rc.d forbids it, as
+# Debian's packages of wrk, the HTTP load generator of the intake benchmark and of the quick performance check; of
+# jq, with which scripts/cluster reads rabbitmqctl's JSON; and of nginx, the proxy of deploy/nginx.conf that
+# tests/test_proxy.py runs as a child process of its own. Only nginx's binary is wanted: apt starts the system's nginx on port 80 after installing it (unless policy-rc.d forbids it, as
 # in Docker images), so stop that one at once and keep it from starting at boot.
 tools:
 	@command -v wrk >/dev/null || $(call apt-install,wrk) \
@@ -33,6 +33,8 @@ tools:
 	@test -x /usr/sbin/nginx || { $(call apt-install,nginx); { invoke-rc.d nginx stop; update-rc.d nginx disable; } \
 	  >/dev/null 2>&1; true; }
 	@test -x /usr/sbin/nginx || echo "make: could not install nginx; install it (apt-get install nginx) for the proxy tests"
+	@command -v jq >/dev/null || $(call apt-install,jq) \
+	  || echo "make: could not install jq; install it (apt-get install jq) for scripts/cluster"
 
 run: services
 	HOST=$(HOST) PORT=$(PORT) scripts/run-dev
@@ -54,6 +56,14 @@ bench: services tools
 
 bench-full: services tools
 	$(BIN)/python -m bench all
+
+# A 3-node RabbitMQ cluster on this machine (ol1..ol3@localhost, AMQP on 5681..5683) beside the broker on 5672;
+# see the top of scripts/cluster.
+cluster:
+	scripts/cluster start
+
+cluster-stop:
+	scripts/cluster stop
 
 format: install
 	$(BIN)/ruff check --fix .

@@ -15,6 +15,7 @@ from aio_pika.abc import AbstractRobustChannel, AbstractRobustConnection
 from yarl import URL
 
 from broker.errors import BrokerRefused, BrokerUnavailable
+from broker.mirroring import check_replication
 from broker.settings import Settings, redacted
 from broker.topology import Topology, build_topology, check_queue_type, declare_topology
 
@@ -172,6 +173,7 @@ async def open_broker(settings: Settings) -> AsyncIterator[Broker]:
         except BROKER_ERRORS as exc:
             raise BrokerRefused(f"the broker refused to set up the queues: {exc}") from exc
         logger.info("connected, queues ready: %s", ", ".join(lane.work.name for lane in topology.lanes))
+        await check_replication(settings, topology)
         yield Broker(connection=connection, channel=channel, topology=topology)
     finally:
         await connection.close()

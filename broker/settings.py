@@ -7,7 +7,7 @@ import re
 from dataclasses import dataclass
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, AmqpDsn, Field, RedisDsn, SecretStr, field_validator, model_validator
+from pydantic import AfterValidator, AmqpDsn, Field, HttpUrl, RedisDsn, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 QueueName = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9._:-]+$")]
@@ -106,6 +106,9 @@ class Settings(BaseSettings):
     """True: intake answers 503 while the status store is away, rather than accepting without deduplication."""
 
     queue_type: Literal["classic", "quorum"] = "classic"
+    management_url: HttpUrl | None = None
+    """RabbitMQ's management API (http://user:pass@host:15672/): with it, each process checks at start that its
+    queues are replicated across the cluster (broker/mirroring.py); empty: not checked."""
     api_keys: Annotated[tuple[SecretStr, ...], NoDecode] = ()
     rate_limit_per_key: Annotated[float, Field(gt=0)] | None = None
     """Requests a second each API key may send, on average, in one API process; empty: no limit."""
@@ -184,8 +187,8 @@ class Settings(BaseSettings):
     @property
     def passwords(self) -> tuple[str, ...]:
         """Every password in the URLs, for the log formatter to mask."""
-        urls: tuple[AmqpDsn | RedisDsn, ...] = (*self.broker_urls, *filter(None, [self.status_url]))
-        return tuple(url.password for url in urls if url.password)
+        urls = (*self.broker_urls, self.status_url, self.management_url)
+        return tuple(url.password for url in urls if url is not None and url.password)
 
     @property
     def redacted_amqp_url(self) -> str:
@@ -193,7 +196,7 @@ class Settings(BaseSettings):
         return redacted(self.amqp_url)
 
 
-def redacted(url: AmqpDsn | RedisDsn) -> str:
+def redacted(url: AmqpDsn | RedisDsn | HttpUrl) -> str:
     if url.password is None:
         return str(url)
     return str(url).replace(f":{url.password}@", ":***@", 1)

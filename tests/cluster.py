@@ -29,6 +29,9 @@ class Cluster:
     def url(self, node: int) -> str:
         return self.urls[node - 1]
 
+    def management_url(self, node: int) -> str:
+        return f"http://guest:guest@127.0.0.1:{15680 + node}/"
+
     def failover(self, node: int) -> str:
         """ORDERLANE_AMQP_FAILOVER_URLS for a process that connects to `node` first: the other two, in order."""
         return ",".join(url for n, url in enumerate(self.urls, start=1) if n != node)

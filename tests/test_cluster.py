@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import collections
 import itertools
+import logging
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -16,7 +18,7 @@ from dataclasses import dataclass, field
 import aio_pika
 import httpx
 import pytest
-from pydantic import AmqpDsn
+from pydantic import AmqpDsn, HttpUrl
 
 from broker.connection import open_broker
 from broker.settings import Settings
@@ -228,3 +230,20 @@ async def test_after_a_failover_a_vip_order_still_overtakes_the_backlog(cluster:
 async def _master_moved(cluster: Cluster, queue: str) -> bool:
     master, _ = await cluster.queue_nodes(2, queue)
     return node_number(master) != 1
+
+
+async def test_the_start_up_check_warns_of_queues_no_policy_mirrors(
+    cluster: Cluster, settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    mirrored = on_node(settings, cluster, 1).model_copy(update={"management_url": HttpUrl(cluster.management_url(1))})
+    unmirrored = mirrored.model_copy(update={"queue": f"plain-{uuid.uuid4().hex[:8]}"})
+    with caplog.at_level(logging.WARNING, logger="broker.mirroring"):
+        async with open_broker(mirrored):
+            pass
+        assert not caplog.records, "the tests' policy mirrors test-*"
+        async with open_broker(unmirrored):
+            pass
+    [warning] = caplog.records
+    assert warning.getMessage().startswith(
+        f"the cluster runs 3 nodes, but no policy mirrors {unmirrored.queue}, {unmirrored.queue}.retry.1"
+    )

@@ -141,7 +141,7 @@ class Settings(BaseSettings):
             return items
         return value
 
-    @field_validator("status_url", "rate_limit_per_key", "rate_limit_burst", mode="before")
+    @field_validator("status_url", "management_url", "rate_limit_per_key", "rate_limit_burst", mode="before")
     @classmethod
     def _empty_means_off(cls, value: object) -> object:
         return None if value == "" else value

@@ -1,8 +1,9 @@
 """`python -m bench SCENARIO... [--quick]`: run a benchmark beside raw aio-pika, print its table, and write its JSON
 and PNG to bench/results/. SCENARIO is intake, drain, priority, peers, endtoend, memory, sharing, status (the status
 store off against on), flood (intake beside 1,100 half-open connections), intake-peers (the API beside the HTTP
-intakes users would pick instead) or all (every one but peers and intake-peers, which need the `peers` extra:
-FastStream, Taskiq, FastAPI, Celery)."""
+intakes users would pick instead), scale (1, 2 and 4 consumer processes, 1 and 2 API processes, against one) or all
+(every one but three: peers and intake-peers, which need the `peers` extra, FastStream, Taskiq, FastAPI, Celery;
+and scale, which takes about half a minute even with --quick: run it by name)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import statistics
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Final, TypeVar
 
 from tqdm import tqdm
 
@@ -27,6 +28,7 @@ from bench.peer_intake import CLIENTS as PEER_CLIENTS
 from bench.peer_intake import INTAKES, PeerIntakeResult, measure_peer_intake
 from bench.priority import SYSTEMS, PriorityResult, System, measure_priority, median_result
 from bench.report import plot_drain, plot_end_to_end, plot_intake, plot_priority, plot_status, save_json
+from bench.scale import API_INTAKES, ScaleResult, measure_scale
 from bench.sharing import SharingResult, measure_sharing
 from bench.status import CLIENTS, StatusResult, drain_measure, intake_measure, measure_status, priority_measure
 from broker.settings import Prefetch
@@ -58,6 +60,9 @@ class Plan:
     flood_rounds: int
     peer_intake_seconds: float
     peer_intake_rounds: int
+    scale_processes: Sequence[int]
+    scale_seconds: float
+    scale_rounds: int
 
 
 FULL = Plan(
@@ -82,6 +87,9 @@ FULL = Plan(
     flood_rounds=6,  # even: each server goes first in as many rounds as it goes last
     peer_intake_seconds=8,
     peer_intake_rounds=3,
+    scale_processes=(1, 2, 4),
+    scale_seconds=10,
+    scale_rounds=3,
 )
 QUICK = Plan(
     intake_clients=(1, 32),
@@ -105,6 +113,9 @@ QUICK = Plan(
     flood_rounds=1,
     peer_intake_seconds=3,
     peer_intake_rounds=1,
+    scale_processes=(1, 2, 4),
+    scale_seconds=3,
+    scale_rounds=1,
 )
 
 
@@ -296,6 +307,49 @@ def show_intake_peers(results: list[PeerIntakeResult]) -> str:
     return table(header, rows) + f"\n({PEER_CLIENTS} clients; medians of the rounds)"
 
 
+async def scale(plan: Plan, progress: tqdm[Any]) -> list[ScaleResult]:
+    return [await measure_scale(plan.scale_processes, plan.scale_seconds, plan.scale_rounds, progress.update)]
+
+
+def show_scale(results: list[ScaleResult]) -> str:
+    result = results[0]
+    consumer_header = ("consumers", "orders/s", "x 1", "ceiling/s", "of ceiling", "rounds", "backlog outlasted window")
+    consumer_rows = [
+        (
+            r.processes,
+            r.per_second,
+            f"{r.ratio:.2f}",
+            f"{r.processes * result.ceiling_per_process:,.0f}",
+            f"{r.per_second / (r.processes * result.ceiling_per_process):.2f}",
+            " ".join(f"{run.per_second:,.0f}" for run in r.runs),
+            "yes" if all(run.outlasted for run in r.runs) else "NO: drained",
+        )
+        for r in result.consumers
+    ]
+    api_header = ("API processes", "orders/s", "x 1", "p99 ms", "CPU µs/order", "rounds", "unexpected")
+    api_rows = [
+        (
+            r.processes,
+            r.per_second,
+            f"{r.ratio:.2f}",
+            statistics.median(run.throughput.p99_ms for run in r.runs),
+            f"{statistics.median(run.cpu_us_per_order or 0 for run in r.runs):.0f}",
+            " ".join(f"{run.throughput.per_second:,.0f}" for run in r.runs),
+            sum(run.throughput.errors + run.missing for run in r.runs),
+        )
+        for r in result.api
+    ]
+    return "\n".join(
+        [
+            table(consumer_header, consumer_rows),
+            f"({result.handler_ms:g} ms asyncio.sleep handler, --concurrency {result.concurrency} --prefetch "
+            f"{result.concurrency} per process; medians)",
+            table(api_header, api_rows),
+            f"(2: python -m api --workers 2; wrk at {result.clients} clients; status store on; medians)",
+        ]
+    )
+
+
 def show_intake(results: list[IntakeResult]) -> str:
     header = ("clients", "api/s", "p50 ms", "p99 ms", "raw/s", "raw p50", "raw p99", "ratio")
     rows = [
@@ -377,7 +431,16 @@ SCENARIOS = {
         lambda results: "no plot",
     ),
     "flood": Scenario(flood, lambda p: len(servers()) * p.flood_rounds, show_flood, lambda results: "no plot"),
+    "scale": Scenario(
+        scale,
+        lambda p: (len(p.scale_processes) + len(API_INTAKES)) * p.scale_rounds,
+        show_scale,
+        lambda results: "no plot",
+    ),
 }
+
+NOT_IN_ALL: Final = ("peers", "intake-peers", "scale")
+"""The peers need the `peers` extra; scale takes about half a minute even with --quick (28-36 s here)."""
 
 
 async def run(names: list[str], plan: Plan, command: str) -> None:
@@ -394,7 +457,7 @@ def main() -> None:
     parser.add_argument("scenario", nargs="+", choices=[*SCENARIOS, "all"])
     parser.add_argument("--quick", action="store_true", help="a short run of each (make bench)")
     args = parser.parse_args()
-    names = [name for name in SCENARIOS if "peers" not in name] if "all" in args.scenario else args.scenario
+    names = [name for name in SCENARIOS if name not in NOT_IN_ALL] if "all" in args.scenario else args.scenario
     command = "python -m bench " + " ".join(sys.argv[1:])
     logging.basicConfig(level=logging.ERROR)  # the progress bar and the tables are the output
     asyncio.run(run(names, QUICK if args.quick else FULL, command))

@@ -13,6 +13,8 @@ import asyncio
 import signal
 import sys
 import time
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 import httpx
@@ -59,27 +61,44 @@ async def scrape(client: httpx.AsyncClient, port: int) -> Sample:
     )
 
 
-async def start_consumer(settings: Settings, handler_ms: float, port: int) -> asyncio.subprocess.Process:
+async def start_consumer(
+    settings: Settings, handler_ms: float, port: int, options: Sequence[str] = ()
+) -> asyncio.subprocess.Process:
     env = {
         **environment(settings),
         "ORDERLANE_SIMULATED_WORK_MS": str(handler_ms),
         "ORDERLANE_LOG_LEVEL": "WARNING",
     }
     return await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "consumers", "--metrics-port", str(port), cwd=PROJECT_ROOT, env=env
+        sys.executable, "-m", "consumers", "--metrics-port", str(port), *options, cwd=PROJECT_ROOT, env=env
     )
+
+
+@asynccontextmanager
+async def running_consumers(
+    settings: Settings, handler_ms: float, ports: Sequence[int], options: Sequence[str] = ()
+) -> AsyncIterator[None]:
+    """A `python -m consumers` process per metrics port in `ports`, on the settings' queue, with `handler_ms` of
+    simulated work per order and `options` on its command line; stopped (SIGTERM) and exited when this returns."""
+    consumers: list[asyncio.subprocess.Process] = []
+    try:
+        for port in ports:
+            consumers.append(await start_consumer(settings, handler_ms, port, options))
+        yield
+    finally:
+        for consumer in consumers:
+            consumer.send_signal(signal.SIGTERM)
+        await asyncio.gather(*(consumer.wait() for consumer in consumers))
 
 
 async def measure_sharing(processes: int, backlog: int, handler_ms: float) -> SharingResult:
     settings = bench_settings()
     ports = [FIRST_METRICS_PORT + n for n in range(processes)]
     timelines: list[list[Sample]] = [[] for _ in ports]
-    consumers: list[asyncio.subprocess.Process] = []
     try:
         async with open_broker(settings):
             await fill(settings, orders(backlog))
-        consumers = [await start_consumer(settings, handler_ms, port) for port in ports]
-        async with httpx.AsyncClient() as client:
+        async with running_consumers(settings, handler_ms, ports), httpx.AsyncClient() as client:
             started = time.perf_counter()
             while True:
                 try:
@@ -94,9 +113,6 @@ async def measure_sharing(processes: int, backlog: int, handler_ms: float) -> Sh
                 await asyncio.sleep(SAMPLE_SECONDS)
             seconds = time.perf_counter() - started
     finally:
-        for consumer in consumers:
-            consumer.send_signal(signal.SIGTERM)
-        await asyncio.gather(*(consumer.wait() for consumer in consumers))
         await delete_queues(settings)
     return SharingResult(
         processes=processes,

@@ -160,6 +160,8 @@ async def test_killing_the_node_the_api_publishes_to_loses_no_accepted_order(
         stop.set()
         await asyncio.gather(*clients)
         before_rejoin = len(intake.accepted)
+        after_kill = [killed_at, *(at for at in intake.accepted_at if at > killed_at)]
+        longest_without = max(later - earlier for earlier, later in itertools.pairwise(after_kill))
 
         await cluster.restart(1)
         assert await cluster.healthy()
@@ -177,8 +179,6 @@ async def test_killing_the_node_the_api_publishes_to_loses_no_accepted_order(
     processed = log.processed()
     refused = intake.refused_at
     window = (refused[-1] - refused[0]) if refused else 0.0
-    after_kill = [killed_at, *(at for at in intake.accepted_at if at > killed_at)]
-    longest_without = max(later - earlier for earlier, later in itertools.pairwise(after_kill))
     print(
         f"\ncluster, API's node killed: {len(intake.accepted)} accepted, 0 lost; {len(refused)} answered 503, "
         f"over {window:.2f}s; longest time without a 202 after the kill {longest_without:.2f}s; handler runs "

@@ -15,27 +15,29 @@ from broker.connection import open_broker
 from broker.queues import queue_stats
 from broker.settings import MAX_CONCURRENCY, MAX_PREFETCH, Concurrency, Prefetch, Settings
 from broker.status_store import open_status_store
-from consumers.delivery import Handler
 from consumers.dlq import peek_dead_letters, replay_dead_letters
 from consumers.handlers import OrderProcessor, load_handler
 from consumers.runner import consume_until_stopped
 from consumers.tables import format_dead_letters, format_queue_stats
+from consumers.threads import InThreads, as_handler
 
 DEFAULT_LIMIT = 20
 
 
 async def consume(settings: Settings, args: argparse.Namespace) -> None:
-    handler: Handler = (
-        load_handler(args.handler) if args.handler else OrderProcessor(work_seconds=settings.simulated_work_ms / 1000)
-    )
-    metrics_port = args.metrics_port or settings.metrics_port
-    await consume_until_stopped(
-        settings,
-        handler,
-        prefetch=args.prefetch or settings.prefetch,
-        concurrency=args.concurrency or settings.concurrency,
-        metrics_port=metrics_port,
-    )
+    loaded = load_handler(args.handler) if args.handler else OrderProcessor(settings.simulated_work_ms / 1000)
+    handler, concurrency = as_handler(loaded, args.concurrency or settings.concurrency)
+    try:
+        await consume_until_stopped(
+            settings,
+            handler,
+            prefetch=args.prefetch or settings.prefetch,
+            concurrency=concurrency,
+            metrics_port=args.metrics_port or settings.metrics_port,
+        )
+    finally:
+        if isinstance(handler, InThreads):
+            handler.close()
 
 
 async def status(settings: Settings) -> None:

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import importlib
-import inspect
 import logging
 
 from broker.errors import ConfigurationError
 from broker.messages import Order
 from consumers.delivery import Handler, current_delivery, log_fields
+from consumers.threads import SyncHandler
 
 logger = logging.getLogger(__name__)
 
@@ -32,8 +32,9 @@ class OrderProcessor:
         )
 
 
-def load_handler(reference: str) -> Handler:
-    """Resolve `package.module:callable`, the form `--handler` takes (as uvicorn takes its app)."""
+def load_handler(reference: str) -> Handler | SyncHandler:
+    """Resolve `package.module:callable`, the form `--handler` takes (as uvicorn takes its app): an async callable,
+    or a plain function (consumers.threads runs it in threads)."""
     module_name, _, attribute = reference.partition(":")
     if not module_name or not attribute:
         raise ConfigurationError(f"handler {reference!r} is not of the form module:callable")
@@ -41,9 +42,7 @@ def load_handler(reference: str) -> Handler:
         handler = getattr(importlib.import_module(module_name), attribute)
     except (ImportError, AttributeError) as exc:
         raise ConfigurationError(f"handler {reference!r} cannot be loaded: {exc}") from exc
-    if not (inspect.iscoroutinefunction(handler) or inspect.iscoroutinefunction(type(handler).__call__)):
-        raise ConfigurationError(
-            f"handler {reference!r} is not async (an async def, or an object with one as __call__)"
-        )
-    found: Handler = handler
+    if not callable(handler):
+        raise ConfigurationError(f"handler {reference!r} is not callable")
+    found: Handler | SyncHandler = handler
     return found

@@ -1,4 +1,5 @@
-"""A handler for consumer processes started by tests: `--handler tests.recording:record`.
+"""A handler for consumer processes started by tests: `--handler tests.recording:record` (async) or
+`tests.recording:record_in_a_thread` (a plain function).
 
 Appends `order_id attempt redelivered` to the file named by ORDERLANE_TEST_RECORD_FILE, one line per order it
 finished, after ORDERLANE_SIMULATED_WORK_MS of work. A line written is an order the handler completed; whether
@@ -25,6 +26,12 @@ async def record(order: Order) -> None:
     work_ms = float(os.environ.get(WORK_MS, "0"))
     if work_ms:
         await asyncio.sleep(work_ms / 1000)
+    delivery = current_delivery()
+    _record_file().write(f"{order.order_id} {delivery.attempt} {int(delivery.redelivered)}\n")
+
+
+def record_in_a_thread(order: Order) -> None:
+    """`record` as a plain function, which `python -m consumers` runs in its handler threads."""
     delivery = current_delivery()
     _record_file().write(f"{order.order_id} {delivery.attempt} {int(delivery.redelivered)}\n")
 

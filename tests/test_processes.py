@@ -164,10 +164,10 @@ async def test_sigterm_while_waiting_for_the_broker_exits_cleanly(settings: Sett
         assert "stopped before it was ready" in rest
 
 
-async def test_a_handler_that_is_not_async_is_refused_before_consuming(settings: Settings) -> None:
-    code, stderr = await run("consumers", "--handler", "broker.priority:prioritize", env=environment(settings))
+async def test_a_handler_that_is_not_callable_is_refused_before_consuming(settings: Settings) -> None:
+    code, stderr = await run("consumers", "--handler", "broker.priority:PRIORITIES", env=environment(settings))
     assert code == 1
-    assert "is not async" in stderr
+    assert "handler 'broker.priority:PRIORITIES' is not callable" in stderr
     assert "Traceback" not in stderr
 
 

@@ -1,0 +1,128 @@
+"""Plain (synchronous) functions as handlers: each call runs in a thread of a bounded pool, under the same ack,
+retry and timeout policy as an async handler.
+
+A thread cannot be cancelled. When a synchronous handler runs past ORDERLANE_HANDLER_TIMEOUT, the attempt counts as
+failed at its deadline, as an async one's does (the order goes to the retry path, or is dead-lettered after its
+last attempt), and the thread is abandoned, not stopped: it runs on until the function returns, its result ignored,
+and it keeps its place in the pool meanwhile. So the process never runs more functions at once than it has
+threads, whatever overran; a new order waits for a free thread within its own timeout. The function may thus still
+be running when its order is retried, here or in another process: at least once, as for any handler (README,
+"Handlers").
+
+The threads are daemons, unlike concurrent.futures' (which the interpreter joins at exit): a function stuck for good
+must not keep a stopped consumer from exiting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import inspect
+import logging
+import os
+import queue
+import threading
+from collections.abc import Callable
+from typing import Final, TypeGuard
+
+from broker.messages import Order
+from broker.settings import Concurrency
+from consumers.delivery import Handler
+
+logger = logging.getLogger(__name__)
+
+SyncHandler = Callable[[Order], object]
+DEFAULT_THREADS: Final = min(32, (os.cpu_count() or 1) + 4)
+"""With `--concurrency auto`, how many threads a synchronous handler gets (concurrent.futures' own default)."""
+
+_Call = tuple[Callable[[], object], asyncio.AbstractEventLoop, asyncio.Future[object]]
+
+
+class InThreads:
+    """An async handler that runs `function` in one of `threads` daemon threads."""
+
+    def __init__(self, function: SyncHandler, threads: int) -> None:
+        self.function = function
+        self.threads = threads
+        self.overrunning = 0
+        """Threads still running a call whose order has timed out."""
+        self._free = asyncio.Semaphore(threads)
+        self._calls: queue.SimpleQueue[_Call | None] = queue.SimpleQueue()
+        self._workers = [
+            threading.Thread(target=self._work, name=f"orderlane-handler-{n}", daemon=True) for n in range(threads)
+        ]
+        for worker in self._workers:
+            worker.start()
+
+    async def __call__(self, order: Order) -> None:
+        await self._free.acquire()  # within the handler's deadline: a free thread is part of the wait
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[object] = loop.create_future()
+        finished = threading.Event()
+        context = contextvars.copy_context()  # current_delivery() works in the thread too
+
+        def call() -> object:
+            try:
+                return context.run(self.function, order)
+            finally:
+                finished.set()
+                loop.call_soon_threadsafe(self._free.release)
+
+        self._calls.put((call, loop, done))
+        try:
+            await asyncio.shield(done)
+        except asyncio.CancelledError:
+            if not finished.is_set():
+                self.overrunning += 1
+                done.add_done_callback(self._forget_overrun)
+                logger.warning(
+                    "a synchronous handler is past its deadline and cannot be stopped: its thread is left to finish "
+                    "(%d of %d threads now)",
+                    self.overrunning,
+                    self.threads,
+                )
+            raise
+
+    def close(self) -> None:
+        """Let the threads end once they are idle (they are daemons: a stuck one ends with the process)."""
+        for _ in self._workers:
+            self._calls.put(None)
+
+    def _forget_overrun(self, done: asyncio.Future[object]) -> None:
+        self.overrunning -= 1
+        done.exception()  # what the abandoned call raised, if anything, is of no one's concern now
+
+    def _work(self) -> None:
+        while (call := self._calls.get()) is not None:
+            function, loop, done = call
+            try:
+                result = function()
+            except BaseException as exc:  # handed to the awaiting coroutine, as asyncio's executors do
+                loop.call_soon_threadsafe(_settle, done, None, exc)
+            else:
+                loop.call_soon_threadsafe(_settle, done, result, None)
+
+
+def as_handler(loaded: object, concurrency: Concurrency) -> tuple[Handler, Concurrency]:
+    """The handler to run and the concurrency to run it at: an async handler as it is; a synchronous one in as many
+    threads as the concurrency (DEFAULT_THREADS for `auto`: threads are not free the way coroutines are)."""
+    if is_async(loaded):
+        return loaded, concurrency
+    assert callable(loaded)
+    threads = concurrency if isinstance(concurrency, int) else DEFAULT_THREADS
+    logger.info("the handler is synchronous: it runs in %d threads, one order each", threads)
+    return InThreads(loaded, threads), threads
+
+
+def is_async(handler: object) -> TypeGuard[Handler]:
+    """An async def, or an object whose __call__ is one."""
+    return inspect.iscoroutinefunction(handler) or inspect.iscoroutinefunction(type(handler).__call__)
+
+
+def _settle(done: asyncio.Future[object], result: object, exc: BaseException | None) -> None:
+    if done.cancelled():
+        return
+    if exc is not None:
+        done.set_exception(exc)
+    else:
+        done.set_result(result)

@@ -1,0 +1,132 @@
+"""Plain functions as handlers (consumers/threads.py), on the real broker: in threads, bounded, and what a timeout
+means for a thread that cannot be cancelled."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+from broker.connection import Broker
+from broker.messages import Order
+from broker.settings import Settings
+from consumers.delivery import current_delivery
+from consumers.runner import Consumer
+from consumers.threads import InThreads, as_handler
+from tests.amqp import depth_is, publish_raw, queue_depth, wait_until
+from tests.consuming import order_message
+from tests.processes import environment, read_until, start
+from tests.recording import RECORD_FILE, recorded
+
+
+class Blocking:
+    """A plain function that holds each call until `release` is set, counting the calls under way."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self.lock = threading.Lock()
+        self.running = 0
+        self.most_at_once = 0
+        self.finished: list[tuple[str, int, str]] = []
+        """(order_id, attempt, thread name) of each call that returned."""
+
+    def __call__(self, order: Order) -> None:
+        with self.lock:
+            self.running += 1
+            self.most_at_once = max(self.most_at_once, self.running)
+        self.release.wait()
+        with self.lock:
+            self.running -= 1
+            self.finished.append((order.order_id, current_delivery().attempt, threading.current_thread().name))
+
+
+async def test_a_plain_function_runs_in_the_pools_threads_never_more_at_once_and_its_orders_are_acked(
+    broker: Broker, settings: Settings
+) -> None:
+    function = Blocking()
+    handler = InThreads(function, threads=3)
+    await publish_raw(settings.queue, *(order_message(f"p-{n}") for n in range(10)))
+    consumer = Consumer(broker, handler, settings, prefetch=6, concurrency=6)  # more slots than threads
+    await consumer.start()
+    try:
+        await wait_until(lambda: function.running == 3, what="three calls under way")
+        function.release.set()
+        await wait_until(lambda: len(function.finished) == 10, what="every order handled")
+    finally:
+        function.release.set()
+        await consumer.stop(grace_seconds=5)
+        handler.close()
+    assert function.most_at_once == 3, "no more calls at once than threads, whatever the consumer's concurrency"
+    assert {thread for _, _, thread in function.finished} <= {f"orderlane-handler-{n}" for n in range(3)}
+    assert sorted(order_id for order_id, _, _ in function.finished) == sorted(f"p-{n}" for n in range(10))
+    assert await queue_depth(settings.queue) == 0, "each acked after its function returned"
+
+
+async def test_a_function_past_its_deadline_is_retried_while_its_thread_is_left_to_finish(
+    broker: Broker, settings: Settings
+) -> None:
+    """The first call blocks past ORDERLANE_HANDLER_TIMEOUT: at the deadline the attempt fails and the order goes
+    to the retry path; its retry runs in another thread while the first still holds its own; the first's result,
+    when it comes, changes nothing."""
+    quick = settings.model_copy(update={"handler_timeout": 0.5})
+    first_call = threading.Event()
+    release = threading.Event()
+    attempts: list[int] = []
+
+    def stuck_once(order: Order) -> None:
+        attempts.append(current_delivery().attempt)
+        if not first_call.is_set():
+            first_call.set()
+            release.wait()
+            raise RuntimeError("too late to matter")
+
+    handler = InThreads(stuck_once, threads=2)
+    await publish_raw(settings.queue, order_message("slow-1"))
+    consumer = Consumer(broker, handler, quick, prefetch=2, concurrency=2)
+    await consumer.start()
+    try:
+        await wait_until(lambda: attempts == [1, 2], what="the retry, while the first call is still stuck")
+        assert handler.overrunning == 1
+        await wait_until(lambda: consumer.in_flight == 0, what="the retry acked")
+        release.set()
+        await wait_until(lambda: handler.overrunning == 0, what="the abandoned thread back in the pool")
+    finally:
+        release.set()
+        await consumer.stop(grace_seconds=5)
+        handler.close()
+    assert attempts == [1, 2], "the late failure of the abandoned call did not start another attempt"
+    assert await depth_is(settings.queue, 0)
+    assert await depth_is(f"{settings.queue}.dlq", 0)
+
+
+def test_an_async_handler_is_kept_and_a_plain_one_gets_the_concurrency_in_threads() -> None:
+    async def coroutine_handler(order: Order) -> None:
+        """An async handler."""
+
+    def plain(order: Order) -> None:
+        """A plain one."""
+
+    assert as_handler(coroutine_handler, "auto") == (coroutine_handler, "auto")
+    threaded, concurrency = as_handler(plain, 5)
+    assert isinstance(threaded, InThreads)
+    assert (threaded.threads, concurrency) == (5, 5)
+    threaded.close()
+
+
+async def test_python_m_consumers_runs_a_plain_function_as_its_handler(
+    broker: Broker, settings: Settings, tmp_path: Path
+) -> None:
+    record_file = tmp_path / "record"
+    await publish_raw(settings.queue, *(order_message(f"s-{n}") for n in range(20)))
+    env = environment(settings, **{RECORD_FILE: str(record_file)})
+    args = ("--handler", "tests.recording:record_in_a_thread", "--concurrency", "3")
+    consumer = await start("consumers", *args, env=env)
+    lines: list[str] = []
+    try:
+        await read_until(consumer, "consumer ready", 1, lines)
+        await wait_until(lambda: len(recorded(record_file)) == 20, what="every order recorded")
+        await wait_until(lambda: depth_is(settings.queue, 0), what="every order acked")
+    finally:
+        consumer.terminate()
+        await consumer.wait()
+    assert any("the handler is synchronous: it runs in 3 threads" in line for line in lines), "".join(lines)
+    assert recorded(record_file) == {f"s-{n}": 1 for n in range(20)}

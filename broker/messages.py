@@ -17,15 +17,22 @@ def _null_means_regular(value: Any) -> Any:
     return "regular" if value is None else value
 
 
+def _integral_number(value: Any) -> Any:
+    """JSON has one kind of number, and its schema's `integer` takes 6.0 as six; strict validation would not."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
 class Order(BaseModel):
     """An order: `priority` 0 is the most urgent, 9 the least (the seed's convention)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
     order_id: OrderId
-    priority: Annotated[int, Field(ge=0, le=9)] = 5
+    priority: Annotated[int, Field(ge=0, le=9), BeforeValidator(_integral_number)] = 5
     items: Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1, max_length=100)]
-    user_type: Annotated[UserType, BeforeValidator(_null_means_regular)] = "regular"
+    user_type: Annotated[
+        UserType, BeforeValidator(_null_means_regular, json_schema_input_type=UserType | None)
+    ] = "regular"
 
 
 def is_json_media_type(content_type: str | None) -> bool:

@@ -23,6 +23,19 @@ def test_null_user_type_means_regular() -> None:
     assert Order.model_validate(with_(user_type=None)).user_type == "regular"
 
 
+def test_an_integral_number_is_an_integer_as_json_schema_has_it() -> None:
+    """`3.0` is three to JSON Schema's `integer` (the OpenAPI document's contract), so it is to the order too; it is
+    published as 3."""
+    parsed = decode_order(b'{"order_id": "x", "items": ["a"], "priority": 3.0}')
+    assert parsed.priority == 3
+    assert b'"priority":3,' in encode_order(parsed)
+
+
+def test_the_schema_admits_what_validation_admits_for_user_type() -> None:
+    schema = Order.model_json_schema(mode="validation")["properties"]["user_type"]
+    assert {"type": "null"} in schema["anyOf"]
+
+
 def test_round_trip_through_the_wire() -> None:
     parsed = Order.model_validate(VALID)
     assert decode_order(encode_order(parsed)) == parsed

@@ -30,9 +30,9 @@ class Order(BaseModel):
     order_id: OrderId
     priority: Annotated[int, Field(ge=0, le=9), BeforeValidator(_integral_number)] = 5
     items: Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1, max_length=100)]
-    user_type: Annotated[
-        UserType, BeforeValidator(_null_means_regular, json_schema_input_type=UserType | None)
-    ] = "regular"
+    user_type: Annotated[UserType, BeforeValidator(_null_means_regular, json_schema_input_type=UserType | None)] = (
+        "regular"
+    )
 
 
 def is_json_media_type(content_type: str | None) -> bool:

@@ -15,7 +15,7 @@ COPY api ./api
 COPY broker ./broker
 COPY consumers ./consumers
 # A regular (non-editable) install: the code lands in site-packages, so /src is not needed later.
-RUN pip install .
+RUN pip install ".[otel]"
 
 # --- final: the venv only, no build tools, run as an unprivileged user ------------------------
 FROM python:3.11-slim

@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from functools import partial
 from importlib.metadata import version
+from typing import TYPE_CHECKING
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -26,6 +27,9 @@ from broker.queues import queue_stats
 from broker.settings import Settings
 from broker.status_store import StatusStore, open_status_store
 
+if TYPE_CHECKING:
+    from broker.tracing import Tracing
+
 logger = logging.getLogger(__name__)
 
 
@@ -35,10 +39,12 @@ def create_app(
     publisher: Publisher | None = None,
     backlog: BacklogSource | None = None,
     api_metrics: ApiMetrics | None = None,
+    tracing: Tracing | None = None,
 ) -> Starlette:
     """Build the API. Without a `publisher`, the lifespan opens one robust connection and confirm channel and
     closes them at shutdown; with one (tests), the caller owns its connection, and `/queues` answers only if
-    a `backlog` is given too. `api_metrics` are given by a server that counts into them too."""
+    a `backlog` is given too. `api_metrics` are given by a server that counts into them too. With `tracing`,
+    requests and publishes make spans."""
     settings = settings or Settings()
     api_metrics = api_metrics or ApiMetrics()
     document = openapi_document(version("orderlane"))
@@ -58,7 +64,7 @@ def create_app(
                 return
             async with open_broker(settings) as broker:
                 stats = partial(queue_stats, broker.connection, broker.topology)
-                yield services(OrderPublisher(broker, settings), stats, status)
+                yield services(OrderPublisher(broker, settings, tracing), stats, status)
 
     routes = [
         Route("/orders", post_order, methods=["POST"]),
@@ -78,6 +84,10 @@ def create_app(
             in_flight=api_metrics.requests_in_flight,
         ),
     ]
+    if tracing is not None:
+        from api.tracing import request_spans  # OpenTelemetry's (the `otel` extra): only when tracing is on
+
+        middleware.insert(0, request_spans(tracing))
     if settings.api_keys:
         keys = tuple(key.get_secret_value().encode() for key in settings.api_keys)
         rates = None

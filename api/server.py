@@ -24,6 +24,7 @@ from uvicorn.supervisors import Multiprocess
 from api.app import create_app
 from api.connections import CloseReason, GuardedConfig, allow_connections
 from api.metrics import MULTIPROCESS_DIRECTORY, ApiMetrics, metric_files, multiprocess_directory
+from broker.cli import tracing_for
 from broker.connection import open_broker
 from broker.errors import ConfigurationError, OrderlaneError
 from broker.logs import configure_logging
@@ -33,6 +34,8 @@ logger = logging.getLogger(__name__)
 
 GRACEFUL_SHUTDOWN_SECONDS: Final = 10
 """After SIGTERM, how long requests in flight may take before they are cancelled."""
+API_SERVICE: Final = "orderlane-api"
+"""Its traces' service name, unless OTEL_SERVICE_NAME says otherwise."""
 PR_SET_PDEATHSIG: Final = 1
 """Linux's prctl(2) option: the signal a process gets when its parent dies."""
 
@@ -74,7 +77,8 @@ class ApiServerConfig(GuardedConfig):
             self.metrics = ApiMetrics()
             self.metrics.waiting_connections.read_from(lambda: len(self.waiting))
             self.metrics.incomplete_bodies.read_from(lambda: len(self.bodies))
-            return create_app(self.settings, api_metrics=self.metrics)
+            tracing = tracing_for(self.settings, service=API_SERVICE)
+            return create_app(self.settings, api_metrics=self.metrics, tracing=tracing)
         except Exception:
             logger.exception("could not build the API")
             sys.exit(STARTUP_FAILURE)

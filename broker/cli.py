@@ -7,13 +7,16 @@ import asyncio
 import signal
 import sys
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
-from broker.errors import OrderlaneError
+from broker.errors import ConfigurationError, OrderlaneError
 from broker.logs import configure_logging
 from broker.settings import Settings
+
+if TYPE_CHECKING:
+    from broker.tracing import Tracing
 
 EXIT_FAILURE = 1
 
@@ -53,6 +56,19 @@ def run_program(program: str, main: Callable[[Settings], None]) -> int:
     except KeyboardInterrupt:
         print(f"{program}: stopped before it was ready", file=sys.stderr)
     return 0
+
+
+def tracing_for(settings: Settings, service: str) -> Tracing | None:
+    """The process's tracing, if asked for (`Settings.tracing_requested`), as service `service`."""
+    if not settings.tracing_requested:
+        return None
+    try:  # the `otel` extra is optional: imported only when tracing is on
+        from broker.tracing import otlp_tracing
+    except ImportError as exc:
+        raise ConfigurationError(
+            f"tracing is on, but OpenTelemetry is not installed ({exc}): pip install 'orderlane[otel]'"
+        ) from exc
+    return otlp_tracing(service)
 
 
 def port_number(text: str) -> int:

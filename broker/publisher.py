@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import aio_pika
 import aiormq
@@ -19,6 +20,9 @@ from broker.errors import PublishBlocked, PublishError
 from broker.messages import CONTENT_TYPE, Order, encode_order
 from broker.priority import Priority, prioritize
 from broker.settings import Settings
+
+if TYPE_CHECKING:
+    from broker.tracing import Tracing
 
 logger = logging.getLogger(__name__)
 
@@ -57,12 +61,17 @@ class Publisher(Protocol):
         ...
 
 
-def message_properties(order: Order, priority: Priority, *, check_processed: bool = False) -> spec.Basic.Properties:
-    """The AMQP properties of an order's message: persistent, its broker priority, its id, when it was published."""
+def message_properties(
+    order: Order, priority: Priority, *, check_processed: bool = False, trace: Mapping[str, str] | None = None
+) -> spec.Basic.Properties:
+    """The AMQP properties of an order's message: persistent, its broker priority, its id, when it was published;
+    with `trace`, the headers that carry its trace (broker/tracing.py)."""
     now = time.time()
-    headers: dict[str, int | float | bool] = {PRIORITY_HEADER: priority.effective, PUBLISHED_AT_HEADER: now}
+    headers: dict[str, int | float | bool | str] = {PRIORITY_HEADER: priority.effective, PUBLISHED_AT_HEADER: now}
     if check_processed:
         headers[CHECK_PROCESSED_HEADER] = True
+    if trace:
+        headers.update(trace)
     return spec.Basic.Properties(
         content_type=CONTENT_TYPE,
         delivery_mode=aio_pika.DeliveryMode.PERSISTENT.value,
@@ -118,8 +127,9 @@ async def publish_confirmed(
 class OrderPublisher:
     """Publishes each order to its lane's work queue with its priority, persistent and confirmed."""
 
-    def __init__(self, broker: Broker, settings: Settings) -> None:
+    def __init__(self, broker: Broker, settings: Settings, tracing: Tracing | None = None) -> None:
         self._broker = broker
+        self._tracing = tracing
         self._vip_priority = settings.vip_priority
         self._max_priority = settings.max_priority
         self._timeout = settings.publish_timeout
@@ -145,8 +155,16 @@ class OrderPublisher:
             self._refusing = False
         priority = prioritize(order, vip_priority=self._vip_priority, max_priority=self._max_priority)
         queue = self._broker.topology.lane_for(priority.effective).work.name
-        properties = message_properties(order, priority, check_processed=check_processed)
+        if self._tracing is None:
+            properties = message_properties(order, priority, check_processed=check_processed)
+            await self._publish(order, properties, queue)
+        else:
+            with self._tracing.publishing(order, priority, queue) as trace:
+                properties = message_properties(order, priority, check_processed=check_processed, trace=trace)
+                await self._publish(order, properties, queue)
+        return Receipt(order_id=order.order_id, priority=priority, queue=queue)
+
+    async def _publish(self, order: Order, properties: spec.Basic.Properties, queue: str) -> None:
         await publish_confirmed(
             self._broker.channel, encode_order(order), properties, queue=queue, confirm_within=self._timeout
         )
-        return Receipt(order_id=order.order_id, priority=priority, queue=queue)

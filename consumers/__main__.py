@@ -10,7 +10,7 @@ import argparse
 
 from prometheus_client import CollectorRegistry
 
-from broker.cli import port_number, run_main
+from broker.cli import port_number, run_main, tracing_for
 from broker.connection import open_broker
 from broker.queues import queue_stats
 from broker.settings import MAX_CONCURRENCY, MAX_PREFETCH, Concurrency, Prefetch, Settings
@@ -22,11 +22,14 @@ from consumers.tables import format_dead_letters, format_queue_stats
 from consumers.threads import InThreads, as_handler
 
 DEFAULT_LIMIT = 20
+CONSUMER_SERVICE = "orderlane-consumer"
+"""Its traces' service name, unless OTEL_SERVICE_NAME says otherwise."""
 
 
 async def consume(settings: Settings, args: argparse.Namespace) -> None:
     loaded = load_handler(args.handler) if args.handler else OrderProcessor(settings.simulated_work_ms / 1000)
     handler, concurrency = as_handler(loaded, args.concurrency or settings.concurrency)
+    tracing = tracing_for(settings, service=CONSUMER_SERVICE)
     try:
         await consume_until_stopped(
             settings,
@@ -34,6 +37,7 @@ async def consume(settings: Settings, args: argparse.Namespace) -> None:
             prefetch=args.prefetch or settings.prefetch,
             concurrency=concurrency,
             metrics_port=args.metrics_port or settings.metrics_port,
+            tracing=tracing,
         )
     finally:
         if isinstance(handler, InThreads):

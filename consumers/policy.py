@@ -22,6 +22,7 @@ import asyncio
 import logging
 import random
 import time
+from typing import TYPE_CHECKING
 
 import aio_pika
 
@@ -48,6 +49,9 @@ from consumers.received import Received
 from consumers.retry import RetryPolicy, dead_letter_message, retry_message
 from consumers.status import Attempt, StatusRecorder
 
+if TYPE_CHECKING:
+    from broker.tracing import Tracing
+
 logger = logging.getLogger(__name__)
 
 REQUEUE_PAUSE_SECONDS = 1.0
@@ -64,9 +68,11 @@ class AckPolicy:
         settings: Settings,
         metrics: ConsumerMetrics,
         status: StatusRecorder | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
         self._broker = broker
         self._status = status
+        self._tracing = tracing
         self._handler = handler
         self._settings = settings
         self._metrics = metrics
@@ -102,7 +108,7 @@ class AckPolicy:
         self._metrics.observe_wait(message, metrics)
         try:
             with delivering(delivery):
-                failure = await self._run_handler(order)
+                failure = await self._traced_run(message, order, delivery, queue)
         except asyncio.CancelledError:  # a forced stop: unacked, redelivered, never shown as processing here
             if self._status is not None and tracked is not None:
                 self._status.abandon(tracked)
@@ -130,6 +136,17 @@ class AckPolicy:
         else:
             metrics.exhausted.inc()
             await self._give_up(message, delivery, tracked, failure)
+
+    async def _traced_run(self, message: Received, order: Order, delivery: Delivery, queue: str) -> Exception | None:
+        """`_run_handler`, in a span of the order's trace when tracing is on."""
+        if self._tracing is None:
+            return await self._run_handler(order)
+        fields = {"priority": delivery.priority, "attempt": delivery.attempt}
+        with self._tracing.processing(message.headers, order, fields, queue) as span:
+            failure = await self._run_handler(order)
+            if failure is not None:
+                self._tracing.failed(span, failure)
+        return failure
 
     async def _run_handler(self, order: Order) -> Exception | None:
         """Run the handler within ORDERLANE_HANDLER_TIMEOUT; return what it raised (a TimeoutError if it overran),

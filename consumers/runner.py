@@ -14,7 +14,7 @@ import logging
 import signal
 from collections.abc import Awaitable
 from contextlib import AsyncExitStack
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from prometheus_client import start_http_server
 
@@ -36,6 +36,9 @@ from consumers.tuning import (
     DepthController,
 )
 
+if TYPE_CHECKING:
+    from broker.tracing import Tracing
+
 logger = logging.getLogger(__name__)
 
 STOP_STEP_SECONDS: Final = 5.0
@@ -56,12 +59,13 @@ class Consumer:
         concurrency: Concurrency | None = None,
         metrics: ConsumerMetrics | None = None,
         status: StatusStore | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
         prefetch = prefetch or settings.prefetch
         concurrency = concurrency or settings.concurrency
         self.metrics = metrics or ConsumerMetrics()
         self._status = StatusRecorder(status, self.metrics) if status is not None else None
-        self._policy = AckPolicy(broker, handler, settings, self.metrics, self._status)
+        self._policy = AckPolicy(broker, handler, settings, self.metrics, self._status, tracing)
         lanes = broker.topology.lanes
         fixed_depths = [lane.prefetch or (prefetch if prefetch != "auto" else None) for lane in lanes]
         fixed_total = None if None in fixed_depths else sum(depth or 0 for depth in fixed_depths)
@@ -214,6 +218,7 @@ async def consume_until_stopped(
     prefetch: Prefetch,
     concurrency: Concurrency,
     metrics_port: int | None = None,
+    tracing: Tracing | None = None,
 ) -> None:
     """Consume every lane until SIGTERM or SIGINT; a second signal cancels in-flight handlers at once.
 
@@ -229,7 +234,14 @@ async def consume_until_stopped(
         AsyncExitStack() as cleanup,
     ):
         consumer = Consumer(
-            broker, handler, settings, prefetch=prefetch, concurrency=concurrency, metrics=metrics, status=status
+            broker,
+            handler,
+            settings,
+            prefetch=prefetch,
+            concurrency=concurrency,
+            metrics=metrics,
+            status=status,
+            tracing=tracing,
         )
         if metrics_port is not None:
             server, _ = start_http_server(metrics_port, registry=metrics.registry)

@@ -1,0 +1,134 @@
+"""Tracing (broker/tracing.py) on the real broker, with the SDK's in-memory exporter: one trace from the API's request
+through the publish to each attempt of the handler, retries and dead letters included; nothing when it is off."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind, StatusCode
+
+from api.app import create_app
+from broker.cli import tracing_for
+from broker.connection import Broker
+from broker.errors import PermanentFailure
+from broker.messages import Order
+from broker.publisher import OrderPublisher
+from broker.settings import Settings
+from broker.tracing import Tracing
+from consumers.runner import Consumer
+from tests.amqp import depth_is, drain, wait_until
+from tests.http import app_client
+
+ORDER = {"order_id": "T-1", "priority": 3, "items": ["book"], "user_type": "vip"}
+
+
+@pytest.fixture
+def spans() -> Iterator[tuple[Tracing, InMemorySpanExporter]]:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    yield Tracing(provider), exporter
+    provider.shutdown()
+
+
+def attempt_of(span: ReadableSpan) -> int:
+    attempt = (span.attributes or {})["orderlane.attempt"]
+    assert isinstance(attempt, int)
+    return attempt
+
+
+def named(finished: tuple[ReadableSpan, ...], name: str) -> list[ReadableSpan]:
+    return [span for span in finished if span.name == name]
+
+
+async def test_one_trace_from_the_request_through_the_publish_to_each_attempt_of_the_handler(
+    settings: Settings, broker: Broker, spans: tuple[Tracing, InMemorySpanExporter]
+) -> None:
+    tracing, exporter = spans
+    attempts: list[int] = []
+
+    async def fails_once(order: Order) -> None:
+        attempts.append(len(attempts) + 1)
+        if len(attempts) == 1:
+            raise RuntimeError("the warehouse did not answer")
+
+    app = create_app(settings, publisher=OrderPublisher(broker, settings, tracing), tracing=tracing)
+    async with app_client(app) as client:
+        assert (await client.post("/orders", json=ORDER)).status_code == 202
+    consumer = Consumer(broker, fails_once, settings, prefetch=1, concurrency=1, tracing=tracing)
+    await consumer.start()
+    try:
+        await wait_until(
+            lambda: len(named(exporter.get_finished_spans(), f"{settings.queue} process")) == 2,
+            what="both attempts traced",
+        )
+    finally:
+        await consumer.stop(grace_seconds=5)
+
+    finished = exporter.get_finished_spans()
+    [request] = named(finished, "POST /orders")
+    [publish] = named(finished, f"{settings.queue} publish")
+    first, second = sorted(named(finished, f"{settings.queue} process"), key=attempt_of)
+    assert request.kind == SpanKind.SERVER and publish.kind == SpanKind.PRODUCER and first.kind == SpanKind.CONSUMER
+    trace_id = request.context.trace_id
+    assert {span.context.trace_id for span in (publish, first, second)} == {trace_id}, "one trace"
+    assert publish.parent is not None and publish.parent.span_id == request.context.span_id
+    assert first.parent is not None and first.parent.span_id == publish.context.span_id
+    assert second.parent is not None and second.parent.span_id == publish.context.span_id, "the retry, same trace"
+    assert dict(publish.attributes or {}).items() >= {("orderlane.order_id", "T-1"), ("orderlane.priority", 0)}
+    assert (attempt_of(first), attempt_of(second)) == (1, 2)
+    assert (first.attributes or {})["orderlane.priority"] == 0, "the VIP's effective priority"
+    assert (first.attributes or {})["messaging.destination.name"] == settings.queue
+    assert first.status.status_code == StatusCode.ERROR and second.status.status_code == StatusCode.UNSET
+    assert [event.name for event in first.events] == ["exception"]
+
+
+async def test_a_dead_letter_carries_the_orders_trace(
+    settings: Settings, broker: Broker, spans: tuple[Tracing, InMemorySpanExporter]
+) -> None:
+    tracing, exporter = spans
+
+    async def never(order: Order) -> None:
+        raise PermanentFailure("no such item")
+
+    app = create_app(settings, publisher=OrderPublisher(broker, settings, tracing), tracing=tracing)
+    async with app_client(app) as client:
+        assert (await client.post("/orders", json=ORDER)).status_code == 202
+    consumer = Consumer(broker, never, settings, prefetch=1, concurrency=1, tracing=tracing)
+    await consumer.start()
+    try:
+        await wait_until(lambda: depth_is(settings.dead_letter_queue, 1), what="the order dead-lettered")
+    finally:
+        await consumer.stop(grace_seconds=5)
+    [dead] = await drain(settings.dead_letter_queue)
+    [request] = named(exporter.get_finished_spans(), "POST /orders")
+    traceparent = dead.headers["traceparent"]
+    assert isinstance(traceparent, str)
+    assert traceparent.split("-")[1] == format(request.context.trace_id, "032x")
+
+
+async def test_without_tracing_no_trace_context_is_published(settings: Settings, broker: Broker) -> None:
+    async with app_client(create_app(settings, publisher=OrderPublisher(broker, settings))) as client:
+        assert (await client.post("/orders", json=ORDER)).status_code == 202
+    [message] = await drain(settings.queue)
+    assert "traceparent" not in message.headers
+
+
+def test_tracing_is_off_unless_asked_for_and_named_by_the_service(monkeypatch: pytest.MonkeyPatch) -> None:
+    for variable in ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_SERVICE_NAME"):
+        monkeypatch.delenv(variable, raising=False)
+    assert tracing_for(Settings(), service="orderlane-api") is None
+    switched_on = tracing_for(Settings(tracing=True), service="orderlane-api")
+    assert switched_on is not None
+    assert switched_on.provider.resource.attributes["service.name"] == "orderlane-api"
+    switched_on.provider.shutdown()
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4318")
+    monkeypatch.setenv("OTEL_SERVICE_NAME", "shop-intake")
+    by_endpoint = tracing_for(Settings(), service="orderlane-api")
+    assert by_endpoint is not None
+    assert by_endpoint.provider.resource.attributes["service.name"] == "shop-intake"
+    by_endpoint.provider.shutdown()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+import httpx
 import pytest
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -22,6 +23,8 @@ from broker.tracing import Tracing
 from consumers.runner import Consumer
 from tests.amqp import depth_is, drain, wait_until
 from tests.http import app_client
+from tests.otlp import otlp_collector
+from tests.processes import environment, read_until, serving_api, start
 
 ORDER = {"order_id": "T-1", "priority": 3, "items": ["book"], "user_type": "vip"}
 
@@ -132,3 +135,36 @@ def test_tracing_is_off_unless_asked_for_and_named_by_the_service(monkeypatch: p
     assert by_endpoint is not None
     assert by_endpoint.provider.resource.attributes["service.name"] == "shop-intake"
     by_endpoint.provider.shutdown()
+
+
+async def test_the_processes_send_one_trace_to_an_otlp_collector(settings: Settings, broker: Broker) -> None:
+    """`python -m api` and `python -m consumers`, with nothing but OpenTelemetry's standard variables set, send
+    their spans over OTLP/HTTP to a collector (the tests' own, in place of Jaeger or Tempo)."""
+    with otlp_collector() as (collector, endpoint):
+        otel = {"OTEL_EXPORTER_OTLP_ENDPOINT": endpoint, "OTEL_BSP_SCHEDULE_DELAY": "100"}
+        consumer = await start("consumers", env=environment(settings, **otel))
+        lines: list[str] = []
+        try:
+            await read_until(consumer, "consumer ready", 1, lines)
+            async with serving_api(settings, **otel) as port, httpx.AsyncClient() as client:
+                posted = await client.post(f"http://127.0.0.1:{port}/orders", json=ORDER)
+            assert posted.status_code == 202
+
+            def traced() -> bool:
+                return {(s.service, s.name) for s in collector.received()} >= {
+                    ("orderlane-api", "POST /orders"),
+                    ("orderlane-api", f"{settings.queue} publish"),
+                    ("orderlane-consumer", f"{settings.queue} process"),
+                }
+
+            await wait_until(traced, what="the three spans at the collector")
+        finally:
+            consumer.terminate()
+            await consumer.wait()
+    spans = {span.name: span for span in collector.received()}
+    request, publish, process = (
+        spans[name] for name in ("POST /orders", *(f"{settings.queue} {op}" for op in ("publish", "process")))
+    )
+    assert request.trace_id == publish.trace_id == process.trace_id
+    assert (publish.parent_span_id, process.parent_span_id) == (request.span_id, publish.span_id)
+    assert process.attributes["orderlane.order_id"] == "T-1"

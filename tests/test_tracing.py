@@ -3,6 +3,7 @@ through the publish to each attempt of the handler, retries and dead letters inc
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 
 import httpx
@@ -15,7 +16,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 from api.app import create_app
 from broker.cli import tracing_for
 from broker.connection import Broker
-from broker.errors import PermanentFailure
+from broker.errors import ConfigurationError, PermanentFailure
 from broker.messages import Order
 from broker.publisher import OrderPublisher
 from broker.settings import Settings
@@ -168,3 +169,11 @@ async def test_the_processes_send_one_trace_to_an_otlp_collector(settings: Setti
     assert request.trace_id == publish.trace_id == process.trace_id
     assert (publish.parent_span_id, process.parent_span_id) == (request.span_id, publish.span_id)
     assert process.attributes["orderlane.order_id"] == "T-1"
+
+
+def test_tracing_asked_for_without_the_otel_extra_is_one_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    for module in [name for name in sys.modules if name.split(".")[0] == "opentelemetry"]:
+        monkeypatch.setitem(sys.modules, module, None)  # as if not installed
+    monkeypatch.delitem(sys.modules, "broker.tracing")
+    with pytest.raises(ConfigurationError, match=r"pip install 'orderlane\[otel\]'"):
+        tracing_for(Settings(tracing=True), service="orderlane-api")

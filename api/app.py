@@ -59,12 +59,16 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Services]]:
         async with api_metrics.sampling(), open_status_store(settings, api_metrics.registry) as status:
-            if publisher is not None:
-                yield services(publisher, backlog, status)
-                return
-            async with open_broker(settings) as broker:
-                stats = partial(queue_stats, broker.connection, broker.topology)
-                yield services(OrderPublisher(broker, settings, tracing), stats, status)
+            try:
+                if publisher is not None:
+                    yield services(publisher, backlog, status)
+                    return
+                async with open_broker(settings) as broker:
+                    stats = partial(queue_stats, broker.connection, broker.topology)
+                    yield services(OrderPublisher(broker, settings, tracing), stats, status)
+            finally:
+                if tracing is not None:
+                    tracing.flush()
 
     routes = [
         Route("/orders", post_order, methods=["POST"]),

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
+import os
 import signal
 import sys
 from collections.abc import Callable, Coroutine
@@ -19,6 +21,10 @@ if TYPE_CHECKING:
     from broker.tracing import Tracing
 
 EXIT_FAILURE = 1
+OTLP_ENDPOINT_VARIABLES = ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+"""OpenTelemetry's standard variables for where traces go: either one set turns tracing on."""
+
+logger = logging.getLogger(__name__)
 
 
 LoopFactory = Callable[[], asyncio.AbstractEventLoop]
@@ -59,15 +65,21 @@ def run_program(program: str, main: Callable[[Settings], None]) -> int:
 
 
 def tracing_for(settings: Settings, service: str) -> Tracing | None:
-    """The process's tracing, if asked for (`Settings.tracing_requested`), as service `service`."""
-    if not settings.tracing_requested:
+    """The process's tracing, as service `service`: if ORDERLANE_TRACING asks for it, or an OTLP endpoint is set
+    in OpenTelemetry's standard variables. Asked for without the `otel` extra, an error; implied by an endpoint set
+    for every process on the host (an operator's doing), a warning, and no tracing."""
+    implied = any(os.environ.get(variable) for variable in OTLP_ENDPOINT_VARIABLES)
+    if not settings.tracing and not implied:
         return None
     try:  # the `otel` extra is optional: imported only when tracing is on
         from broker.tracing import otlp_tracing
     except ImportError as exc:
-        raise ConfigurationError(
-            f"tracing is on, but OpenTelemetry is not installed ({exc}): pip install 'orderlane[otel]'"
-        ) from exc
+        if settings.tracing:
+            raise ConfigurationError(
+                f"ORDERLANE_TRACING is on, but OpenTelemetry is not installed ({exc}): pip install 'orderlane[otel]'"
+            ) from exc
+        logger.warning("an OTLP endpoint is set, but OpenTelemetry is not installed: no traces (orderlane[otel])")
+        return None
     return otlp_tracing(service)
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
 import re
 from dataclasses import dataclass
 from typing import Annotated, Literal
@@ -61,7 +60,6 @@ def check_lanes(lanes: tuple[LaneConfig, ...]) -> tuple[LaneConfig, ...]:
 
 
 PENDING_MARGIN_SECONDS = 5
-OTLP_ENDPOINT_VARIABLES = ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
 MAX_CONCURRENCY = 4096
 Prefetch = int | Literal["auto"]
 """Deliveries the broker may have sent to a consumer and not yet seen settled, per lane; or "auto": adapted while
@@ -193,11 +191,6 @@ class Settings(BaseSettings):
         """Every password in the URLs, for the log formatter to mask."""
         urls = (*self.broker_urls, self.status_url, self.management_url)
         return tuple(url.password for url in urls if url is not None and url.password)
-
-    @property
-    def tracing_requested(self) -> bool:
-        """ORDERLANE_TRACING, or an OTLP endpoint in OpenTelemetry's standard variables."""
-        return self.tracing or any(os.environ.get(variable) for variable in OTLP_ENDPOINT_VARIABLES)
 
     @property
     def redacted_amqp_url(self) -> str:

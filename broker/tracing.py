@@ -22,6 +22,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Final
 
+from opentelemetry import trace
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
 from opentelemetry.sdk.trace import TracerProvider
@@ -49,11 +50,11 @@ class Tracing:
         """A producer span for publishing `order`, a child of the current one (the request's); yields the headers
         that carry it to the consumer."""
         attributes: dict[str, AttributeValue] = {
-            **_messaging(queue, "publish", order.order_id),
+            **_messaging(queue, "send", "publish", order.order_id),
             "orderlane.order_id": order.order_id,
             "orderlane.priority": priority.effective,
         }
-        with self.tracer.start_as_current_span(f"{queue} publish", kind=SpanKind.PRODUCER, attributes=attributes):
+        with self.tracer.start_as_current_span(f"send {queue}", kind=SpanKind.PRODUCER, attributes=attributes):
             headers: dict[str, str] = {}
             self._propagator.inject(headers)
             yield headers
@@ -70,14 +71,18 @@ class Tracing:
         }
         parent = self._propagator.extract(carrier)
         attributes: dict[str, AttributeValue] = {
-            **_messaging(queue, "process", order.order_id),
+            **_messaging(queue, "process", "process", order.order_id),
             "orderlane.order_id": order.order_id,
             **{f"orderlane.{name}": value for name, value in delivery_fields.items()},
         }
         with self.tracer.start_as_current_span(
-            f"{queue} process", context=parent, kind=SpanKind.CONSUMER, attributes=attributes
+            f"process {queue}", context=parent, kind=SpanKind.CONSUMER, attributes=attributes
         ) as span:
             yield span
+
+    def flush(self) -> None:
+        """Send the spans still buffered: a worker that uvicorn stops with SIGTERM dies by it, before any exit hook."""
+        self.provider.force_flush()
 
     @staticmethod
     def failed(span: Span, failure: Exception) -> None:
@@ -87,18 +92,24 @@ class Tracing:
 
 
 def otlp_tracing(service: str) -> Tracing:
-    """Tracing to the OTLP/HTTP endpoint the standard variables name; `service` is the service name unless
-    OTEL_SERVICE_NAME gives another."""
-    named = {} if os.environ.get("OTEL_SERVICE_NAME") else {SERVICE_NAME: service}
-    provider = TracerProvider(resource=Resource.create(named))  # it sends what is buffered when the process exits
-    provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+    """Tracing to the OTLP/HTTP endpoint the standard variables name, as this process's tracer provider (so that
+    spans a handler or an instrumented library makes go there too); `service` is the service name unless
+    OTEL_SERVICE_NAME or OTEL_RESOURCE_ATTRIBUTES gives one."""
+    given = os.environ.get("OTEL_SERVICE_NAME") or f"{SERVICE_NAME}=" in os.environ.get("OTEL_RESOURCE_ATTRIBUTES", "")
+    provider = TracerProvider(resource=Resource.create({} if given else {SERVICE_NAME: service}))
+    provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))  # and sends what is left at exit
+    trace.set_tracer_provider(provider)
     return Tracing(provider)
 
 
-def _messaging(queue: str, operation: str, message_id: str) -> dict[str, str]:
+def _messaging(queue: str, operation_type: str, operation: str, message_id: str) -> dict[str, str]:
+    """OpenTelemetry's messaging attributes. Orders go through the default exchange, which routes by queue name:
+    the queue is the destination a reader looks for, and the routing key."""
     return {
         "messaging.system": MESSAGING_SYSTEM,
-        "messaging.operation.type": operation,
+        "messaging.operation.type": operation_type,
+        "messaging.operation.name": operation,
         "messaging.destination.name": queue,
+        "messaging.rabbitmq.destination.routing_key": queue,
         "messaging.message.id": message_id,
     }

@@ -42,6 +42,8 @@ async def consume(settings: Settings, args: argparse.Namespace) -> None:
     finally:
         if isinstance(handler, InThreads):
             handler.close()
+        if tracing is not None:
+            tracing.flush()
 
 
 async def status(settings: Settings) -> None:

@@ -48,6 +48,7 @@ from consumers.metrics import ConsumerMetrics
 from consumers.received import Received
 from consumers.retry import RetryPolicy, dead_letter_message, retry_message
 from consumers.status import Attempt, StatusRecorder
+from consumers.threads import InThreads
 
 if TYPE_CHECKING:
     from broker.tracing import Tracing
@@ -153,6 +154,8 @@ class AckPolicy:
         or None. A cancellation that is not the timeout's (a forced stop) propagates: the message stays unacked."""
         task = asyncio.current_task()
         assert task is not None
+        if isinstance(self._handler, InThreads):
+            await self._handler.free_thread()  # before the deadline: waiting for a thread is not the handler's time
         started = time.perf_counter()
         self.deadlines.arm(task)
         failure: Exception | None = None

@@ -16,6 +16,7 @@ must not keep a stopped consumer from exiting.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import inspect
 import logging
@@ -39,13 +40,15 @@ _Call = tuple[Callable[[], object], asyncio.AbstractEventLoop, asyncio.Future[ob
 
 
 class InThreads:
-    """An async handler that runs `function` in one of `threads` daemon threads."""
+    """An async handler that runs `function` in one of `threads` daemon threads. The policy reserves a thread first
+    (`free_thread`), before the handler's deadline starts: waiting for a thread is not the handler's time, so orders
+    waiting behind threads that overran are not failed for it."""
 
     def __init__(self, function: SyncHandler, threads: int) -> None:
         self.function = function
         self.threads = threads
         self.overrunning = 0
-        """Threads still running a call whose order has timed out."""
+        """Threads still running a call whose order was given up on (its deadline, or a forced stop)."""
         self._free = asyncio.Semaphore(threads)
         self._calls: queue.SimpleQueue[_Call | None] = queue.SimpleQueue()
         self._workers = [
@@ -54,34 +57,40 @@ class InThreads:
         for worker in self._workers:
             worker.start()
 
+    async def free_thread(self) -> None:
+        """Wait for a thread to be free, and keep it for the next call."""
+        await self._free.acquire()
+
     async def __call__(self, order: Order) -> None:
-        await self._free.acquire()  # within the handler's deadline: a free thread is part of the wait
+        """Run `function(order)` on the thread `free_thread` kept; it is free again when the function returns."""
         loop = asyncio.get_running_loop()
         done: asyncio.Future[object] = loop.create_future()
         finished = threading.Event()
-        context = contextvars.copy_context()  # current_delivery() works in the thread too
+        context = contextvars.copy_context()  # current_delivery() and the current span work in the thread too
 
         def call() -> object:
             try:
                 return context.run(self.function, order)
             finally:
                 finished.set()
-                loop.call_soon_threadsafe(self._free.release)
+                _tell(loop, self._free.release)
 
         self._calls.put((call, loop, done))
         try:
-            await asyncio.shield(done)
+            result = await asyncio.shield(done)
         except asyncio.CancelledError:
             if not finished.is_set():
                 self.overrunning += 1
                 done.add_done_callback(self._forget_overrun)
                 logger.warning(
-                    "a synchronous handler is past its deadline and cannot be stopped: its thread is left to finish "
-                    "(%d of %d threads now)",
+                    "a synchronous handler was given up on (its deadline, or a forced stop) and cannot be stopped: "
+                    "its thread is left to finish (%d of %d threads now)",
                     self.overrunning,
                     self.threads,
                 )
             raise
+        if inspect.isawaitable(result):  # an async handler under a plain decorator: the thread only made the coroutine
+            await result
 
     def close(self) -> None:
         """Let the threads end once they are idle (they are daemons: a stuck one ends with the process)."""
@@ -90,17 +99,20 @@ class InThreads:
 
     def _forget_overrun(self, done: asyncio.Future[object]) -> None:
         self.overrunning -= 1
-        done.exception()  # what the abandoned call raised, if anything, is of no one's concern now
+        if not done.cancelled():
+            done.exception()  # what the abandoned call raised, if anything, is of no one's concern now
 
     def _work(self) -> None:
         while (call := self._calls.get()) is not None:
             function, loop, done = call
             try:
                 result = function()
+            except StopIteration as exc:  # a Future cannot hold one (it ends generators): as asyncio does
+                _tell(loop, _settle, done, None, RuntimeError(f"the handler raised StopIteration: {exc!r}"))
             except BaseException as exc:  # handed to the awaiting coroutine, as asyncio's executors do
-                loop.call_soon_threadsafe(_settle, done, None, exc)
+                _tell(loop, _settle, done, None, exc)
             else:
-                loop.call_soon_threadsafe(_settle, done, result, None)
+                _tell(loop, _settle, done, result, None)
 
 
 def as_handler(loaded: object, concurrency: Concurrency) -> tuple[Handler, Concurrency]:
@@ -115,8 +127,17 @@ def as_handler(loaded: object, concurrency: Concurrency) -> tuple[Handler, Concu
 
 
 def is_async(handler: object) -> TypeGuard[Handler]:
-    """An async def, or an object whose __call__ is one."""
-    return inspect.iscoroutinefunction(handler) or inspect.iscoroutinefunction(type(handler).__call__)
+    """An async def (under decorators that say what they wrap, as functools.wraps does), or an object whose
+    __call__ is one."""
+    unwrapped = inspect.unwrap(handler) if callable(handler) else handler
+    return inspect.iscoroutinefunction(unwrapped) or inspect.iscoroutinefunction(type(handler).__call__)
+
+
+def _tell(loop: asyncio.AbstractEventLoop, callback: Callable[..., object], *args: object) -> None:
+    """From a thread, have the loop run `callback`; nothing if the loop has closed meanwhile (the process is ending
+    while an abandoned call still ran)."""
+    with contextlib.suppress(RuntimeError):
+        loop.call_soon_threadsafe(callback, *args)
 
 
 def _settle(done: asyncio.Future[object], result: object, exc: BaseException | None) -> None:

@@ -3,8 +3,12 @@ means for a thread that cannot be cancelled."""
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import threading
+from collections.abc import Coroutine
 from pathlib import Path
+from typing import Any
 
 from broker.connection import Broker
 from broker.messages import Order
@@ -130,3 +134,66 @@ async def test_python_m_consumers_runs_a_plain_function_as_its_handler(
         await consumer.wait()
     assert any("the handler is synchronous: it runs in 3 threads" in line for line in lines), "".join(lines)
     assert recorded(record_file) == {f"s-{n}": 1 for n in range(20)}
+
+
+async def test_orders_waiting_behind_a_thread_that_overran_are_not_failed_for_the_wait(
+    broker: Broker, settings: Settings
+) -> None:
+    """One thread, held by a call that overran: the next order waits for it outside its own deadline, and runs,
+    on its first attempt, once the thread is free. Its wait is not the handler's time."""
+    quick = settings.model_copy(update={"handler_timeout": 0.3})
+    release = threading.Event()
+    calls: list[tuple[str, int]] = []
+
+    def stuck_first(order: Order) -> None:
+        calls.append((order.order_id, current_delivery().attempt))
+        if order.order_id == "stuck" and current_delivery().attempt == 1:
+            release.wait()
+
+    handler = InThreads(stuck_first, threads=1)
+    await publish_raw(settings.queue, order_message("stuck"))
+    consumer = Consumer(broker, handler, quick, prefetch=1, concurrency=1)
+    await consumer.start()
+    try:
+        await wait_until(lambda: handler.overrunning == 1, what="the first call past its deadline")
+        await publish_raw(settings.queue, order_message("healthy"))
+        await asyncio.sleep(3 * quick.handler_timeout)  # three of its deadlines, spent waiting for the thread
+        assert calls == [("stuck", 1)], "nothing ran while the only thread was held"
+        assert await depth_is(f"{settings.queue}.dlq", 0)
+        release.set()
+        await wait_until(lambda: len(calls) == 3, what="the waiting orders run once the thread is free")
+    finally:
+        release.set()
+        await consumer.stop(grace_seconds=5)
+        handler.close()
+    assert ("healthy", 1) in calls, f"the order that waited was not failed for it: {calls}"
+    assert await depth_is(f"{settings.queue}.dlq", 0)
+
+
+def test_an_async_handler_under_a_plain_decorator_is_still_async() -> None:
+    async def handler(order: Order) -> None:
+        """An async handler."""
+
+    @functools.wraps(handler)
+    def logged(order: Order) -> Coroutine[Any, Any, None]:
+        return handler(order)
+
+    assert as_handler(logged, 4) == (logged, 4)
+
+
+async def test_a_coroutine_a_plain_function_returns_is_awaited_not_dropped(broker: Broker, settings: Settings) -> None:
+    ran: list[str] = []
+
+    async def record(order: Order) -> None:
+        ran.append(order.order_id)
+
+    handler = InThreads(lambda order: record(order), threads=1)  # undecorated: only the result says it is async
+    await publish_raw(settings.queue, order_message("c-1"))
+    consumer = Consumer(broker, handler, settings, prefetch=1, concurrency=1)
+    await consumer.start()
+    try:
+        await wait_until(lambda: ran == ["c-1"], what="the coroutine's body run")
+    finally:
+        await consumer.stop(grace_seconds=5)
+        handler.close()
+    assert await depth_is(settings.queue, 0)

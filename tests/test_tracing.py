@@ -14,6 +14,8 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind, StatusCode
 
 from api.app import create_app
+from bench.intake import ORDERLANE_SERVER
+from bench.intake import serving_api as bench_serving_api
 from broker.cli import tracing_for
 from broker.connection import Broker
 from broker.errors import ConfigurationError, PermanentFailure
@@ -25,7 +27,7 @@ from consumers.runner import Consumer
 from tests.amqp import depth_is, drain, wait_until
 from tests.http import app_client
 from tests.otlp import otlp_collector
-from tests.processes import environment, read_until, serving_api, start
+from tests.processes import environment, free_port, read_until, start
 
 ORDER = {"order_id": "T-1", "priority": 3, "items": ["book"], "user_type": "vip"}
 
@@ -67,7 +69,7 @@ async def test_one_trace_from_the_request_through_the_publish_to_each_attempt_of
     await consumer.start()
     try:
         await wait_until(
-            lambda: len(named(exporter.get_finished_spans(), f"{settings.queue} process")) == 2,
+            lambda: len(named(exporter.get_finished_spans(), f"process {settings.queue}")) == 2,
             what="both attempts traced",
         )
     finally:
@@ -75,8 +77,8 @@ async def test_one_trace_from_the_request_through_the_publish_to_each_attempt_of
 
     finished = exporter.get_finished_spans()
     [request] = named(finished, "POST /orders")
-    [publish] = named(finished, f"{settings.queue} publish")
-    first, second = sorted(named(finished, f"{settings.queue} process"), key=attempt_of)
+    [publish] = named(finished, f"send {settings.queue}")
+    first, second = sorted(named(finished, f"process {settings.queue}"), key=attempt_of)
     assert request.kind == SpanKind.SERVER and publish.kind == SpanKind.PRODUCER and first.kind == SpanKind.CONSUMER
     trace_id = request.context.trace_id
     assert {span.context.trace_id for span in (publish, first, second)} == {trace_id}, "one trace"
@@ -139,36 +141,33 @@ def test_tracing_is_off_unless_asked_for_and_named_by_the_service(monkeypatch: p
 
 
 async def test_the_processes_send_one_trace_to_an_otlp_collector(settings: Settings, broker: Broker) -> None:
-    """`python -m api` and `python -m consumers`, with nothing but OpenTelemetry's standard variables set, send
-    their spans over OTLP/HTTP to a collector (the tests' own, in place of Jaeger or Tempo)."""
+    """`python -m api --workers 2` and `python -m consumers`, with nothing but OpenTelemetry's standard variable for
+    the endpoint set, send their spans over OTLP/HTTP to a collector (the tests' own, in place of Jaeger or Tempo).
+    The spans are still buffered when the processes are stopped (the default batch delay is 5 s): they are sent as
+    the processes stop, a worker's too, which SIGTERM ends."""
     with otlp_collector() as (collector, endpoint):
-        otel = {"OTEL_EXPORTER_OTLP_ENDPOINT": endpoint, "OTEL_BSP_SCHEDULE_DELAY": "100"}
-        consumer = await start("consumers", env=environment(settings, **otel))
+        env = environment(settings, OTEL_EXPORTER_OTLP_ENDPOINT=endpoint)
+        consumer = await start("consumers", env=env)
         lines: list[str] = []
         try:
             await read_until(consumer, "consumer ready", 1, lines)
-            async with serving_api(settings, **otel) as port, httpx.AsyncClient() as client:
-                posted = await client.post(f"http://127.0.0.1:{port}/orders", json=ORDER)
-            assert posted.status_code == 202
-
-            def traced() -> bool:
-                return {(s.service, s.name) for s in collector.received()} >= {
-                    ("orderlane-api", "POST /orders"),
-                    ("orderlane-api", f"{settings.queue} publish"),
-                    ("orderlane-consumer", f"{settings.queue} process"),
-                }
-
-            await wait_until(traced, what="the three spans at the collector")
+            port = free_port()
+            async with bench_serving_api(settings, port, (*ORDERLANE_SERVER, "--workers", "2"), env=env):
+                async with httpx.AsyncClient() as client:
+                    posted = await client.post(f"http://127.0.0.1:{port}/orders", json=ORDER)
+                assert posted.status_code == 202
+                await read_until(consumer, "order processed", 1, lines)
         finally:
             consumer.terminate()
             await consumer.wait()
-    spans = {span.name: span for span in collector.received()}
-    request, publish, process = (
-        spans[name] for name in ("POST /orders", *(f"{settings.queue} {op}" for op in ("publish", "process")))
-    )
+        spans = {(span.service, span.name): span for span in collector.received()}
+    request = spans["orderlane-api", "POST /orders"]
+    publish = spans["orderlane-api", f"send {settings.queue}"]
+    process = spans["orderlane-consumer", f"process {settings.queue}"]
     assert request.trace_id == publish.trace_id == process.trace_id
     assert (publish.parent_span_id, process.parent_span_id) == (request.span_id, publish.span_id)
     assert process.attributes["orderlane.order_id"] == "T-1"
+    assert not [span for span in collector.received() if span.name.startswith("GET /readyz")], "probes untraced"
 
 
 def test_tracing_asked_for_without_the_otel_extra_is_one_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -177,3 +176,5 @@ def test_tracing_asked_for_without_the_otel_extra_is_one_clear_error(monkeypatch
     monkeypatch.delitem(sys.modules, "broker.tracing")
     with pytest.raises(ConfigurationError, match=r"pip install 'orderlane\[otel\]'"):
         tracing_for(Settings(tracing=True), service="orderlane-api")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318")  # set for every process on a host
+    assert tracing_for(Settings(), service="orderlane-api") is None, "a warning, not a refusal to start"

@@ -4,7 +4,7 @@ through the publish to each attempt of the handler, retries and dead letters inc
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 
 import httpx
 import pytest
@@ -23,6 +23,7 @@ from broker.messages import Order
 from broker.publisher import OrderPublisher
 from broker.settings import Settings
 from broker.tracing import Tracing
+from consumers.delivery import Handler
 from consumers.runner import Consumer
 from tests.amqp import depth_is, drain, wait_until
 from tests.http import app_client
@@ -51,6 +52,26 @@ def named(finished: tuple[ReadableSpan, ...], name: str) -> list[ReadableSpan]:
     return [span for span in finished if span.name == name]
 
 
+async def post_then_consume(
+    settings: Settings,
+    broker: Broker,
+    tracing: Tracing,
+    handler: Handler,
+    until: Callable[[], Awaitable[bool] | bool],
+    what: str,
+) -> None:
+    """POST the order to a traced API, then consume it with `handler` until `until` holds."""
+    app = create_app(settings, publisher=OrderPublisher(broker, settings, tracing), tracing=tracing)
+    async with app_client(app) as client:
+        assert (await client.post("/orders", json=ORDER)).status_code == 202
+    consumer = Consumer(broker, handler, settings, prefetch=1, concurrency=1, tracing=tracing)
+    await consumer.start()
+    try:
+        await wait_until(until, what=what)
+    finally:
+        await consumer.stop(grace_seconds=5)
+
+
 async def test_one_trace_from_the_request_through_the_publish_to_each_attempt_of_the_handler(
     settings: Settings, broker: Broker, spans: tuple[Tracing, InMemorySpanExporter]
 ) -> None:
@@ -62,18 +83,14 @@ async def test_one_trace_from_the_request_through_the_publish_to_each_attempt_of
         if len(attempts) == 1:
             raise RuntimeError("the warehouse did not answer")
 
-    app = create_app(settings, publisher=OrderPublisher(broker, settings, tracing), tracing=tracing)
-    async with app_client(app) as client:
-        assert (await client.post("/orders", json=ORDER)).status_code == 202
-    consumer = Consumer(broker, fails_once, settings, prefetch=1, concurrency=1, tracing=tracing)
-    await consumer.start()
-    try:
-        await wait_until(
-            lambda: len(named(exporter.get_finished_spans(), f"process {settings.queue}")) == 2,
-            what="both attempts traced",
-        )
-    finally:
-        await consumer.stop(grace_seconds=5)
+    await post_then_consume(
+        settings,
+        broker,
+        tracing,
+        fails_once,
+        lambda: len(named(exporter.get_finished_spans(), f"process {settings.queue}")) == 2,
+        "both attempts traced",
+    )
 
     finished = exporter.get_finished_spans()
     [request] = named(finished, "POST /orders")
@@ -101,15 +118,9 @@ async def test_a_dead_letter_carries_the_orders_trace(
     async def never(order: Order) -> None:
         raise PermanentFailure("no such item")
 
-    app = create_app(settings, publisher=OrderPublisher(broker, settings, tracing), tracing=tracing)
-    async with app_client(app) as client:
-        assert (await client.post("/orders", json=ORDER)).status_code == 202
-    consumer = Consumer(broker, never, settings, prefetch=1, concurrency=1, tracing=tracing)
-    await consumer.start()
-    try:
-        await wait_until(lambda: depth_is(settings.dead_letter_queue, 1), what="the order dead-lettered")
-    finally:
-        await consumer.stop(grace_seconds=5)
+    await post_then_consume(
+        settings, broker, tracing, never, lambda: depth_is(settings.dead_letter_queue, 1), "the order dead-lettered"
+    )
     [dead] = await drain(settings.dead_letter_queue)
     [request] = named(exporter.get_finished_spans(), "POST /orders")
     traceparent = dead.headers["traceparent"]

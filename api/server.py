@@ -79,6 +79,9 @@ class ApiServerConfig(GuardedConfig):
             self.metrics.incomplete_bodies.read_from(lambda: len(self.bodies))
             tracing = tracing_for(self.settings, service=API_SERVICE)
             return create_app(self.settings, api_metrics=self.metrics, tracing=tracing)
+        except OrderlaneError as exc:  # a setting that cannot work (tracing without its extra): one line
+            logger.error("could not build the API: %s", exc)
+            sys.exit(STARTUP_FAILURE)
         except Exception:
             logger.exception("could not build the API")
             sys.exit(STARTUP_FAILURE)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -28,7 +29,7 @@ from consumers.runner import Consumer
 from tests.amqp import depth_is, drain, wait_until
 from tests.http import app_client
 from tests.otlp import otlp_collector
-from tests.processes import environment, free_port, read_until, start
+from tests.processes import environment, free_port, read_until, run, start
 
 ORDER = {"order_id": "T-1", "priority": 3, "items": ["book"], "user_type": "vip"}
 
@@ -189,3 +190,14 @@ def test_tracing_asked_for_without_the_otel_extra_is_one_clear_error(monkeypatch
         tracing_for(Settings(tracing=True), service="orderlane-api")
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318")  # set for every process on a host
     assert tracing_for(Settings(), service="orderlane-api") is None, "a warning, not a refusal to start"
+
+
+async def test_the_api_with_tracing_on_and_no_otel_extra_stops_with_one_line(
+    settings: Settings, tmp_path: Path
+) -> None:
+    (tmp_path / "sitecustomize.py").write_text("import sys\nsys.modules['opentelemetry'] = None  # not installed\n")
+    env = environment(settings, ORDERLANE_TRACING="true", PYTHONPATH=str(tmp_path))
+    code, stderr = await run("api", "--port", str(free_port()), env=env)
+    assert code == 3, stderr
+    assert "could not build the API: ORDERLANE_TRACING is on, but OpenTelemetry is not installed" in stderr
+    assert "Traceback" not in stderr

@@ -109,7 +109,10 @@ class AckPolicy:
         self._metrics.observe_wait(message, metrics)
         try:
             with delivering(delivery):
-                failure = await self._traced_run(message, order, delivery, queue)
+                if self._tracing is None:
+                    failure = await self._run_handler(order)
+                else:
+                    failure = await self._traced_run(self._tracing, message, order, delivery, queue)
         except asyncio.CancelledError:  # a forced stop: unacked, redelivered, never shown as processing here
             if self._status is not None and tracked is not None:
                 self._status.abandon(tracked)
@@ -138,15 +141,15 @@ class AckPolicy:
             metrics.exhausted.inc()
             await self._give_up(message, delivery, tracked, failure)
 
-    async def _traced_run(self, message: Received, order: Order, delivery: Delivery, queue: str) -> Exception | None:
-        """`_run_handler`, in a span of the order's trace when tracing is on."""
-        if self._tracing is None:
-            return await self._run_handler(order)
+    async def _traced_run(
+        self, tracing: Tracing, message: Received, order: Order, delivery: Delivery, queue: str
+    ) -> Exception | None:
+        """`_run_handler` in a span of the order's trace."""
         fields = {"priority": delivery.priority, "attempt": delivery.attempt}
-        with self._tracing.processing(message.headers, order, fields, queue) as span:
+        with tracing.processing(message.headers, order, fields, queue) as span:
             failure = await self._run_handler(order)
             if failure is not None:
-                self._tracing.failed(span, failure)
+                tracing.failed(span, failure)
         return failure
 
     async def _run_handler(self, order: Order) -> Exception | None:

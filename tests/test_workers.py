@@ -16,6 +16,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
 
+from api.metrics import is_running
 from bench.intake import wait_ready
 from broker.settings import Settings
 from tests.amqp import amqp_url, queue_depth, wait_until
@@ -43,10 +44,6 @@ def workers_of(parent: int) -> set[int]:
         except FileNotFoundError:  # ended meanwhile
             pass
     return workers
-
-
-def running(pid: int) -> bool:
-    return Path(f"/proc/{pid}").exists()
 
 
 def files(directory: Path, pattern: str) -> list[Path]:
@@ -137,7 +134,7 @@ async def test_workers_share_the_port_and_metrics_count_every_order_whichever_an
         assert await queue_depth(settings.queue) == sent
         api.send_signal(signal.SIGTERM)
         assert await api.wait() == 0
-    assert not any(running(pid) for pid in workers), "every worker stopped"
+    assert not any(is_running(pid) for pid in workers), "every worker stopped"
     stopped = "".join(lines) + (await log).decode()
     assert stopped.count("Finished server process") == WORKERS, stopped
     assert (metrics_dir / "notes.txt").exists()
@@ -233,7 +230,7 @@ async def test_workers_stop_when_their_supervisor_is_killed(settings: Settings, 
         workers = workers_of(api.pid)
         api.kill()
         await api.wait()
-        await wait_until(lambda: not any(running(pid) for pid in workers), what="no orphan worker left serving")
+        await wait_until(lambda: not any(is_running(pid) for pid in workers), what="no orphan worker left serving")
 
 
 async def test_a_metrics_directory_that_cannot_be_written_is_one_line(settings: Settings, tmp_path: Path) -> None:

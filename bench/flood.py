@@ -41,6 +41,8 @@ class Held:
 
     reply: bytes
     closed_after: float
+    closed_at: float
+    """time.perf_counter() when the server closed it."""
 
     @property
     def status(self) -> int | None:
@@ -59,7 +61,8 @@ async def hold(port: int, payload: bytes, sent: asyncio.Semaphore | None = None)
         reply = b""
         with contextlib.suppress(ConnectionError):  # a reset is a close too
             reply = await reader.read()
-        return Held(reply, time.perf_counter() - began)
+        closed_at = time.perf_counter()
+        return Held(reply, closed_at - began, closed_at)
     finally:
         writer.close()
 
@@ -72,6 +75,8 @@ class Flood:
         self.payload = payload
         self.connections = connections
         self._sent = asyncio.Semaphore(0)
+        self.all_sent_at: float | None = None
+        """time.perf_counter() once every connection had sent its payload (`all_sent`)."""
 
     async def run(self) -> list[Held]:
         return await asyncio.gather(*(hold(self.port, self.payload, self._sent) for _ in range(self.connections)))
@@ -80,6 +85,7 @@ class Flood:
         """Return once every connection is open and has sent its payload."""
         for _ in range(self.connections):
             await self._sent.acquire()
+        self.all_sent_at = time.perf_counter()
 
 
 async def sustained_flood(

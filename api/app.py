@@ -14,14 +14,14 @@ from starlette.middleware import Middleware
 from starlette.routing import Route
 
 from api.auth import ApiKeys
-from api.errors import EXCEPTION_HANDLERS
-from api.intake import Intake
+from api.errors import exception_handlers
 from api.limits import InFlightLimit, TokenBuckets
 from api.metrics import ApiMetrics, RequestMetrics
 from api.openapi import openapi_document
 from api.routes import get_order, healthz, metrics, openapi, post_order, queues, readyz
 from api.state import BacklogSource, Services
 from broker.connection import open_broker
+from broker.intake import Intake
 from broker.publisher import OrderPublisher, Publisher
 from broker.queues import queue_stats
 from broker.settings import Settings
@@ -47,14 +47,16 @@ def create_app(
     requests and publishes make spans."""
     settings = settings or Settings()
     api_metrics = api_metrics or ApiMetrics()
-    document = openapi_document(version("orderlane"))
+    order_model = settings.order_type
+    document = openapi_document(version("orderlane"), order_model)
 
     def services(
         publisher: Publisher, backlog: BacklogSource | None, status: StatusStore | None
     ) -> dict[str, Services]:
-        intake = Intake(publisher, status, api_metrics, settings)
+        intake = Intake(publisher, status, api_metrics.intake, settings)
         api_metrics.broker_blocked.read_from(lambda: publisher.is_blocked)
-        return {"services": Services(settings, publisher, intake, status, api_metrics, backlog, document)}
+        found = Services(settings, order_model, publisher, intake, status, api_metrics, backlog, document)
+        return {"services": found}
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Services]]:
@@ -111,5 +113,8 @@ def create_app(
     else:
         logger.info("no API keys configured: POST /orders is open to anyone who can reach it")
     return Starlette(
-        routes=routes, middleware=middleware, lifespan=lifespan, exception_handlers=dict(EXCEPTION_HANDLERS)
+        routes=routes,
+        middleware=middleware,
+        lifespan=lifespan,
+        exception_handlers=exception_handlers(settings.retry_after_seconds),
     )

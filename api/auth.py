@@ -9,8 +9,8 @@ from prometheus_client import Counter
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from api.limits import TokenBuckets, retry_after
-from api.responses import error_response, problem
+from api.errors import rate_limited, unauthorized
+from api.limits import TokenBuckets
 
 
 class ApiKeys:
@@ -47,21 +47,11 @@ class ApiKeys:
             return
         key = self.matching(Headers(scope=scope).get("authorization"))
         if key is None:
-            await self.unauthorized(scope, receive, send)
+            await unauthorized()(scope, receive, send)
             return
         wait = self.rates.take(key) if self.rates is not None else 0.0
         if wait > 0:
             self.rate_limited.labels(key=str(key)).inc()
-            message = f"this API key sends more than ORDERLANE_RATE_LIMIT_PER_KEY allows; retry in {wait:.2f}s"
-            response = error_response(429, [problem("rate_limited", message)], {"Retry-After": retry_after(wait)})
-            await response(scope, receive, send)
+            await rate_limited(wait)(scope, receive, send)
             return
         await self.app(scope, receive, send)
-
-    async def unauthorized(self, scope: Scope, receive: Receive, send: Send) -> None:
-        response = error_response(
-            401,
-            [problem("unauthorized", "send a valid API key as `Authorization: Bearer <key>`")],
-            {"WWW-Authenticate": 'Bearer realm="orderlane"'},
-        )
-        await response(scope, receive, send)

@@ -10,8 +10,8 @@ from collections.abc import Callable
 from prometheus_client import Counter
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from api.errors import overloaded
 from api.metrics import SampledGauge
-from api.responses import error_response, problem
 
 UNLIMITED_PATHS = frozenset({"/healthz", "/metrics"})
 """A liveness probe must not fail because the API is busy (a restart would make it busier), nor a scrape, which is
@@ -35,10 +35,7 @@ class InFlightLimit:
             return
         if self.in_flight >= self.limit:
             self.refused.inc()
-            message = f"{self.limit} requests are in flight (ORDERLANE_HTTP_MAX_CONCURRENCY); retry shortly"
-            # Closed after: shedding connections is part of shedding load, and its body (if any) is not read.
-            busy = error_response(503, [problem("overloaded", message)], {"Retry-After": "1", "Connection": "close"})
-            await busy(scope, receive, send)
+            await overloaded(self.limit)(scope, receive, send)
             return
         self.in_flight += 1
         try:
@@ -67,8 +64,3 @@ class TokenBuckets:
             return wait
         self._next_due[key] = due + self.interval
         return 0.0
-
-
-def retry_after(wait: float) -> str:
-    """A Retry-After header's whole seconds, never 0: a client told 0 would come straight back."""
-    return str(max(1, math.ceil(wait)))

@@ -18,13 +18,12 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Final
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from broker.priority import PRIORITIES
+from broker.intake import IntakeMetrics
 
-CONFIRM_BUCKETS: Final = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
 UNMATCHED: Final = "unmatched"
 MULTIPROCESS_DIRECTORY: Final = "PROMETHEUS_MULTIPROC_DIR"
 """prometheus-client's switch: set before it is first imported, its values live in files in this directory."""
@@ -65,31 +64,7 @@ class ApiMetrics:
             ["route", "method", "status"],
             registry=self.registry,
         )
-        self.accepted = Counter(
-            "orderlane_orders_accepted",
-            "Orders confirmed by the broker, by effective priority",
-            ["priority"],
-            registry=self.registry,
-        )
-        self.accepted_by_priority = {priority: self.accepted.labels(priority=str(priority)) for priority in PRIORITIES}
-        """Each priority's counter, looked up once: `labels()` per order is a measurable part of the API's CPU."""
-        self.publish_seconds = Histogram(
-            "orderlane_publish_confirm_seconds",
-            "From publish to the broker's confirm",
-            buckets=CONFIRM_BUCKETS,
-            registry=self.registry,
-        )
-        self.deduplicated = Counter(
-            "orderlane_orders_deduplicated",
-            "Posts of an order_id the status store knew: known (200), conflict (409), in_progress (503)",
-            ["outcome"],
-            registry=self.registry,
-        )
-        self.without_dedup = Counter(
-            "orderlane_orders_without_dedup",
-            "Orders published without the duplicate check, because the status store was away",
-            registry=self.registry,
-        )
+        self.intake = IntakeMetrics(self.registry)
         self.overloaded = Counter(
             "orderlane_http_overloaded",
             "Requests answered 503 because ORDERLANE_HTTP_MAX_CONCURRENCY requests were in flight",
@@ -131,9 +106,6 @@ class ApiMetrics:
             "1 while the broker blocks publishing (a memory or disk alarm) and orders are refused at once",
             multiprocess_mode="livemax",
             registry=self.registry,
-        )
-        self.broker_errors = Counter(
-            "orderlane_broker_errors", "Orders the broker did not take (answered 503)", registry=self.registry
         )
         self.sampled = (self.requests_in_flight, self.waiting_connections, self.incomplete_bodies, self.broker_blocked)
 

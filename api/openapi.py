@@ -7,7 +7,7 @@ from typing import Any, Literal
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
-from broker.messages import ORDER_ID, Order
+from broker.messages import ORDER_ID, OrderBase
 from broker.status import OrderStatus
 
 OPENAPI_VERSION = "3.1.0"
@@ -54,10 +54,11 @@ def _json(description: str, model: str) -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": _ref(model)}}}
 
 
-def openapi_document(version: str) -> dict[str, Any]:
+def openapi_document(version: str, order_model: type[OrderBase]) -> dict[str, Any]:
+    """The document, with `order_model` (ORDERLANE_ORDER_MODEL) as the body of `POST /orders`."""
     _, schemas = models_json_schema(
         [
-            (Order, "validation"),
+            (order_model, "validation"),
             (Accepted, "serialization"),
             (OrderStatus, "serialization"),
             (ErrorBody, "serialization"),
@@ -84,7 +85,10 @@ def openapi_document(version: str) -> dict[str, Any]:
             "/orders": {
                 "post": {
                     "summary": "Accept an order once the broker has stored it",
-                    "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("Order")}}},
+                    "requestBody": {
+                        "required": True,
+                        "content": {"application/json": {"schema": _ref(order_model.__name__)}},
+                    },
                     "responses": {
                         "200": _json("This order was posted before: its status; nothing was published", "OrderStatus"),
                         "202": accepted,

@@ -10,11 +10,11 @@ from starlette.responses import Response
 
 from api.errors import RequestRejected
 from api.openapi import Accepted, Backlog, QueueDepth
-from api.responses import JSONResponse, error_response, problem
+from api.responses import JSONResponse
 from api.state import services
 from broker.connection import BROKER_ERRORS
-from broker.errors import BrokerUnavailable
-from broker.messages import ORDER_ID, Order, is_json_media_type
+from broker.errors import BrokerUnavailable, PublishBlocked, StatusUnavailable
+from broker.messages import ORDER_ID, is_json_media_type
 from broker.status import OrderStatus
 
 
@@ -48,7 +48,8 @@ async def post_order(request: Request) -> Response:
     if not is_json_media_type(request.headers.get("content-type")):
         raise RequestRejected(415, "unsupported_media_type", "send the order as application/json")
     settings = state.settings
-    order = Order.model_validate_json(await read_body(request, settings.max_body_bytes, settings.http_body_timeout))
+    body = await read_body(request, settings.max_body_bytes, settings.http_body_timeout)
+    order = state.order_model.model_validate_json(body)
     taken = await state.intake.take(order)
     if isinstance(taken, OrderStatus):
         return JSONResponse(taken.model_dump(mode="json"), headers={"Content-Location": status_path(taken.order_id)})
@@ -86,13 +87,12 @@ async def readyz(request: Request) -> Response:
     the status store is."""
     state = services(request)
     if not state.publisher.is_ready:
-        return error_response(503, [problem("broker_unavailable", "the broker connection is down")])
+        raise BrokerUnavailable("the broker connection is down")
     if state.publisher.is_blocked:
-        message = "the broker blocks publishing (a memory or disk alarm): orders are refused until it lifts"
-        return error_response(503, [problem("broker_blocked", message)])
+        raise PublishBlocked("the broker blocks publishing (a memory or disk alarm): orders are refused until it lifts")
     status_store = "off" if state.status is None else "up" if await state.status.answers() else "away"
     if status_store == "away" and state.settings.status_required:
-        return error_response(503, [problem("status_unavailable", "the status store does not answer")])
+        raise StatusUnavailable("the status store does not answer")
     return JSONResponse({"status": "ready", "status_store": status_store})
 
 

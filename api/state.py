@@ -4,18 +4,17 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from starlette.requests import Request
 
 from api.metrics import ApiMetrics
+from broker.intake import Intake
+from broker.messages import OrderBase
 from broker.publisher import Publisher
 from broker.queues import QueueStats
 from broker.settings import Settings
 from broker.status_store import StatusStore
-
-if TYPE_CHECKING:  # api.intake raises api.errors' exceptions, whose handlers read the services
-    from api.intake import Intake
 
 BacklogSource = Callable[[], Awaitable[list[QueueStats]]]
 
@@ -25,6 +24,7 @@ class Services:
     """What the lifespan hands to every request."""
 
     settings: Settings
+    order_model: type[OrderBase]
     publisher: Publisher
     intake: Intake
     status: StatusStore | None

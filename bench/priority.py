@@ -175,7 +175,7 @@ async def raw_consumer(settings: Settings, timeline: Timeline, handler_seconds: 
     async with connection:
 
         async def on_message(message: AbstractIncomingMessage) -> None:
-            order = decode_order(message.body)
+            order = decode_order(message.body, Order)
             timeline.handler_started(order.order_id)
             await asyncio.sleep(handler_seconds)
             await message.ack()

@@ -7,9 +7,14 @@
     ├── TopologyConflict    a queue exists with other arguments (the broker's 406 PRECONDITION_FAILED)
     ├── PublishError        the broker did not take a message: nack, return (unroutable), timeout, channel down
     │   └── PublishBlocked  not even tried: the broker blocks publishing (a memory or disk alarm)
+    ├── OrderIdConflict     an order submitted with an order_id that a different order holds
+    ├── OrderInProgress     the same order is being published by another request right now: retry shortly
     ├── InvalidMessage      a delivery whose body is not a valid order (never retried)
     ├── PermanentFailure    raised by a handler: this order can never succeed, dead-letter it now
     └── StatusUnavailable   the status store (Redis) did not answer, or was found away less than a second ago
+
+They name what happened, never an HTTP status: api/errors.py maps them to HTTP answers in one table, and the Python
+client (broker/client.py) raises them as they are.
 
 Library exceptions (aio-pika, aiormq, pydantic) are translated into these where they are caught, with
 `raise ... from exc`, so callers never import aio-pika to handle a failure.
@@ -53,6 +58,25 @@ class PublishError(OrderlaneError):
 class PublishBlocked(PublishError):
     """The broker blocks this connection's publishes (`connection.blocked`, a memory or disk alarm): the message
     was not sent, and would only have waited in the client until the alarm clears."""
+
+
+class OrderIdConflict(OrderlaneError):
+    """The order_id is held by a different order (another body); nothing was published."""
+
+    def __init__(self, order_id: str) -> None:
+        self.order_id = order_id
+        super().__init__(f"order_id {order_id!r} is already used by a different order")
+
+
+class OrderInProgress(OrderlaneError):
+    """Another request (in another process) is publishing this very order right now; its outcome is not known yet,
+    so submit it again shortly."""
+
+    retry_after_seconds = 1
+
+    def __init__(self, order_id: str) -> None:
+        self.order_id = order_id
+        super().__init__(f"order {order_id!r} is being published by another request; retry")
 
 
 class InvalidMessage(OrderlaneError):

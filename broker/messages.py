@@ -1,10 +1,17 @@
-"""The wire contract: the order a client posts and a consumer receives."""
+"""The wire contract: the order a client posts and a consumer receives.
+
+`OrderBase` holds what orderlane itself reads (order_id, priority, user_type); `Order` adds the seed's `items` and
+is the model used unless ORDERLANE_ORDER_MODEL names a subclass of its own (docs/your-order.md).
+"""
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, TypeAdapter
+
+from broker.errors import ConfigurationError
+from broker.references import load_reference
 
 UserType = Literal["regular", "vip"]
 CONTENT_TYPE = "application/json"
@@ -22,17 +29,36 @@ def _integral_number(value: Any) -> Any:
     return int(value) if isinstance(value, float) and value.is_integer() else value
 
 
-class Order(BaseModel):
-    """An order: `priority` 0 is the most urgent, 9 the least (the seed's convention)."""
+class OrderBase(BaseModel):
+    """What every order has: `priority` 0 is the most urgent, 9 the least (the seed's convention). Subclass it (or
+    `Order`) for an order of your own: fields may be added; these three are what orderlane routes by."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
     order_id: OrderId
     priority: Annotated[int, Field(ge=0, le=9), BeforeValidator(_integral_number)] = 5
-    items: Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1, max_length=100)]
     user_type: Annotated[UserType, BeforeValidator(_null_means_regular, json_schema_input_type=UserType | None)] = (
         "regular"
     )
+
+
+class Order(OrderBase):
+    """The default order: a list of item names, as the seed had it."""
+
+    items: Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1, max_length=100)]
+
+
+Model = TypeVar("Model", bound=OrderBase)
+DEFAULT_ORDER_MODEL = "broker.messages:Order"
+
+
+def load_order_model(reference: str) -> type[OrderBase]:
+    """The model ORDERLANE_ORDER_MODEL names (`package.module:Model`); a ConfigurationError unless it is an
+    OrderBase subclass."""
+    model = load_reference(reference, "order model")
+    if not (isinstance(model, type) and issubclass(model, OrderBase)):
+        raise ConfigurationError(f"order model {reference!r} is not a subclass of broker.OrderBase (or broker.Order)")
+    return model
 
 
 def is_json_media_type(content_type: str | None) -> bool:
@@ -45,11 +71,11 @@ def is_json_media_type(content_type: str | None) -> bool:
     return media_type == CONTENT_TYPE or (media_type.startswith("application/") and media_type.endswith("+json"))
 
 
-def encode_order(order: Order) -> bytes:
+def encode_order(order: OrderBase) -> bytes:
     """The message body for an order: compact JSON, UTF-8."""
     return order.model_dump_json().encode()
 
 
-def decode_order(body: bytes) -> Order:
-    """Parse and validate a message body; raises pydantic's ValidationError on anything but a valid order."""
-    return Order.model_validate_json(body)
+def decode_order(body: bytes, model: type[Model]) -> Model:
+    """Parse and validate a message body; raises pydantic's ValidationError on anything but a valid `model`."""
+    return model.model_validate_json(body)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from broker.messages import Order
+from broker.messages import OrderBase
 
 LEAST_URGENT = 9
 PRIORITIES = range(LEAST_URGENT + 1)
@@ -23,7 +23,7 @@ class Priority:
     """The AMQP priority put on the message, 0..max_priority, higher is delivered first."""
 
 
-def effective_priority(order: Order, *, vip_priority: int) -> int:
+def effective_priority(order: OrderBase, *, vip_priority: int) -> int:
     """A VIP order is never less urgent than `vip_priority`; everyone else keeps what they asked for."""
     if order.user_type == "vip":
         return min(order.priority, vip_priority)
@@ -39,6 +39,6 @@ def broker_priority(effective: int, *, max_priority: int) -> int:
     return urgency * max_priority // LEAST_URGENT
 
 
-def prioritize(order: Order, *, vip_priority: int, max_priority: int) -> Priority:
+def prioritize(order: OrderBase, *, vip_priority: int, max_priority: int) -> Priority:
     effective = effective_priority(order, vip_priority=vip_priority)
     return Priority(effective=effective, broker=broker_priority(effective, max_priority=max_priority))

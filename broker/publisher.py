@@ -17,7 +17,7 @@ from aiormq import spec
 
 from broker.connection import BROKER_ERRORS, Broker
 from broker.errors import PublishBlocked, PublishError
-from broker.messages import CONTENT_TYPE, Order, encode_order
+from broker.messages import CONTENT_TYPE, OrderBase, encode_order
 from broker.priority import Priority, prioritize
 from broker.settings import Settings
 
@@ -55,14 +55,14 @@ class Publisher(Protocol):
         """True while the broker blocks publishing (a memory or disk alarm): `publish` raises PublishBlocked."""
         ...
 
-    async def publish(self, order: Order, *, check_processed: bool = False) -> Receipt:
+    async def publish(self, order: OrderBase, *, check_processed: bool = False) -> Receipt:
         """Return only once the broker confirmed the persistent message; raise PublishError otherwise.
         `check_processed`: another copy of it may have been stored (CHECK_PROCESSED_HEADER)."""
         ...
 
 
 def message_properties(
-    order: Order, priority: Priority, *, check_processed: bool = False, trace: Mapping[str, str] | None = None
+    order: OrderBase, priority: Priority, *, check_processed: bool = False, trace: Mapping[str, str] | None = None
 ) -> spec.Basic.Properties:
     """The AMQP properties of an order's message: persistent, its broker priority, its id, when it was published;
     with `trace`, the headers that carry its trace (broker/tracing.py)."""
@@ -82,7 +82,7 @@ def message_properties(
     )
 
 
-def build_message(order: Order, priority: Priority) -> aio_pika.Message:
+def build_message(order: OrderBase, priority: Priority) -> aio_pika.Message:
     """The same message as aio-pika's Message, for publishing through aio-pika's own API (the benchmarks)."""
     properties = message_properties(order, priority)
     return aio_pika.Message(
@@ -143,7 +143,7 @@ class OrderPublisher:
     def is_blocked(self) -> bool:
         return self._broker.is_blocked
 
-    async def publish(self, order: Order, *, check_processed: bool = False) -> Receipt:
+    async def publish(self, order: OrderBase, *, check_processed: bool = False) -> Receipt:
         if self._broker.is_blocked:
             # aiormq would hold the frames until the alarm clears: the client would wait out the publish timeout.
             if not self._refusing:
@@ -164,7 +164,7 @@ class OrderPublisher:
                 await self._publish(order, properties, queue)
         return Receipt(order_id=order.order_id, priority=priority, queue=queue)
 
-    async def _publish(self, order: Order, properties: spec.Basic.Properties, queue: str) -> None:
+    async def _publish(self, order: OrderBase, properties: spec.Basic.Properties, queue: str) -> None:
         await publish_confirmed(
             self._broker.channel, encode_order(order), properties, queue=queue, confirm_within=self._timeout
         )

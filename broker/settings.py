@@ -10,6 +10,9 @@ from typing import Annotated, Literal
 from pydantic import AfterValidator, AmqpDsn, Field, HttpUrl, RedisDsn, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from broker.errors import ConfigurationError
+from broker.messages import DEFAULT_ORDER_MODEL, OrderBase, load_order_model
+
 QueueName = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9._:-]+$")]
 OPEN_PATHS = ("/healthz", "/readyz", "/metrics", "/queues", "/openapi.json")
 
@@ -68,6 +71,19 @@ Concurrency = int | Literal["auto"]
 """Handlers a consumer process runs at once, across its lanes; or "auto": adapted while running."""
 
 
+def loadable_order_model(reference: str) -> str:
+    """Checked when the settings are read, so a model that cannot be loaded stops a process before it connects."""
+    try:
+        load_order_model(reference)
+    except ConfigurationError as exc:
+        raise ValueError(str(exc)) from None
+    return reference
+
+
+Reference = Annotated[str, Field(pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")]
+"""`package.module:attribute`."""
+
+
 class Settings(BaseSettings):
     """Every knob of orderlane; the README's configuration table lists the same fields."""
 
@@ -81,6 +97,10 @@ class Settings(BaseSettings):
     concurrency: Annotated[int, Field(ge=1, le=MAX_CONCURRENCY)] | Literal["auto"] = "auto"
     vip_priority: Annotated[int, Field(ge=0, le=9)] = 0
     lanes: Annotated[tuple[LaneConfig, ...], NoDecode, AfterValidator(check_lanes)] = ()
+    order_model: Annotated[Reference, AfterValidator(loadable_order_model)] = DEFAULT_ORDER_MODEL
+    """The pydantic model orders are validated with: broker.messages.Order or a subclass of broker.OrderBase."""
+    handler: Reference | None = None
+    """The consumer's handler, `package.module:callable` (as --handler); empty: the built-in order processor."""
 
     max_body_bytes: Annotated[int, Field(ge=1024)] = 64 * 1024
     publish_timeout: Annotated[float, Field(gt=0)] = 5.0
@@ -143,7 +163,7 @@ class Settings(BaseSettings):
             return items
         return value
 
-    @field_validator("status_url", "management_url", "rate_limit_per_key", "rate_limit_burst", mode="before")
+    @field_validator("status_url", "management_url", "rate_limit_per_key", "rate_limit_burst", "handler", mode="before")
     @classmethod
     def _empty_means_off(cls, value: object) -> object:
         return None if value == "" else value
@@ -170,6 +190,11 @@ class Settings(BaseSettings):
             # never take every slot from the complete requests.
             raise ValueError("ORDERLANE_HTTP_MAX_INCOMPLETE_BODIES must be below ORDERLANE_HTTP_MAX_CONCURRENCY")
         return self
+
+    @property
+    def order_type(self) -> type[OrderBase]:
+        """The class ORDERLANE_ORDER_MODEL names (imported already: this is a lookup)."""
+        return load_order_model(self.order_model)
 
     @property
     def dead_letter_queue(self) -> str:

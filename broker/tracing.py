@@ -31,7 +31,7 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from opentelemetry.util.types import AttributeValue
 
-from broker.messages import Order
+from broker.messages import OrderBase
 from broker.priority import Priority
 
 MESSAGING_SYSTEM: Final = "rabbitmq"
@@ -46,7 +46,7 @@ class Tracing:
         self._propagator = TraceContextTextMapPropagator()
 
     @contextmanager
-    def publishing(self, order: Order, priority: Priority, queue: str) -> Iterator[dict[str, str]]:
+    def publishing(self, order: OrderBase, priority: Priority, queue: str) -> Iterator[dict[str, str]]:
         """A producer span for publishing `order`, a child of the current one (the request's); yields the headers
         that carry it to the consumer."""
         attributes: dict[str, AttributeValue] = {
@@ -61,7 +61,7 @@ class Tracing:
 
     @contextmanager
     def processing(
-        self, headers: Mapping[str, object], order: Order, delivery_fields: Mapping[str, int], queue: str
+        self, headers: Mapping[str, object], order: OrderBase, delivery_fields: Mapping[str, int], queue: str
     ) -> Iterator[Span]:
         """A consumer span for one attempt at `order`, in the trace its message's headers carry."""
         carrier = {

@@ -6,17 +6,19 @@ from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
+from typing import Any
 
 from pydantic import ValidationError
 
 from broker.errors import InvalidMessage
-from broker.messages import Order, decode_order, is_json_media_type
+from broker.messages import OrderBase, decode_order, is_json_media_type
 from broker.priority import PRIORITIES
 from broker.publisher import ATTEMPT_HEADER, PRIORITY_HEADER
 from consumers.received import Headed, Received
 
-Handler = Callable[[Order], Awaitable[None]]
-"""A handler receives the validated order. It never acks: it returns (ack) or raises (the order is retried, or
+Handler = Callable[[Any], Awaitable[None]]
+"""A handler receives the validated order, an instance of the order model (ORDERLANE_ORDER_MODEL).
+It never acks: it returns (ack) or raises (the order is retried, or
 dead-lettered at once for PermanentFailure). It may run more than once for one order: make it idempotent on
 `order.order_id`. It runs in a handler slot, a long-lived task that runs one order after another: a context
 variable it sets itself stays set in that slot for the next order."""
@@ -37,14 +39,14 @@ def log_fields(order_id: str | None, priority: int | None, attempt: int) -> dict
     return {"order_id": order_id, "priority": priority, "attempt": attempt}
 
 
-def parse_order(message: Received, *, max_body_bytes: int) -> Order:
-    """Treat the body as untrusted: bounded size, JSON only, a valid order."""
+def parse_order(message: Received, model: type[OrderBase], *, max_body_bytes: int) -> OrderBase:
+    """Treat the body as untrusted: bounded size, JSON only, a valid `model`."""
     if len(message.body) > max_body_bytes:
         raise InvalidMessage(f"body of {len(message.body)} bytes exceeds {max_body_bytes}")
     if message.content_type is not None and not is_json_media_type(message.content_type):
         raise InvalidMessage(f"content type {message.content_type!r} is not JSON")
     try:
-        return decode_order(message.body)
+        return decode_order(message.body, model)
     except ValidationError as exc:
         raise InvalidMessage(f"not a valid order: {exc.error_count()} errors, first: {exc.errors()[0]['msg']}") from exc
 
@@ -59,7 +61,7 @@ def attempt_of(message: Headed) -> int:
     return max(1, int_header(message, ATTEMPT_HEADER, 1))
 
 
-def describe(message: Received, order: Order) -> Delivery:
+def describe(message: Received, order: OrderBase) -> Delivery:
     """The delivery as a handler sees it. The effective priority comes from the API's header when it holds one
     of 0..9 (anything else is not ours to trust), else from the order itself."""
     priority = int_header(message, PRIORITY_HEADER, order.priority)

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import importlib
 import logging
 
 from broker.errors import ConfigurationError
 from broker.messages import Order
+from broker.references import load_reference
 from consumers.delivery import Handler, current_delivery, log_fields
 from consumers.threads import SyncHandler
 
@@ -33,15 +33,9 @@ class OrderProcessor:
 
 
 def load_handler(reference: str) -> Handler | SyncHandler:
-    """Resolve `package.module:callable`, the form `--handler` takes (as uvicorn takes its app): an async callable,
-    or a plain function (consumers.threads runs it in threads)."""
-    module_name, _, attribute = reference.partition(":")
-    if not module_name or not attribute:
-        raise ConfigurationError(f"handler {reference!r} is not of the form module:callable")
-    try:
-        handler = getattr(importlib.import_module(module_name), attribute)
-    except (ImportError, AttributeError) as exc:
-        raise ConfigurationError(f"handler {reference!r} cannot be loaded: {exc}") from exc
+    """Resolve `package.module:callable` (--handler, ORDERLANE_HANDLER): an async callable, or a plain function
+    (consumers.threads runs it in threads)."""
+    handler = load_reference(reference, "handler")
     if not callable(handler):
         raise ConfigurationError(f"handler {reference!r} is not callable")
     found: Handler | SyncHandler = handler

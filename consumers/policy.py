@@ -28,7 +28,7 @@ import aio_pika
 
 from broker.connection import Broker
 from broker.errors import InvalidMessage, PermanentFailure, PublishError
-from broker.messages import Order
+from broker.messages import OrderBase
 from broker.priority import PRIORITIES
 from broker.publisher import CHECK_PROCESSED_HEADER, PRIORITY_HEADER, publish_confirmed
 from broker.settings import Settings
@@ -76,6 +76,7 @@ class AckPolicy:
         self._tracing = tracing
         self._handler = handler
         self._settings = settings
+        self._order_model = settings.order_type
         self._metrics = metrics
         self._retry_policy = RetryPolicy.from_settings(settings)
         self.deadlines = Deadlines(settings.handler_timeout)
@@ -86,7 +87,7 @@ class AckPolicy:
     async def process(self, message: Received, lane: Lane, held_seconds: float) -> None:
         """Process one delivery that waited `held_seconds` in the process for a free slot."""
         try:
-            order = parse_order(message, max_body_bytes=self._settings.max_body_bytes)
+            order = parse_order(message, self._order_model, max_body_bytes=self._settings.max_body_bytes)
         except InvalidMessage as exc:
             attempt = attempt_of(message)
             logger.error("invalid message dead-lettered: %s", exc, extra=message_fields(message))
@@ -142,7 +143,7 @@ class AckPolicy:
             await self._give_up(message, delivery, tracked, failure)
 
     async def _traced_run(
-        self, tracing: Tracing, message: Received, order: Order, delivery: Delivery, queue: str
+        self, tracing: Tracing, message: Received, order: OrderBase, delivery: Delivery, queue: str
     ) -> Exception | None:
         """`_run_handler` in a span of the order's trace."""
         fields = {"priority": delivery.priority, "attempt": delivery.attempt}
@@ -152,7 +153,7 @@ class AckPolicy:
                 tracing.failed(span, failure)
         return failure
 
-    async def _run_handler(self, order: Order) -> Exception | None:
+    async def _run_handler(self, order: OrderBase) -> Exception | None:
         """Run the handler within ORDERLANE_HANDLER_TIMEOUT; return what it raised (a TimeoutError if it overran),
         or None. A cancellation that is not the timeout's (a forced stop) propagates: the message stays unacked."""
         task = asyncio.current_task()

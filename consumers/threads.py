@@ -24,15 +24,15 @@ import os
 import queue
 import threading
 from collections.abc import Callable
-from typing import Final, TypeGuard
+from typing import Any, Final, TypeGuard
 
-from broker.messages import Order
+from broker.messages import OrderBase
 from broker.settings import Concurrency
 from consumers.delivery import Handler
 
 logger = logging.getLogger(__name__)
 
-SyncHandler = Callable[[Order], object]
+SyncHandler = Callable[[Any], object]
 DEFAULT_THREADS: Final = min(32, (os.cpu_count() or 1) + 4)
 """With `--concurrency auto`, how many threads a synchronous handler gets (concurrent.futures' own default)."""
 
@@ -61,7 +61,7 @@ class InThreads:
         """Wait for a thread to be free, and keep it for the next call."""
         await self._free.acquire()
 
-    async def __call__(self, order: Order) -> None:
+    async def __call__(self, order: OrderBase) -> None:
         """Run `function(order)` on the thread `free_thread` kept; it is free again when the function returns."""
         loop = asyncio.get_running_loop()
         done: asyncio.Future[object] = loop.create_future()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from broker.errors import PublishError
-from broker.messages import Order
+from broker.messages import OrderBase
 from broker.priority import prioritize
 from broker.publisher import Receipt
 from broker.settings import Settings
@@ -12,7 +12,7 @@ from broker.settings import Settings
 class RecordingPublisher:
     def __init__(self, settings: Settings | None = None, *, ready: bool = True) -> None:
         self.settings = settings or Settings()
-        self.published: list[Order] = []
+        self.published: list[OrderBase] = []
         self.ready = ready
 
     @property
@@ -23,7 +23,7 @@ class RecordingPublisher:
     def is_blocked(self) -> bool:
         return False
 
-    async def publish(self, order: Order, *, check_processed: bool = False) -> Receipt:
+    async def publish(self, order: OrderBase, *, check_processed: bool = False) -> Receipt:
         if not self.ready:
             raise PublishError("recording publisher is down")
         self.published.append(order)

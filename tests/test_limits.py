@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from api.limits import TokenBuckets, retry_after
+from api.errors import retry_after
+from api.limits import TokenBuckets
 
 
 class Clock:

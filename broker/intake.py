@@ -1,15 +1,18 @@
-"""Idempotent intake: an order_id is published once, however often and however concurrently it is posted.
+"""Idempotent intake: an order_id is published once, however often and however concurrently it is submitted, over
+HTTP (`POST /orders`) or from Python (broker.client). Both take orders here; each translates the outcome its way.
 
-| when the order is posted                               | the answer                                           |
+| when the order is submitted                            | the outcome                                          |
 |--------------------------------------------------------|------------------------------------------------------|
-| its order_id is new                                    | reserved, published, confirmed, `accepted`: 202      |
-| the same order is known (any state but `pending`)      | 200 with its status; nothing published               |
-| the same order is being published by this process      | waits for that publish: 200 with its status, or 503  |
-| the same order is being published by another process   | 503 `order_in_progress` with Retry-After             |
-| another order holds the order_id                       | 409 `order_id_conflict`                              |
-| it is `unconfirmed` (a 503), or `pending` past its hold | reserved again and published, marked to be checked    |
+| its order_id is new                                    | reserved, published, confirmed, `accepted`: Receipt  |
+| the same order is known (any state but `pending`)      | its OrderStatus; nothing published                   |
+| the same order is being published by this process      | waits for that publish: its OrderStatus, or its error|
+| the same order is being published by another process   | OrderInProgress                                      |
+| another order holds the order_id                       | OrderIdConflict                                      |
+| it is `unconfirmed` (PublishError), or `pending` past  | reserved again and published, marked to be checked   |
+| its hold                                               |                                                      |
 | the status store is away                               | published without the check, marked to be checked    |
-|                                                        | (counted); or 503 when ORDERLANE_STATUS_REQUIRED     |
+|                                                        | (counted); or StatusUnavailable when                 |
+|                                                        | ORDERLANE_STATUS_REQUIRED                            |
 
 The reservation (`pending`) becomes `unconfirmed` when the broker does not confirm, and holds the order_id for
 ORDERLANE_PUBLISH_TIMEOUT plus a margin at most if the process dies before it could say, so a retry can always
@@ -25,22 +28,63 @@ import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from functools import partial
+from typing import Final
 
-from api.errors import RequestRejected
-from api.metrics import ApiMetrics
-from broker.errors import PublishError, StatusUnavailable
-from broker.messages import Order, encode_order
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+from broker.errors import OrderIdConflict, OrderInProgress, PublishError, StatusUnavailable
+from broker.messages import OrderBase, encode_order
+from broker.priority import PRIORITIES
 from broker.publisher import Publisher, Receipt
 from broker.settings import Settings
 from broker.status import OrderStatus, Transition, fingerprint
 from broker.status_store import StatusStore, Taken
+
+CONFIRM_BUCKETS: Final = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
+
+
+class IntakeMetrics:
+    """What intake counts, on the registry of the process that takes orders (the API's, or a client's)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.accepted = Counter(
+            "orderlane_orders_accepted",
+            "Orders confirmed by the broker, by effective priority",
+            ["priority"],
+            registry=registry,
+        )
+        self.accepted_by_priority = {priority: self.accepted.labels(priority=str(priority)) for priority in PRIORITIES}
+        """Each priority's counter, looked up once: `labels()` per order is a measurable part of the API's CPU."""
+        self.publish_seconds = Histogram(
+            "orderlane_publish_confirm_seconds",
+            "From publish to the broker's confirm",
+            buckets=CONFIRM_BUCKETS,
+            registry=registry,
+        )
+        self.deduplicated = Counter(
+            "orderlane_orders_deduplicated",
+            "Orders submitted again whose order_id the status store knew: known (200), conflict (409), "
+            "in_progress (503)",
+            ["outcome"],
+            registry=registry,
+        )
+        self.without_dedup = Counter(
+            "orderlane_orders_without_dedup",
+            "Orders published without the duplicate check, because the status store was away",
+            registry=registry,
+        )
+        self.broker_errors = Counter(
+            "orderlane_broker_errors",
+            "Orders the broker did not take: not confirmed, or refused while it blocks publishing (answered 503)",
+            registry=registry,
+        )
 
 
 class Intake:
     """Publishes orders, through the status store when there is one."""
 
     def __init__(
-        self, publisher: Publisher, store: StatusStore | None, metrics: ApiMetrics, settings: Settings
+        self, publisher: Publisher, store: StatusStore | None, metrics: IntakeMetrics, settings: Settings
     ) -> None:
         self._publisher = publisher
         self._store = store
@@ -49,7 +93,7 @@ class Intake:
         self._publishing: dict[str, tuple[str, asyncio.Future[Outcome]]] = {}
         """order_id → (fingerprint, the outcome of the request under way in this process for it)."""
 
-    async def take(self, order: Order) -> Receipt | OrderStatus:
+    async def take(self, order: OrderBase) -> Receipt | OrderStatus:
         """A Receipt when this call published the order (202); the order's status when it was known (200)."""
         if self._store is None:
             return await self._publish(order)
@@ -78,7 +122,7 @@ class Intake:
             del self._publishing[order_id]
 
     async def _take(
-        self, store: StatusStore, order: Order, digest: str, forget: Callable[[], None]
+        self, store: StatusStore, order: OrderBase, digest: str, forget: Callable[[], None]
     ) -> Receipt | OrderStatus:
         """Reserve, publish, and send `accepted` (without waiting for it: `forget` is called once it is written
         or failed, and until then a concurrent request for the same order in this process follows this one)."""
@@ -124,7 +168,7 @@ class Intake:
         self, order_id: str, digest: str, held_digest: str, outcome: asyncio.Future[Outcome]
     ) -> OrderStatus:
         """The same order_id is being taken by this process: the same order gets that request's outcome (its
-        error too: a 409, a 503)."""
+        error too)."""
         if held_digest != digest:
             raise self._conflict(order_id)
         status = await asyncio.shield(outcome)
@@ -135,28 +179,24 @@ class Intake:
         self._metrics.deduplicated.labels(outcome="known").inc()
         return status
 
-    async def _publish(self, order: Order, *, check_processed: bool = False) -> Receipt:
-        with self._metrics.publish_seconds.time():
-            receipt = await self._publisher.publish(order, check_processed=check_processed)
+    async def _publish(self, order: OrderBase, *, check_processed: bool = False) -> Receipt:
+        try:
+            with self._metrics.publish_seconds.time():
+                receipt = await self._publisher.publish(order, check_processed=check_processed)
+        except PublishError:
+            self._metrics.broker_errors.inc()
+            raise
         self._metrics.accepted_by_priority[receipt.priority.effective].inc()
         return receipt
 
-    def _conflict(self, order_id: str) -> RequestRejected:
+    def _conflict(self, order_id: str) -> OrderIdConflict:
         self._metrics.deduplicated.labels(outcome="conflict").inc()
-        return RequestRejected(409, "order_id_conflict", f"order_id {order_id!r} is already used by a different order")
+        return OrderIdConflict(order_id)
 
 
 Outcome = OrderStatus | Exception | None
 """What a request for an order_id came to, for the concurrent ones that follow it: its status, its error, or None
 if it was cancelled."""
-
-
-class OrderInProgress(RequestRejected):
-    """Another process is publishing this order_id right now; its outcome is not known yet."""
-
-    def __init__(self, order_id: str) -> None:
-        message = f"order {order_id!r} is being published by another request; retry"
-        super().__init__(503, "order_in_progress", message, headers={"Retry-After": "1"})
 
 
 def _accepted(receipt: Receipt) -> OrderStatus:

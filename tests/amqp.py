@@ -72,17 +72,19 @@ async def delete_topology(settings: Settings) -> None:
 
 
 async def wait_until(predicate: Callable[[], Awaitable[bool] | bool], *, within: float = 30.0, what: str) -> None:
-    """Poll a condition (a queue depth at the broker, a consumer's count) until it holds; fail after `within`
-    seconds."""
+    """Poll a condition (a queue depth at the broker, a consumer's count) until it holds; fail with `what` after
+    `within` seconds."""
 
     async def holds() -> bool:
         result = predicate()
         return await result if inspect.isawaitable(result) else result
 
-    async with asyncio.timeout(within):
-        while not await holds():  # noqa: ASYNC110 - the broker has no event for "depth reached N"
-            await asyncio.sleep(0.05)
-    assert await holds(), what
+    try:
+        async with asyncio.timeout(within):
+            while not await holds():  # noqa: ASYNC110 - the broker has no event for "depth reached N"
+                await asyncio.sleep(0.05)
+    except TimeoutError:
+        raise AssertionError(f"not within {within:g}s: {what}") from None
 
 
 async def publish_raw(queue: str, *messages: aio_pika.Message) -> None:

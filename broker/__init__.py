@@ -7,13 +7,16 @@ from broker.errors import (
     BrokerUnavailable,
     ConfigurationError,
     InvalidMessage,
+    OrderIdConflict,
+    OrderInProgress,
     OrderlaneError,
     PermanentFailure,
+    PublishBlocked,
     PublishError,
     StatusUnavailable,
     TopologyConflict,
 )
-from broker.messages import Order
+from broker.messages import Order, OrderBase
 from broker.priority import Priority, prioritize
 from broker.publisher import OrderPublisher, Publisher, Receipt
 from broker.settings import Settings
@@ -27,11 +30,15 @@ __all__ = [
     "ConfigurationError",
     "InvalidMessage",
     "Order",
+    "OrderBase",
+    "OrderIdConflict",
+    "OrderInProgress",
     "OrderPublisher",
     "OrderStatus",
     "OrderlaneError",
     "PermanentFailure",
     "Priority",
+    "PublishBlocked",
     "PublishError",
     "Publisher",
     "Receipt",

@@ -1,4 +1,9 @@
 # One image for both processes: the API (default CMD) and the consumers (`python -m consumers`).
+# Your own order model and handler: an image FROM this one that adds your package and names them, e.g.
+#   FROM orderlane:local
+#   COPY shop /app/shop                      # importable as `shop` (PYTHONPATH=/app), or `RUN pip install ./shop`
+#   ENV ORDERLANE_ORDER_MODEL=shop.models:ShopOrder ORDERLANE_HANDLER=shop.handler:handle
+# examples/shop/Dockerfile is a complete one.
 
 # --- builder: install orderlane and its runtime deps into a self-contained venv -----------------
 FROM python:3.11-slim AS builder
@@ -22,7 +27,8 @@ FROM python:3.11-slim
 
 ENV PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
-    PATH=/opt/venv/bin:$PATH
+    PATH=/opt/venv/bin:$PATH \
+    PYTHONPATH=/app
 
 RUN groupadd --gid 10001 orderlane \
  && useradd --uid 10001 --gid 10001 --no-create-home --shell /usr/sbin/nologin orderlane

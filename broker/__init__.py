@@ -1,10 +1,12 @@
 """What the API and the consumers share: settings, the order, priorities, topology, connection, publisher, and the
-order status store."""
+order status store; and the Python clients that submit orders as the API takes them."""
 
+from broker.client import AsyncOrderClient, OrderClient
 from broker.connection import Broker, open_broker
 from broker.errors import (
     BrokerRefused,
     BrokerUnavailable,
+    ClientClosed,
     ConfigurationError,
     InvalidMessage,
     OrderIdConflict,
@@ -24,13 +26,16 @@ from broker.status import OrderStatus
 from broker.status_store import StatusStore, open_status_store
 
 __all__ = [
+    "AsyncOrderClient",
     "Broker",
     "BrokerRefused",
     "BrokerUnavailable",
+    "ClientClosed",
     "ConfigurationError",
     "InvalidMessage",
     "Order",
     "OrderBase",
+    "OrderClient",
     "OrderIdConflict",
     "OrderInProgress",
     "OrderPublisher",

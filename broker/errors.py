@@ -10,6 +10,7 @@
     ├── OrderIdConflict     an order submitted with an order_id that a different order holds
     ├── OrderInProgress     the same order is being published by another request right now: retry shortly
     ├── InvalidMessage      a delivery whose body is not a valid order (never retried)
+    ├── ClientClosed        an order client used before it was opened or after it was closed (broker/client.py)
     ├── PermanentFailure    raised by a handler: this order can never succeed, dead-letter it now
     └── StatusUnavailable   the status store (Redis) did not answer, or was found away less than a second ago
 
@@ -81,6 +82,10 @@ class OrderInProgress(OrderlaneError):
 
 class InvalidMessage(OrderlaneError):
     """A delivery whose body is not a valid order; it is dead-lettered, never retried."""
+
+
+class ClientClosed(OrderlaneError):
+    """An AsyncOrderClient or OrderClient used outside its `with` block; a client opens once."""
 
 
 class PermanentFailure(OrderlaneError):

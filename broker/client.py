@@ -132,8 +132,9 @@ class AsyncOrderClient:
 
 class OrderClient:
     """The synchronous form, for threads (a Django view, a script, a sync endpoint): one AsyncOrderClient on an
-    event loop in a daemon thread of its own, opened by `with` and stopped on exit. Safe to share between
-    threads: their calls run concurrently on that loop."""
+    event loop in a daemon thread of its own. Open it with `with`, or `open()` and `close()` where a block does not
+    fit (a client kept for the life of a web worker). Safe to share between threads: their calls run concurrently
+    on that loop."""
 
     def __init__(self, settings: Settings | None = None, *, registry: CollectorRegistry | None = None) -> None:
         self._client = AsyncOrderClient(settings, registry=registry)
@@ -141,7 +142,8 @@ class OrderClient:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
 
-    def __enter__(self) -> Self:
+    def open(self) -> Self:
+        """Start the thread and open the connection; a client opens once."""
         loop = asyncio.new_event_loop()
         thread = threading.Thread(target=_run_forever, args=(loop,), name="orderlane-client", daemon=True)
         thread.start()
@@ -154,17 +156,24 @@ class OrderClient:
             self._loop, self._thread = loop, thread
         return self
 
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, traceback: TracebackType | None
-    ) -> None:
-        with self._lock:  # after this no call reaches the loop; the ones already there finish first
+    def close(self) -> None:
+        """Wait for the calls in flight, close the connection and stop the thread; closing twice does nothing."""
+        with self._lock:  # from here no call reaches the loop
             loop, thread, self._loop, self._thread = self._loop, self._thread, None, None
         if loop is None or thread is None:
             return
         try:
-            _wait(asyncio.run_coroutine_threadsafe(self._client.__aexit__(exc_type, exc, traceback), loop))
+            _wait(asyncio.run_coroutine_threadsafe(self._client.__aexit__(None, None, None), loop))
         finally:
             _stop(loop, thread)
+
+    def __enter__(self) -> Self:
+        return self.open()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, traceback: TracebackType | None
+    ) -> None:
+        self.close()
 
     def submit(self, order: Submitted) -> Receipt | OrderStatus:
         """As AsyncOrderClient.submit: a Receipt, or the known order's OrderStatus; the same errors."""
@@ -178,7 +187,7 @@ class OrderClient:
         with self._lock:
             if self._loop is None:
                 call.close()
-                raise ClientClosed("this client is not open: use it inside `with`, before it is closed")
+                raise ClientClosed("this client is not open: use it inside `with` (or after open()), not after close()")
             future = asyncio.run_coroutine_threadsafe(call, self._loop)
         return _wait(future)
 

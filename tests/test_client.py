@@ -230,7 +230,13 @@ async def test_a_sync_client_refuses_use_outside_its_block(settings: Settings) -
             client.submit(ORDER)
         with pytest.raises(ClientClosed, match="opens once"), client:
             pass
+        kept = OrderClient(settings).open()  # as a web worker keeps one
+        assert isinstance(kept.submit(ORDER), Receipt)
+        kept.close()
+        kept.close()
+        with pytest.raises(ClientClosed):
+            kept.status("C-1")
 
     await asyncio.to_thread(misuse)
-    assert not client_threads(), "neither the closed client nor the refused one left a thread"
-    assert await queue_depth(settings.queue) == 0
+    assert not client_threads(), "no client left a thread: not the closed ones, not the refused one"
+    assert await queue_depth(settings.queue) == 1

@@ -6,7 +6,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from pydantic import ValidationError
 
@@ -14,7 +14,7 @@ from broker.errors import InvalidMessage
 from broker.messages import OrderBase, decode_order, is_json_media_type
 from broker.priority import PRIORITIES
 from broker.publisher import ATTEMPT_HEADER, PRIORITY_HEADER
-from consumers.received import Headed, Received
+from consumers.received import Headed
 
 Handler = Callable[[Any], Awaitable[None]]
 """A handler receives the validated order, an instance of the order model (ORDERLANE_ORDER_MODEL).
@@ -34,12 +34,28 @@ class Delivery:
     """True when the broker delivered this message before (to this or another consumer) without an ack."""
 
 
+class Body(Protocol):
+    """What parsing reads of a message: a delivery (consumers.received.Received), or the test kit's."""
+
+    @property
+    def body(self) -> bytes: ...
+    @property
+    def content_type(self) -> str | None: ...
+
+
+class Incoming(Body, Headed, Protocol):
+    """What a handler's Delivery is made from: a delivery off a channel, or one of the in-memory broker's."""
+
+    @property
+    def redelivered(self) -> bool: ...
+
+
 def log_fields(order_id: str | None, priority: int | None, attempt: int) -> dict[str, object]:
     """What every log line about a message carries (as `extra=`)."""
     return {"order_id": order_id, "priority": priority, "attempt": attempt}
 
 
-def parse_order(message: Received, model: type[OrderBase], *, max_body_bytes: int) -> OrderBase:
+def parse_order(message: Body, model: type[OrderBase], *, max_body_bytes: int) -> OrderBase:
     """Treat the body as untrusted: bounded size, JSON only, a valid `model`."""
     if len(message.body) > max_body_bytes:
         raise InvalidMessage(f"body of {len(message.body)} bytes exceeds {max_body_bytes}")
@@ -61,7 +77,7 @@ def attempt_of(message: Headed) -> int:
     return max(1, int_header(message, ATTEMPT_HEADER, 1))
 
 
-def describe(message: Received, order: OrderBase) -> Delivery:
+def describe(message: Incoming, order: OrderBase) -> Delivery:
     """The delivery as a handler sees it. The effective priority comes from the API's header when it holds one
     of 0..9 (anything else is not ours to trust), else from the order itself."""
     priority = int_header(message, PRIORITY_HEADER, order.priority)

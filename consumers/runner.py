@@ -24,7 +24,7 @@ from broker.status_store import StatusStore, open_status_store
 from consumers.delivery import Handler
 from consumers.dispatcher import Dispatcher
 from consumers.metrics import ConsumerMetrics
-from consumers.policy import AckPolicy, message_fields
+from consumers.policy import AckPolicy, message_fields, republish_confirmed
 from consumers.received import Received
 from consumers.status import StatusRecorder
 from consumers.subscription import Subscription
@@ -65,7 +65,15 @@ class Consumer:
         concurrency = concurrency or settings.concurrency
         self.metrics = metrics or ConsumerMetrics()
         self._status = StatusRecorder(status, self.metrics) if status is not None else None
-        self._policy = AckPolicy(broker, handler, settings, self.metrics, self._status, tracing)
+        self._policy = AckPolicy(
+            republish_confirmed(broker, settings),
+            broker.topology.dead_letter.name,
+            handler,
+            settings,
+            self.metrics,
+            self._status,
+            tracing,
+        )
         lanes = broker.topology.lanes
         fixed_depths = [lane.prefetch or (prefetch if prefetch != "auto" else None) for lane in lanes]
         fixed_total = None if None in fixed_depths else sum(depth or 0 for depth in fixed_depths)

@@ -1,0 +1,1 @@
+"""A shop on orderlane: its order model (shop.models) and its handler into PostgreSQL (shop.handler)."""

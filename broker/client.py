@@ -211,7 +211,6 @@ def _run_forever(loop: asyncio.AbstractEventLoop) -> None:
             task.cancel()
         if left:
             loop.run_until_complete(asyncio.wait(left))
-        loop.run_until_complete(loop.shutdown_default_executor())
     finally:
         loop.close()
 

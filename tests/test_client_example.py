@@ -1,14 +1,31 @@
-"""examples/fastapi_client.py as a shop would run it, configured by ORDERLANE_* and against the real broker and
-Redis: a checkout reaches the queue once, a conflicting one gets 409, an order the broker does not take 503."""
+"""The client's examples as a shop would run them, configured by ORDERLANE_* and against the real broker and Redis:
+examples/fastapi_client.py (a checkout reaches the queue once, a conflicting one gets 409, an order the broker does
+not take 503), and docs/client.md's script, run as written."""
 
 from __future__ import annotations
+
+import asyncio
+import re
+import sys
 
 import pytest
 
 from broker import Order, Settings
 from examples.fastapi_client import app
-from tests.amqp import delete_queues, drain
+from tests.amqp import delete_queues, drain, queue_depth
 from tests.http import app_client
+from tests.processes import PROJECT_ROOT, environment
+
+GUIDE = PROJECT_ROOT / "docs" / "client.md"
+EXAMPLE = PROJECT_ROOT / "examples" / "fastapi_client.py"
+
+
+def python_block(after_heading: str) -> str:
+    """The first Python block of docs/client.md under the heading `after_heading`."""
+    section = GUIDE.read_text().split(f"\n{after_heading}\n", 1)[1]
+    found = re.search(r"```python\n(.*?)```", section, flags=re.DOTALL)
+    assert found is not None, after_heading
+    return found.group(1)
 
 
 async def test_the_example_submits_a_checkout_once_and_refuses_a_conflict(
@@ -35,3 +52,29 @@ async def test_the_example_submits_a_checkout_once_and_refuses_a_conflict(
         refused = await http.post("/checkout", json={**cart, "checkout_id": "cart-3"})
         assert refused.status_code == 503
         assert refused.headers["retry-after"] == "1"
+
+
+def test_the_guide_shows_the_example_as_it_is() -> None:
+    """Every line of the guide's FastAPI block is in examples/fastapi_client.py, in the same order."""
+    example = iter(EXAMPLE.read_text().splitlines())
+    for line in python_block("## FastAPI").splitlines():
+        assert any(line == candidate for candidate in example), f"not in {EXAMPLE.name} (or out of order): {line!r}"
+
+
+async def test_the_guides_script_runs_as_written(settings: Settings) -> None:
+    script = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        python_block("## A script"),
+        cwd=PROJECT_ROOT,
+        env=environment(settings),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    async with asyncio.timeout(60):
+        out, err = await script.communicate()
+    assert script.returncode == 0, err.decode()
+    published, now = out.decode().splitlines()
+    assert published == f"published to {settings.queue} with priority 0"
+    assert now.startswith("now order_id='A-1001' state='accepted'")
+    assert await queue_depth(settings.queue) == 1

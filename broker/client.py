@@ -77,11 +77,13 @@ class AsyncOrderClient:
         if self._state != "open":
             return
         self._state = "closing"  # new calls are refused from here
-        await self._idle.wait()
-        assert self._opened is not None
-        opened, self._opened = self._opened, None
-        self._state = "closed"
-        await opened.resources.aclose()
+        try:
+            await self._idle.wait()
+        finally:  # closed even if the wait was cancelled
+            assert self._opened is not None
+            opened, self._opened = self._opened, None
+            self._state = "closed"
+            await opened.resources.aclose()
 
     async def submit(self, order: Submitted) -> Receipt | OrderStatus:
         """Publish the order, confirmed by the broker: a Receipt. If the status store knows it already, its

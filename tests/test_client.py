@@ -15,11 +15,12 @@ import aio_pika
 import pytest
 from aio_pika.abc import AbstractIncomingMessage
 from prometheus_client import CollectorRegistry
-from pydantic import Field, RedisDsn, ValidationError
+from pydantic import AmqpDsn, Field, RedisDsn, ValidationError
 
 from api.app import create_app
 from broker import (
     AsyncOrderClient,
+    BrokerUnavailable,
     ClientClosed,
     ConfigurationError,
     Order,
@@ -195,6 +196,22 @@ async def test_an_async_client_refuses_use_outside_its_block(settings: Settings)
         async with client:
             pass
     assert await queue_depth(settings.queue) == 0
+
+
+async def test_a_client_that_cannot_connect_raises_and_leaves_no_thread(settings: Settings) -> None:
+    nowhere = settings.model_copy(
+        update={"amqp_url": AmqpDsn(f"amqp://guest:guest@127.0.0.1:{free_port()}/"), "startup_timeout": 0}
+    )
+    with pytest.raises(BrokerUnavailable):
+        async with AsyncOrderClient(nowhere):
+            pass
+
+    def open_sync() -> None:
+        with pytest.raises(BrokerUnavailable):
+            OrderClient(nowhere).open()
+
+    await asyncio.to_thread(open_sync)
+    assert not client_threads()
 
 
 def client_threads() -> set[threading.Thread]:

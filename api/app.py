@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
 from functools import partial
 from importlib.metadata import version
 from typing import TYPE_CHECKING
@@ -40,11 +40,13 @@ def create_app(
     backlog: BacklogSource | None = None,
     api_metrics: ApiMetrics | None = None,
     tracing: Tracing | None = None,
+    status: StatusStore | None = None,
 ) -> Starlette:
     """Build the API. Without a `publisher`, the lifespan opens one robust connection and confirm channel and
     closes them at shutdown; with one (tests), the caller owns its connection, and `/queues` answers only if
     a `backlog` is given too. `api_metrics` are given by a server that counts into them too. With `tracing`,
-    requests and publishes make spans."""
+    requests and publishes make spans. With `status` (the test harness, consumers/testing.py), that status store is
+    used rather than the one ORDERLANE_STATUS_URL names, and its caller owns it."""
     settings = settings or Settings()
     api_metrics = api_metrics or ApiMetrics()
     order_model = settings.order_type
@@ -60,14 +62,17 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Services]]:
-        async with api_metrics.sampling(), open_status_store(settings, api_metrics.registry) as status:
+        store: AbstractAsyncContextManager[StatusStore | None] = (
+            nullcontext(status) if status is not None else open_status_store(settings, api_metrics.registry)
+        )
+        async with api_metrics.sampling(), store as opened:
             try:
                 if publisher is not None:
-                    yield services(publisher, backlog, status)
+                    yield services(publisher, backlog, opened)
                     return
                 async with open_broker(settings) as broker:
                     stats = partial(queue_stats, broker.connection, broker.topology)
-                    yield services(OrderPublisher(broker, settings, tracing), stats, status)
+                    yield services(OrderPublisher(broker, settings, tracing), stats, opened)
             finally:
                 if tracing is not None:
                     tracing.flush()

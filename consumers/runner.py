@@ -5,6 +5,8 @@ urgent held delivery next, the ack policy (consumers/policy.py), and a graceful 
   handlers run at once) are separate knobs; each is a number or `auto` (consumers/tuning.py).
 - Stop: the subscriptions are cancelled, held but unstarted deliveries go back to the broker at once, running
   handlers get the grace period to finish and settle; then the rest are cancelled, unacked, and redelivered.
+- A handler that is an async context manager (a class that opens a database pool, say) is entered before the first
+  delivery and exited after the last has settled.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import asyncio
 import logging
 import signal
 from collections.abc import Awaitable
-from contextlib import AsyncExitStack
+from contextlib import AbstractAsyncContextManager, AsyncExitStack
 from typing import TYPE_CHECKING, Final
 
 from prometheus_client import start_http_server
@@ -28,6 +30,7 @@ from consumers.policy import AckPolicy, message_fields, republish_confirmed
 from consumers.received import Received
 from consumers.status import StatusRecorder
 from consumers.subscription import Subscription
+from consumers.threads import InThreads
 from consumers.tuning import (
     MAX_CONCURRENCY,
     START_CONCURRENCY,
@@ -267,8 +270,19 @@ async def consume_until_stopped(
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, on_signal)
             cleanup.callback(loop.remove_signal_handler, signum)
+        await enter_handler(handler, cleanup)  # exited when `cleanup` is, after the stop below
         await consumer.start()
         logger.info("consumer ready")
         await stop.wait()
         await consumer.stop(settings.shutdown_timeout)
     logger.info("consumer stopped")
+
+
+async def enter_handler(handler: Handler, stack: AsyncExitStack) -> None:
+    """Enter a handler that is an async context manager (it has `__aenter__` and `__aexit__`; a plain one run in
+    threads too) on `stack`, which exits it: its resources, a database pool say, open in the consumer's event loop
+    before the first delivery and close after the last."""
+    loaded = handler.function if isinstance(handler, InThreads) else handler
+    if isinstance(loaded, AbstractAsyncContextManager):
+        await stack.enter_async_context(loaded)
+        logger.info("the handler entered: it is exited at the stop, after the last delivery has settled")

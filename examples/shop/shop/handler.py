@@ -26,6 +26,8 @@ from shop.models import ShopOrder
 logger = logging.getLogger(__name__)
 
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/test"
+POOL_SIZE = 10
+"""Connections at most; one is opened at start, so a database that cannot be reached stops the consumer there."""
 CONNECT_TIMEOUT_SECONDS = 10.0
 QUERY_TIMEOUT_SECONDS = 10.0
 """Both well below ORDERLANE_HANDLER_TIMEOUT (60 s): a database that hangs fails the attempt, which is retried."""
@@ -44,7 +46,9 @@ class ShopHandler:
         if self._pool is not None or self._closed:
             raise RuntimeError("a ShopHandler is entered once")
         url = self._database_url or os.environ.get("SHOP_DATABASE_URL") or DEFAULT_DATABASE_URL
-        pool = await asyncpg.create_pool(url, timeout=CONNECT_TIMEOUT_SECONDS, command_timeout=QUERY_TIMEOUT_SECONDS)
+        pool = await asyncpg.create_pool(
+            url, min_size=1, max_size=POOL_SIZE, timeout=CONNECT_TIMEOUT_SECONDS, command_timeout=QUERY_TIMEOUT_SECONDS
+        )
         try:
             await create_tables(pool)
         except BaseException:

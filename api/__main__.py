@@ -1,8 +1,10 @@
-"""`python -m api [--host H] [--port P] [--workers N]`: serve the API with uvicorn."""
+"""`python -m api [--host H] [--port P] [--workers N]`: serve the API with uvicorn. `orderlane api` is the same
+command: consumers/cli.py hands its arguments to `main` here."""
 
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 
 from api.server import serve, serve_workers
 from broker.cli import LoopFactory, port_number, run_main, run_program
@@ -22,8 +24,10 @@ def worker_count(text: str) -> int:
     return workers
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(prog="python -m api", description="orderlane's HTTP API")
+def main(argv: Sequence[str] | None = None, prog: str = "python -m api") -> int:
+    """Parse `argv` (the command line's by default) as `prog` and serve; its errors are signed with `prog`
+    without `python -m` (`api: error: ...`, `orderlane api: error: ...`)."""
+    parser = argparse.ArgumentParser(prog=prog, description="orderlane's HTTP API")
     parser.add_argument("--host", default="127.0.0.1", help="interface to bind (default: %(default)s)")
     parser.add_argument("--port", type=port_number, default=8000, help="port to bind (default: %(default)s)")
     parser.add_argument(
@@ -32,12 +36,13 @@ def main() -> int:
         default=1,
         help="processes serving the port, each with its own broker connection (default: %(default)s)",
     )
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    program = prog.removeprefix("python -m ")
     if args.workers == 1:
         # uvloop: the API's CPU per order 496 -> 403 us and 20 % more orders/s (docs/benchmarks.md). uvicorn would
         # pick it by itself, but this process makes its loop before uvicorn starts, so it is asked for here.
-        return run_main("api", lambda settings: serve(settings, args.host, args.port), fast_event_loop)
-    return run_program("api", lambda settings: serve_workers(settings, args.host, args.port, args.workers))
+        return run_main(program, lambda settings: serve(settings, args.host, args.port), fast_event_loop)
+    return run_program(program, lambda settings: serve_workers(settings, args.host, args.port, args.workers))
 
 
 if __name__ == "__main__":

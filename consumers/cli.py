@@ -107,7 +107,7 @@ def runs(parser: argparse.ArgumentParser, run: Run) -> None:
 
 
 def operate(program: str, command: Callable[[Settings], Coroutine[Any, Any, None]]) -> int:
-    """`run_main` for an operator command (`operate_blocking`)."""
+    """An operator command that is a coroutine: `operate_blocking`, on an event loop of its own."""
     return operate_blocking(program, lambda settings: asyncio.run(command(settings)))
 
 
@@ -133,8 +133,16 @@ def _api(args: argparse.Namespace) -> int:
 
 
 def _consume(args: argparse.Namespace) -> int:
-    options = {"prefetch": args.prefetch, "concurrency": args.concurrency, "metrics_port": args.metrics_port}
-    return run_main(args.program, lambda settings: commands.consume(settings, handler=args.handler, **options))
+    return run_main(
+        args.program,
+        lambda settings: commands.consume(
+            settings,
+            handler=args.handler,
+            prefetch=args.prefetch,
+            concurrency=args.concurrency,
+            metrics_port=args.metrics_port,
+        ),
+    )
 
 
 def _queues(args: argparse.Namespace) -> int:

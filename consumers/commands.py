@@ -106,7 +106,7 @@ async def show_dead_letters(settings: Settings, order_id: str) -> None:
     if not letters:
         raise CommandFailed(f"no dead letter of order {order_id!r} in {settings.dead_letter_queue}")
     print("\n\n".join(format_dead_letter(letter) for letter in letters))
-    print(f"\n{len(letters)} dead letter{'s' * (len(letters) > 1)} of {order_id} in {settings.dead_letter_queue}")
+    print(f"\n{_dead_letters(len(letters))} of {order_id} in {settings.dead_letter_queue}")
 
 
 async def replay(settings: Settings, limit: int, order_ids: Collection[str] = ()) -> None:
@@ -117,7 +117,7 @@ async def replay(settings: Settings, limit: int, order_ids: Collection[str] = ()
             replayed = await replay_orders(broker, settings, set(order_ids), store)
         else:
             replayed = await replay_dead_letters(broker, settings, limit, store)
-    print(f"replayed {len(replayed)} dead letters from {settings.dead_letter_queue} to their lanes' work queues")
+    print(f"replayed {_dead_letters(len(replayed))} from {settings.dead_letter_queue} to their lanes' work queues")
     missing = [order_id for order_id in dict.fromkeys(order_ids) if order_id not in replayed]
     if missing:
         raise CommandFailed(f"not in {settings.dead_letter_queue}: {', '.join(missing)}")
@@ -134,10 +134,10 @@ def purge(settings: Settings, *, yes: bool) -> None:
         if count == 0:
             print(f"no dead letters in {queue}")
             return
-        if not _confirmed(f"purge {count} dead letters from {queue}? [y/N] "):
-            raise CommandFailed(f"not purged: {queue} keeps its {count} dead letters")
+        if not _confirmed(f"purge {_dead_letters(count)} from {queue}? [y/N] "):
+            raise CommandFailed(f"not purged: {queue} keeps its {_dead_letters(count)}")
     purged = asyncio.run(_purge(settings))
-    print(f"purged {purged} dead letters from {queue}")
+    print(f"purged {_dead_letters(purged)} from {queue}")
 
 
 async def _dead_letter_count(settings: Settings) -> int:
@@ -152,9 +152,11 @@ async def _purge(settings: Settings) -> int:
 
 
 def _confirmed(question: str) -> bool:
+    """Yes only if the operator typed y or yes; Ctrl-C or Ctrl-D at the question is a no."""
     try:
         answer = input(question)
-    except EOFError:
+    except (EOFError, KeyboardInterrupt):
+        print()
         return False
     return answer.strip().lower() in ("y", "yes")
 
@@ -190,6 +192,10 @@ def format_dead_letter(letter: DeadLetter) -> str:
     except orjson.JSONDecodeError:
         body = letter.body.decode(errors="replace")
     return f"{format_table(rows)}\nbody:\n{body}"
+
+
+def _dead_letters(count: int) -> str:
+    return f"{count} dead letter{'' if count == 1 else 's'}"
 
 
 def _text(value: object) -> str:

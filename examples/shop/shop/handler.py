@@ -66,7 +66,7 @@ class ShopHandler:
 
     async def __call__(self, order: ShopOrder) -> None:
         if self._pool is None:
-            raise RuntimeError("ShopHandler is called inside `async with handler:` (the consumer enters it)")
+            raise RuntimeError("enter the ShopHandler first (`async with handler:`), as the consumer does")
         delivery = current_delivery()
         fields = log_fields(order.order_id, delivery.priority, delivery.attempt)
         try:

@@ -129,6 +129,7 @@ async def test_the_shop_records_a_posted_order_once_through_the_real_processes(
             await publish_twice(settings, encode_order(shop_order(order_id)))
             await lines_until(consumer, ALREADY_RECORDED, 2, consumer_log)
             assert sum(f"order_id={order_id}" in line for line in consumer_log if ALREADY_RECORDED in line) == 2
+            assert sum("order recorded:" in line for line in consumer_log) == 1
             assert await database.count("orders", order_id) == 1
             assert await database.count("order_lines", order_id) == 2
     finally:

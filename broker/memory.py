@@ -31,7 +31,7 @@ from broker.topology import build_topology
 class MemoryMessage:
     """A message in a work queue, or delivered from one: what a consumer's delivery offers the ack policy."""
 
-    __slots__ = ("_broker", "_properties", "body", "queue", "redelivered", "sequence", "settled")
+    __slots__ = ("_broker", "_properties", "body", "queue", "redelivered", "sequence")
 
     def __init__(
         self,
@@ -50,7 +50,6 @@ class MemoryMessage:
         self.sequence = sequence
         """Its place in its priority level: first in, first out."""
         self.redelivered = redelivered
-        self.settled = False
 
     @property
     def headers(self) -> FieldTable:
@@ -97,12 +96,9 @@ class MemoryMessage:
         return self._properties
 
     def ack(self) -> None:
-        self.settled = True
         self._broker.settle(self, requeue=False)
 
     def requeue(self) -> None:
-        """Back to its place in its queue, to be delivered again (redelivered)."""
-        self.settled = True
         self._broker.settle(self, requeue=True)
 
 
@@ -175,12 +171,13 @@ class MemoryBroker:
         return heapq.heappop(self._ready)[2]
 
     def settle(self, message: MemoryMessage, *, requeue: bool) -> None:
-        """A delivery acked, or requeued: back to its place in its queue, to be delivered again (redelivered)."""
+        """A delivery acked (done with), or requeued: back to its place in its queue, to be delivered again."""
         if requeue:
             self._hold(
                 MemoryMessage(self, message.queue, message.body, message.properties, message.sequence, redelivered=True)
             )
-        self._count(-1)
+        else:
+            self._count(-1)
 
     async def settled(self) -> None:
         """Wait until no message is ready, delivered and unsettled, or delayed."""
@@ -218,7 +215,7 @@ class MemoryBroker:
             self._count(-1)
 
         self._count(+1)
-        timer = asyncio.get_running_loop().call_later(int(properties.expiration or 0) / 1000, expire)
+        timer = asyncio.get_running_loop().call_later(float(properties.expiration or 0) / 1000, expire)
         self._timers.add(timer)
 
     def _count(self, change: int) -> None:

@@ -15,7 +15,8 @@ import pytest
 from pydantic import Field
 
 from broker.connection import Broker
-from broker.errors import InvalidMessage, PermanentFailure
+from broker.errors import InvalidMessage, PermanentFailure, PublishError
+from broker.memory import MemoryBroker
 from broker.messages import Order, OrderBase
 from broker.settings import Settings
 from consumers.delivery import Delivery, current_delivery
@@ -251,6 +252,18 @@ async def test_harness_the_same_order_posted_twice_is_published_once() -> None:
     assert (first.status_code, again.status_code) == (202, 200)
     assert again.json()["state"] == "processed"
     assert harness.published == [Order(order_id="o-1", items=["a"])] and calls == ["o-1"]
+
+
+async def test_the_memory_broker_requeues_in_place_and_returns_what_no_queue_takes() -> None:
+    memory = MemoryBroker(kit_settings())
+    for order_id in ("a", "b"):
+        await memory.publish(Order(order_id=order_id, items=["x"]))
+    first = await memory.take()
+    first.requeue()
+    again = await memory.take()
+    assert (again.message_id, again.redelivered, memory.outstanding) == ("a", True, 2)
+    with pytest.raises(PublishError, match="returned"):
+        await memory.republish(again.body, again.properties, "kit.nowhere")
 
 
 class Lifespan:

@@ -3,20 +3,34 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
+# What the service needs to run (make run), and, on top of it, what the tests, the benchmarks and the example need.
+RUN_INSTALLED := $(VENV)/.installed-run
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: install services tools run test check format bench bench-full clean cluster cluster-stop
+.PHONY: install install-run services services-run tools run run-shop test check format bench bench-full clean cluster \
+	cluster-stop
 
 install: $(INSTALLED)
 
-$(INSTALLED): pyproject.toml
+install-run: $(RUN_INSTALLED)
+
+$(RUN_INSTALLED): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e .
+	touch $@
+
+# The example shop (examples/shop) is installed after orderlane, which it depends on.
+$(INSTALLED): $(RUN_INSTALLED) pyproject.toml examples/shop/pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev,bench,peers,otel]'
+	$(BIN)/python -m pip install --quiet -e 'examples/shop[dev]'
 	touch $@
 
 services: install
+	$(BIN)/python scripts/ensure_services.py --postgres
+
+services-run: install-run
 	$(BIN)/python scripts/ensure_services.py
 
 # Install a Debian package, updating the package lists first only if the install fails without.
@@ -36,8 +50,16 @@ tools:
 	@command -v jq >/dev/null || $(call apt-install,jq) \
 	  || echo "make: could not install jq; install it (apt-get install jq) for scripts/cluster"
 
-run: services
+run: services-run
 	HOST=$(HOST) PORT=$(PORT) scripts/run-dev
+
+# make run with the example shop's order model and handler (examples/shop), writing into PostgreSQL at
+# SHOP_DATABASE_URL (default postgresql://postgres@127.0.0.1:5432/test).
+run-shop: services-run
+	$(BIN)/python -m pip install --quiet -e examples/shop
+	$(BIN)/python scripts/ensure_services.py --postgres
+	ORDERLANE_ORDER_MODEL=shop.models:ShopOrder ORDERLANE_HANDLER=shop.handler:handle HOST=$(HOST) PORT=$(PORT) \
+	  scripts/run-dev
 
 check: install
 	$(BIN)/ruff check .
@@ -70,4 +92,4 @@ format: install
 	$(BIN)/ruff format .
 
 clean:
-	rm -rf $(VENV) .coverage .coverage.* .mypy_cache .pytest_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) .coverage .coverage.* .mypy_cache .pytest_cache .ruff_cache *.egg-info examples/shop/*.egg-info

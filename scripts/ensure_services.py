@@ -1,5 +1,6 @@
 """Make sure RabbitMQ answers at ORDERLANE_AMQP_URL and Redis at ORDERLANE_STATUS_URL (unless it is empty),
-starting them if we can (used by `make run` / `make test`).
+starting them if we can (used by `make run` / `make test`); with `--postgres`, PostgreSQL at SHOP_DATABASE_URL too
+(the example shop's database: `make test`, `make run-shop`).
 
 For each, in order: it already answers; Docker works → `docker compose up -d <service>`; the server is installed
 locally → start it in the background; otherwise say what to install and fail.
@@ -8,6 +9,7 @@ locally → start it in the background; otherwise say what to install and fail.
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import subprocess
 import sys
@@ -22,6 +24,7 @@ from redis.exceptions import RedisError
 from broker.settings import Settings, redacted
 
 WAIT_SECONDS = 90
+SHOP_DATABASE_URL = os.environ.get("SHOP_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
 
 
 async def answers(url: str) -> bool:
@@ -41,6 +44,22 @@ async def redis_answers(url: str) -> bool:
         return False
     finally:
         await client.aclose()
+
+
+async def postgres_answers(url: str) -> bool:
+    import asyncpg  # the example shop's dependency, installed with it
+
+    try:
+        connection = await asyncpg.connect(url, timeout=3)
+    except (OSError, TimeoutError, asyncpg.PostgresError):
+        return False
+    await connection.close()
+    return True
+
+
+def start_postgres() -> None:
+    """Debian's clusters (`pg_ctlcluster`), as the postgresql package installs them."""
+    subprocess.run(["service", "postgresql", "start"], check=False)
 
 
 def docker_works() -> bool:
@@ -66,7 +85,8 @@ class Service:
     shown: str
     """The URL as it may be printed: password masked."""
     answers: Callable[[str], Coroutine[None, None, bool]]
-    compose_service: str
+    compose_service: str | None
+    """The service of compose.yaml that runs it, if any."""
     local_server: str
     start_local: Callable[[], None]
     install_hint: str
@@ -75,7 +95,7 @@ class Service:
         if asyncio.run(self.answers(self.url)):
             return True
         print(f"ensure_services: no {self.name} answers at {self.shown}", flush=True)
-        if docker_works():
+        if self.compose_service is not None and docker_works():
             print(f"ensure_services: `docker compose up -d {self.compose_service}`", flush=True)
             subprocess.run(["docker", "compose", "up", "-d", self.compose_service], check=False)
         elif shutil.which(self.local_server):
@@ -126,8 +146,17 @@ def services(settings: Settings) -> list[Service]:
     return found
 
 
+def postgres() -> Service:
+    shown = SHOP_DATABASE_URL.split("@")[-1]
+    hint = "Install PostgreSQL (Debian/Ubuntu: `apt-get install postgresql`) or point SHOP_DATABASE_URL at one."
+    return Service(
+        "PostgreSQL", SHOP_DATABASE_URL, shown, postgres_answers, None, "pg_ctlcluster", start_postgres, hint
+    )
+
+
 def main() -> int:
-    return 0 if all(service.ensure() for service in services(Settings())) else 1
+    wanted = services(Settings()) + ([postgres()] if "--postgres" in sys.argv[1:] else [])
+    return 0 if all(service.ensure() for service in wanted) else 1
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@
 - `run_handler(handler, order)`: one handler run on one order, as the consumer makes it, and what the consumer would
   do next (Acked, Retried, DeadLettered), decided by the consumer's own code (consumers/decisions.py, invoker.py).
 - `OrderlaneHarness(handler)`: the real API and a consumer loop with the real ack policy in one process, over an
-  in-memory broker (broker/memory.py) and the real status store on fakeredis (the `testing` extra).
+  in-memory broker (broker/memory.py) and the real status store on fakeredis (the `test` extra).
 
 This module is a composition root, like a process's entry point: it is the one in consumers/ that imports api/.
 """

@@ -165,6 +165,11 @@ async def test_a_plain_function_that_overruns_its_timeout_fails_too() -> None:
     assert isinstance(outcome, Retried) and isinstance(outcome.error, TimeoutError)
 
 
+async def test_an_attempt_counts_from_one() -> None:
+    with pytest.raises(ValueError, match="from 1"):
+        await run_handler(fails, ORDER, attempt=0, settings=kit_settings())
+
+
 @pytest.mark.parametrize("lanes", ["", "high:0-2,default:3-9"])
 async def test_harness_a_vip_order_posted_after_a_backlog_is_handled_first(lanes: str) -> None:
     """One handler slot, busy with the first order while a backlog and then a VIP order arrive: the VIP is next,
@@ -264,6 +269,67 @@ async def test_the_memory_broker_requeues_in_place_and_returns_what_no_queue_tak
     assert (again.message_id, again.redelivered, memory.outstanding) == ("a", True, 2)
     with pytest.raises(PublishError, match="returned"):
         await memory.republish(again.body, again.properties, "kit.nowhere")
+    again.ack()
+    await memory.republish(again.body, again.properties, "kit")  # as a replay of a dead letter would: at the back
+    assert [(await memory.take()).message_id for _ in range(2)] == ["b", "a"]
+    assert memory.outstanding == 2
+
+
+async def test_harness_without_a_status_store_as_a_deployment_without_one() -> None:
+    calls: list[str] = []
+
+    async def handler(order: Order) -> None:
+        calls.append(order.order_id)
+
+    async with OrderlaneHarness(handler, settings=kit_settings(status_url="")) as harness:
+        answers = [(await harness.client.post("/orders", json=ORDER)).status_code for _ in range(2)]
+        await harness.drain()
+        status = await harness.client.get("/orders/o-1")
+    assert answers == [202, 202] and calls == ["o-1", "o-1"]  # no deduplication without the store
+    assert (status.status_code, status.json()["details"][0]["type"]) == (404, "status_disabled")
+
+
+async def test_harness_runs_a_plain_function_in_threads() -> None:
+    threads: list[str] = []
+
+    def handler(order: Order) -> None:
+        threads.append(threading.current_thread().name)
+
+    async with OrderlaneHarness(handler, settings=kit_settings(concurrency=2)) as harness:
+        for n in range(3):
+            await harness.client.post("/orders", json={"order_id": f"o-{n}", "items": ["a"]})
+        await harness.drain()
+    assert len(threads) == 3 and all(name.startswith("orderlane-handler-") for name in threads)
+
+
+async def test_harness_drain_gives_up_saying_how_much_is_unsettled() -> None:
+    async def hangs(order: Order) -> None:
+        await asyncio.Event().wait()
+
+    async with OrderlaneHarness(hangs, settings=kit_settings()) as harness:
+        await harness.client.post("/orders", json=ORDER)
+        with pytest.raises(TimeoutError, match="1 messages still unsettled"):
+            await harness.drain(within=0.2)
+
+
+class Unreachable:
+    async def __aenter__(self) -> Unreachable:
+        raise ConnectionError("the database does not answer")
+
+    async def __aexit__(self, *exc: object) -> None:
+        raise AssertionError("never entered, never exited")
+
+    async def __call__(self, order: Order) -> None:
+        raise AssertionError("never called")
+
+
+async def test_harness_that_cannot_start_says_why_and_offers_no_client() -> None:
+    harness = OrderlaneHarness(Unreachable(), settings=kit_settings())
+    with pytest.raises(ConnectionError, match="does not answer"):
+        async with harness:
+            pass
+    with pytest.raises(RuntimeError, match="async with"):
+        harness.client  # noqa: B018 - the property refuses
 
 
 class Lifespan:

@@ -1,4 +1,4 @@
-"""An in-memory broker for tests in one process (consumers/harness.py): orderlane's topology, kept by its rules.
+"""An in-memory broker for tests in one process (consumers/testing.py): orderlane's topology, kept by its rules.
 
 It publishes as the API does (broker.publisher.Publisher: the same message properties, the lane's work queue) and
 delivers as RabbitMQ and the consumer's dispatcher do: the highest broker priority first, first in, first out
@@ -15,7 +15,6 @@ import copy
 import heapq
 import itertools
 from collections import deque
-from datetime import datetime
 
 from pamqp.commands import Basic
 from pamqp.common import FieldTable
@@ -23,12 +22,13 @@ from pamqp.common import FieldTable
 from broker.errors import PublishError
 from broker.messages import OrderBase, encode_order
 from broker.priority import prioritize
+from broker.properties import PropertiesView
 from broker.publisher import Receipt, message_properties
 from broker.settings import Settings
 from broker.topology import build_topology
 
 
-class MemoryMessage:
+class MemoryMessage(PropertiesView):
     """A message in a work queue, or delivered from one: what a consumer's delivery offers the ack policy."""
 
     __slots__ = ("_broker", "_properties", "body", "queue", "redelivered", "sequence")
@@ -54,38 +54,6 @@ class MemoryMessage:
     @property
     def headers(self) -> FieldTable:
         return self._properties.headers or {}
-
-    @property
-    def priority(self) -> int | None:
-        return self._properties.priority
-
-    @property
-    def message_id(self) -> str | None:
-        return self._properties.message_id
-
-    @property
-    def content_type(self) -> str | None:
-        return self._properties.content_type
-
-    @property
-    def content_encoding(self) -> str | None:
-        return self._properties.content_encoding
-
-    @property
-    def correlation_id(self) -> str | None:
-        return self._properties.correlation_id
-
-    @property
-    def timestamp(self) -> datetime | None:
-        return self._properties.timestamp
-
-    @property
-    def type(self) -> str | None:
-        return self._properties.message_type
-
-    @property
-    def app_id(self) -> str | None:
-        return self._properties.app_id
 
     @property
     def channel_is_closed(self) -> bool:

@@ -9,13 +9,13 @@ on aiormq's channel under aio-pika's robust one, and the consumer reads the few 
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Protocol
 
 from aiormq.abc import DeliveredMessage
 from pamqp.commands import Basic
 from pamqp.common import FieldTable
 
+from broker.properties import PropertiesView
 from consumers.acks import Acks, Outcome
 
 
@@ -24,7 +24,7 @@ class Headed(Protocol):
     def headers(self) -> FieldTable: ...
 
 
-class Received:
+class Received(PropertiesView):
     """The fields of one delivery that the ack policy, the logs and a republished copy need; it is settled on the
     channel that delivered it (its delivery tags mean nothing on any other)."""
 
@@ -43,38 +43,6 @@ class Received:
     @property
     def body(self) -> bytes:
         return self._delivered.body
-
-    @property
-    def priority(self) -> int | None:
-        return self._properties.priority
-
-    @property
-    def message_id(self) -> str | None:
-        return self._properties.message_id
-
-    @property
-    def content_type(self) -> str | None:
-        return self._properties.content_type
-
-    @property
-    def content_encoding(self) -> str | None:
-        return self._properties.content_encoding
-
-    @property
-    def correlation_id(self) -> str | None:
-        return self._properties.correlation_id
-
-    @property
-    def timestamp(self) -> datetime | None:
-        return self._properties.timestamp
-
-    @property
-    def type(self) -> str | None:
-        return self._properties.message_type
-
-    @property
-    def app_id(self) -> str | None:
-        return self._properties.app_id
 
     @property
     def redelivered(self) -> bool:

@@ -1,4 +1,4 @@
-# One image for both processes: the API (default CMD) and the consumers (`python -m consumers`).
+# One image for both processes: the API (default CMD, `orderlane api`) and the consumers (`orderlane consume`).
 # Your own order model and handler: an image FROM this one that adds your package and names them, e.g.
 #   FROM orderlane:local
 #   COPY shop /app/shop                      # importable as `shop` (PYTHONPATH=/app), or `RUN pip install ./shop`
@@ -45,4 +45,4 @@ HEALTHCHECK --interval=10s --timeout=5s --start-period=30s --retries=3 \
     CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=3)"]
 
 # Exec form, so python is PID 1 and receives SIGTERM itself for a graceful shutdown.
-CMD ["python", "-m", "api", "--host", "0.0.0.0", "--port", "8000"]
+CMD ["orderlane", "api", "--host", "0.0.0.0", "--port", "8000"]

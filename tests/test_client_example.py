@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import re
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -17,12 +18,13 @@ from tests.http import app_client
 from tests.processes import PROJECT_ROOT, environment
 
 GUIDE = PROJECT_ROOT / "docs" / "client.md"
+README = PROJECT_ROOT / "README.md"
 EXAMPLE = PROJECT_ROOT / "examples" / "fastapi_client.py"
 
 
-def python_block(after_heading: str) -> str:
-    """The first Python block of docs/client.md under the heading `after_heading`."""
-    section = GUIDE.read_text().split(f"\n{after_heading}\n", 1)[1]
+def python_block(after_heading: str, document: Path = GUIDE) -> str:
+    """The first Python block of `document` under the heading `after_heading`."""
+    section = document.read_text().split(f"\n{after_heading}\n", 1)[1]
     found = re.search(r"```python\n(.*?)```", section, flags=re.DOTALL)
     assert found is not None, after_heading
     return found.group(1)
@@ -54,10 +56,11 @@ async def test_the_example_submits_a_checkout_once_and_refuses_a_conflict(
         assert refused.headers["retry-after"] == "1"
 
 
-def test_the_guide_shows_the_example_as_it_is() -> None:
-    """Every line of the guide's FastAPI block is in examples/fastapi_client.py, in the same order."""
+@pytest.mark.parametrize(("document", "heading"), [(GUIDE, "## FastAPI"), (README, "## From Python")])
+def test_the_docs_show_the_example_as_it_is(document: Path, heading: str) -> None:
+    """Every line of the FastAPI block is in examples/fastapi_client.py, in the same order."""
     example = iter(EXAMPLE.read_text().splitlines())
-    for line in python_block("## FastAPI").splitlines():
+    for line in python_block(heading, document).splitlines():
         assert any(line == candidate for candidate in example), f"not in {EXAMPLE.name} (or out of order): {line!r}"
 
 

@@ -33,7 +33,6 @@ from broker.topology import build_topology
 from consumers.runner import Consumer
 
 VIP_PREFIX = "vip"
-LANES = "high:0-2,default:3-9"
 """Lanes at their default (automatic) prefetch: the VIPs have a queue of their own."""
 
 
@@ -191,8 +190,8 @@ async def raw_consumer(settings: Settings, timeline: Timeline, handler_seconds: 
 
 
 SYSTEMS = (
-    System("orderlane", orderlane_consumer),
-    System("orderlane lanes", orderlane_consumer, {"lanes": LANES}),
+    System("orderlane", orderlane_consumer),  # its defaults: two lanes, high:0-2 and default:3-9
+    System("orderlane one queue", orderlane_consumer, {"lanes": ""}),
     System("raw p10", raw_consumer, {"prefetch": 10}),
     System("raw p50", raw_consumer, {"prefetch": 50}),
     System("raw p200", raw_consumer, {"prefetch": 200}),

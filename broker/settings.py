@@ -62,6 +62,10 @@ def check_lanes(lanes: tuple[LaneConfig, ...]) -> tuple[LaneConfig, ...]:
     return lanes
 
 
+DEFAULT_LANES = (LaneConfig("high", 0, 2, None), LaneConfig("default", 3, 9, None))
+"""The seed's split: urgent orders (effective priority 0..2, every VIP order by default) in a queue of their own,
+so the broker never holds one behind a window of regular orders already sent. `ORDERLANE_LANES=` (empty) gives the
+single queue back; docs/benchmarks.md measures both."""
 PENDING_MARGIN_SECONDS = 5
 MAX_CONCURRENCY = 4096
 Prefetch = int | Literal["auto"]
@@ -96,7 +100,7 @@ class Settings(BaseSettings):
     prefetch: Annotated[int, Field(ge=1, le=MAX_PREFETCH)] | Literal["auto"] = "auto"
     concurrency: Annotated[int, Field(ge=1, le=MAX_CONCURRENCY)] | Literal["auto"] = "auto"
     vip_priority: Annotated[int, Field(ge=0, le=9)] = 0
-    lanes: Annotated[tuple[LaneConfig, ...], NoDecode, AfterValidator(check_lanes)] = ()
+    lanes: Annotated[tuple[LaneConfig, ...], NoDecode, AfterValidator(check_lanes)] = DEFAULT_LANES
     order_model: Annotated[Reference, AfterValidator(loadable_order_model)] = DEFAULT_ORDER_MODEL
     """The pydantic model orders are validated with: broker.messages.Order or a subclass of broker.OrderBase."""
     handler: Reference | None = None

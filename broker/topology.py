@@ -91,9 +91,10 @@ def build_topology(settings: Settings) -> Topology:
     """Per lane, a durable priority work queue (dead-lettering into `<queue>.dlq`) and one delay queue per retry
     step, each dead-lettering expired messages back into that lane's work queue; and the shared dead-letter queue.
 
-    Without ORDERLANE_LANES there is one lane, whose work queue is ORDERLANE_QUEUE itself. One delay queue per step,
-    because a per-message TTL only expires at the head of a queue: messages of one step have about the same delay,
-    so none waits long behind another.
+    The least urgent lane's work queue is ORDERLANE_QUEUE itself, the others' `<queue>.<lane>`: with the default
+    lanes (high:0-2,default:3-9) the regular orders stay in the queue a one-queue deployment had (`ORDERLANE_LANES=`,
+    one lane), so an upgrade keeps its backlog. One delay queue per step, because a per-message TTL only expires at
+    the head of a queue: messages of one step have about the same delay, so none waits long behind another.
     """
     typed = queue_type_arguments(settings)
     priorities: FieldTable = {} if settings.queue_type == "quorum" else {"x-max-priority": settings.max_priority}
@@ -103,8 +104,9 @@ def build_topology(settings: Settings) -> Topology:
         "x-dead-letter-routing-key": dead_letter.name,
     }
     lanes = []
-    for config in settings.lanes or (LaneConfig(name="", first=0, last=9, prefetch=None),):
-        queue = f"{settings.queue}.{config.name}" if config.name else settings.queue
+    configs = settings.lanes or (LaneConfig(name="default", first=0, last=9, prefetch=None),)
+    for config in configs:
+        queue = settings.queue if config is configs[-1] else f"{settings.queue}.{config.name}"
         back_to_work: FieldTable = {
             **typed,
             "x-dead-letter-exchange": DEFAULT_EXCHANGE,
@@ -112,7 +114,7 @@ def build_topology(settings: Settings) -> Topology:
         }
         lanes.append(
             Lane(
-                name=config.name or "default",
+                name=config.name,
                 priorities=range(config.first, config.last + 1),
                 prefetch=config.prefetch,
                 work=QueueSpec(name=queue, arguments={**typed, **priorities, **to_dead_letters}),

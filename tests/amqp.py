@@ -87,6 +87,21 @@ async def wait_until(predicate: Callable[[], Awaitable[bool] | bool], *, within:
         raise AssertionError(f"not within {within:g}s: {what}") from None
 
 
+def lane_queue(settings: Settings, priority: int) -> str:
+    """The work queue an order of effective `priority` goes to (with the default lanes, 0..2 to `<queue>.high`)."""
+    return build_topology(settings).lane_for(priority).work.name
+
+
+async def work_depth(settings: Settings) -> int:
+    """Ready messages in every lane's work queue together."""
+    return sum([await queue_depth(lane.work.name) for lane in build_topology(settings).lanes])
+
+
+async def drained(settings: Settings) -> bool:
+    """Whether every lane's work queue is empty."""
+    return await work_depth(settings) == 0
+
+
 async def publish_raw(queue: str, *messages: aio_pika.Message) -> None:
     """Publish straight to a queue, bypassing the API: how garbage reaches a consumer."""
     async with operator_channel() as channel:

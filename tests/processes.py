@@ -11,9 +11,15 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 from bench.intake import serving_api as bench_serving_api
-from broker.settings import Settings
+from broker.settings import LaneConfig, Settings
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def lane_text(lane: LaneConfig) -> str:
+    """A lane as ORDERLANE_LANES spells it."""
+    prefetch = f":{lane.prefetch}" if lane.prefetch else ""
+    return f"{lane.name}:{lane.first}-{lane.last}{prefetch}"
 
 
 def environment(settings: Settings, **extra: str) -> dict[str, str]:
@@ -24,6 +30,7 @@ def environment(settings: Settings, **extra: str) -> dict[str, str]:
         ORDERLANE_STARTUP_TIMEOUT=str(settings.startup_timeout),
         ORDERLANE_STATUS_URL=str(settings.status_url or ""),
         ORDERLANE_STATUS_TTL=str(settings.status_ttl),
+        ORDERLANE_LANES=",".join(lane_text(lane) for lane in settings.lanes),
         **extra,
     )
     return env

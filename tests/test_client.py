@@ -91,7 +91,7 @@ async def test_a_submitted_order_is_in_its_lanes_queue_as_the_api_would_publish_
     assert submitted.delivery_mode == aio_pika.DeliveryMode.PERSISTENT
     assert submitted.priority == laned.max_priority and submitted.headers[PRIORITY_HEADER] == 0
     assert on_the_wire(submitted) == on_the_wire(posted)
-    assert await queue_depth(f"{laned.queue}.default") == 0
+    assert await queue_depth(laned.queue) == 0
 
 
 async def test_the_same_order_again_is_its_status_and_another_body_a_conflict(settings: Settings) -> None:

@@ -13,7 +13,7 @@ import pytest
 
 from broker import Order, Settings
 from examples.fastapi_client import app
-from tests.amqp import delete_queues, drain, queue_depth
+from tests.amqp import delete_queues, drain, lane_queue, queue_depth
 from tests.http import app_client
 from tests.processes import PROJECT_ROOT, environment
 
@@ -47,10 +47,10 @@ async def test_the_example_submits_a_checkout_once_and_refuses_a_conflict(
         invalid = await http.post("/checkout", json={**cart, "checkout_id": "cart 2"})
         assert invalid.status_code == 422
 
-        [message] = await drain(settings.queue)
+        [message] = await drain(lane_queue(settings, 1))
         assert Order.model_validate_json(message.body) == Order(order_id="cart-1", priority=1, items=["book", "lamp"])
 
-        await delete_queues(settings.queue)  # unroutable: the broker returns the message, the client raises
+        await delete_queues(lane_queue(settings, 1))  # unroutable: the broker returns the message, the client raises
         refused = await http.post("/checkout", json={**cart, "checkout_id": "cart-3"})
         assert refused.status_code == 503
         assert refused.headers["retry-after"] == "1"
@@ -78,6 +78,6 @@ async def test_the_guides_script_runs_as_written(settings: Settings) -> None:
         out, err = await script.communicate()
     assert script.returncode == 0, err.decode()
     published, now = out.decode().splitlines()
-    assert published == f"published to {settings.queue} with priority 0"
+    assert published == f"published to {lane_queue(settings, 0)} with priority 0"
     assert now.startswith("now order_id='A-1001' state='accepted'")
-    assert await queue_depth(settings.queue) == 1
+    assert await queue_depth(lane_queue(settings, 0)) == 1

@@ -15,7 +15,7 @@ from broker.settings import LaneConfig, Settings
 from broker.status import Transition
 from broker.status_store import open_status_store
 from consumers.retry import dead_letter_message
-from tests.amqp import delete_topology, drain, publish_raw, queue_depth
+from tests.amqp import delete_topology, drain, lane_queue, publish_raw, queue_depth
 from tests.consuming import order_message
 from tests.orderlane import orderlane, terminal
 from tests.processes import environment, run
@@ -54,7 +54,7 @@ async def test_replay_sends_letters_back_with_their_priority_and_a_fresh_attempt
     assert code == 0, stdout
     assert "replayed 2 dead letters" in stdout
     assert await queue_depth(settings.dead_letter_queue) == 1
-    replayed = await drain(settings.queue)
+    replayed = await drain(lane_queue(settings, 1))
     assert [m.message_id for m in replayed] == ["dead-0", "dead-1"]
     for message in replayed:
         assert message.priority == 8
@@ -76,10 +76,9 @@ async def test_replay_sends_a_letter_with_a_foreign_priority_to_the_least_urgent
             attempts=1,
         )
         await publish_raw(laned.dead_letter_queue, letter)
-        env = environment(laned, ORDERLANE_LANES="high:0-2,rest:3-9")
-        code, stdout = await run("consumers", "dlq", "replay", env=env, stdout=True)
+        code, stdout = await run("consumers", "dlq", "replay", env=environment(laned), stdout=True)
         assert code == 0, stdout
-        assert await queue_depth(f"{laned.queue}.rest") == 1
+        assert await queue_depth(laned.queue) == 1
         assert await queue_depth(f"{laned.queue}.high") == 0
     finally:
         await delete_topology(laned)
@@ -108,7 +107,7 @@ async def test_replay_by_id_moves_exactly_those_and_leaves_the_rest_in_order(
     ran = await orderlane("dlq", "replay", "dead-4", "dead-1", env=environment(settings))
     assert ran.code == 0, ran.stderr
     assert ran.stdout.startswith("replayed 2 dead letters")
-    assert [m.message_id for m in await drain(settings.queue)] == ["dead-1", "dead-4"]
+    assert [m.message_id for m in await drain(lane_queue(settings, 1))] == ["dead-1", "dead-4"]
     assert [m.message_id for m in await drain(settings.dead_letter_queue)] == ["dead-0", "dead-2", "dead-3", "dead-5"]
     assert await states(settings, "dead-1", "dead-2") == ["replayed", "dead_lettered"]
 
@@ -118,7 +117,7 @@ async def test_replay_of_an_id_not_there_names_it_and_exits_1(settings: Settings
     ran = await orderlane("dlq", "replay", "dead-1", "nowhere-7", env=environment(settings))
     assert ran.code == 1
     assert ran.error == f"orderlane dlq replay: error: not in {settings.dead_letter_queue}: nowhere-7"
-    assert [m.message_id for m in await drain(settings.queue)] == ["dead-1"]  # the ones found went back
+    assert [m.message_id for m in await drain(lane_queue(settings, 1))] == ["dead-1"]  # the ones found went back
     assert [m.message_id for m in await drain(settings.dead_letter_queue)] == ["dead-0"]
 
 

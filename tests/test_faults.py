@@ -13,7 +13,7 @@ import httpx
 from api.app import create_app
 from broker.connection import Broker
 from broker.settings import Settings
-from tests.amqp import depth_is, drain, publish_raw, queue_depth, wait_until
+from tests.amqp import drain, drained, publish_raw, queue_depth, wait_until
 from tests.consuming import order_message
 from tests.faults import ensure_broker_app_running, memory_alarm, require_rabbitmqctl, restart_broker_app
 from tests.http import app_client
@@ -153,7 +153,7 @@ async def test_consumer_killed_mid_batch_its_orders_go_to_another(
 
     try:
         await wait_until(all_processed, within=60, what="every order processed by one of the two")
-        await wait_until(lambda: depth_is(settings.queue, 0), within=30, what="every order acked")
+        await wait_until(lambda: drained(settings), within=30, what="every order acked")
     finally:
         second.send_signal(signal.SIGTERM)
         assert await second.wait() == 0

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from api.app import create_app
 from bench.workload import status_records
 from broker.settings import Settings
-from tests.amqp import amqp_url, delete_topology, queue_depth
+from tests.amqp import amqp_url, delete_topology, work_depth
 from tests.http import app_client
 
 json_values = st.recursive(
@@ -72,10 +72,10 @@ def api() -> Iterator[FuzzedApi]:
             yield fuzzed
         finally:
             runner.run(client_context.__aexit__(None, None, None))
-        depth = runner.run(queue_depth(fuzz_settings.queue))
+        depth = runner.run(work_depth(fuzz_settings))
         runner.run(delete_topology(fuzz_settings))
         runner.run(status_records(fuzz_settings, delete=True))
-    assert depth == fuzzed.accepted, "the queue holds a message the API did not answer 202 for"
+    assert depth == fuzzed.accepted, "the queues hold a message the API did not answer 202 for"
 
 
 @FUZZ

@@ -121,7 +121,7 @@ async def test_backlog_view_shows_true_depths(settings: Settings, broker: Broker
     assert depths[settings.queue] == 5
     assert depths[settings.dead_letter_queue] == 2
     assert depths[f"{settings.queue}.retry.1"] == 0
-    assert backlog[0]["queue"] == settings.queue
+    assert [entry["queue"] for entry in backlog[:2]] == [f"{settings.queue}.high", f"{settings.queue}.high.retry.1"]
 
     code, table = await run("consumers", "status", env=environment(settings), stdout=True)
     assert code == 0

@@ -7,7 +7,7 @@ import random
 
 from api.app import create_app
 from bench.priority import System, measure_priority, orderlane_consumer
-from broker.connection import Broker, open_broker
+from broker.connection import open_broker
 from broker.messages import Order
 from broker.publisher import OrderPublisher
 from broker.settings import Settings
@@ -31,12 +31,16 @@ def mixed_orders(count: int) -> list[Order]:
     ]
 
 
-async def test_consumer_processes_by_effective_priority_fifo_within_a_level_exactly_once(
-    settings: Settings, broker: Broker
-) -> None:
+async def test_consumer_processes_by_effective_priority_fifo_within_a_level_exactly_once(settings: Settings) -> None:
+    """On one queue (`ORDERLANE_LANES=`) with prefetch 1, the broker alone decides the order: strictly by priority.
+    (With lanes, the consumer's dispatcher orders what the lanes' windows hold: tests/test_dispatcher.py.)"""
+    settings = settings.model_copy(update={"lanes": ()})
     orders = mixed_orders(ORDER_COUNT)
     assert {o.user_type for o in orders} == {"vip", "regular"}
-    async with app_client(create_app(settings, publisher=OrderPublisher(broker, settings))) as client:
+    async with (
+        open_broker(settings) as broker,
+        app_client(create_app(settings, publisher=OrderPublisher(broker, settings))) as client,
+    ):
         for order in orders:  # one at a time, so "FIFO within a level" means this order
             response = await client.post(
                 "/orders", content=order.model_dump_json(), headers={"content-type": "application/json"}

@@ -58,7 +58,7 @@ def test_lanes_parse_and_cover_every_priority_once() -> None:
     settings = Settings(lanes="high:0-2:10, default:3-9")
     assert settings.lanes == (LaneConfig("high", 0, 2, 10), LaneConfig("default", 3, 9, None))
     topology = build_topology(settings.model_copy(update={"queue": "shop"}))
-    assert [lane.work.name for lane in topology.lanes] == ["shop.high", "shop.default"]
+    assert [lane.work.name for lane in topology.lanes] == ["shop.high", "shop"], "the least urgent keeps the name"
     assert [topology.lane_for(p).name for p in range(10)] == ["high"] * 3 + ["default"] * 7
     assert topology.lanes[0].retry_queue(1).arguments["x-dead-letter-routing-key"] == "shop.high"
     assert {lane.work.arguments["x-dead-letter-routing-key"] for lane in topology.lanes} == {"shop.dlq"}
@@ -71,6 +71,17 @@ def test_lanes_that_miss_or_repeat_priorities_are_refused(lanes: str) -> None:
         Settings(lanes=lanes)
 
 
-def test_without_lanes_the_queue_is_the_single_lane() -> None:
+def test_by_default_urgent_orders_have_a_lane_of_their_own() -> None:
+    """The seed's split: effective priorities 0..2 (every VIP order, by default) in `<queue>.high`, the rest in the
+    queue itself."""
+    topology = build_topology(Settings(queue="shop"))
+    assert [(lane.name, lane.work.name, lane.priorities) for lane in topology.lanes] == [
+        ("high", "shop.high", range(3)),
+        ("default", "shop", range(3, 10)),
+    ]
+
+
+def test_without_lanes_the_queue_is_the_single_lane(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ORDERLANE_LANES", "")
     [lane] = build_topology(Settings(queue="shop")).lanes
     assert (lane.work.name, lane.priorities, lane.prefetch) == ("shop", range(10), None)

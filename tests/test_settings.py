@@ -7,7 +7,7 @@ import pytest
 from pydantic import ValidationError
 
 from broker.logs import ConsoleFormatter
-from broker.settings import Settings, redacted
+from broker.settings import LaneConfig, Settings, redacted
 
 
 def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -17,7 +17,7 @@ def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     assert str(settings.amqp_url) == "amqp://guest:guest@127.0.0.1:5672/"
     assert (settings.queue, settings.max_priority, settings.vip_priority) == ("orders", 10, 0)
     assert settings.prefetch == "auto"
-    assert settings.lanes == ()
+    assert settings.lanes == (LaneConfig("high", 0, 2, None), LaneConfig("default", 3, 9, None))
     assert settings.dead_letter_queue == "orders.dlq"
     assert settings.max_body_bytes == 64 * 1024
 

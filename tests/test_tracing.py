@@ -26,7 +26,7 @@ from broker.settings import Settings
 from broker.tracing import Tracing
 from consumers.delivery import Handler
 from consumers.runner import Consumer
-from tests.amqp import depth_is, drain, wait_until
+from tests.amqp import depth_is, drain, lane_queue, wait_until
 from tests.http import app_client
 from tests.otlp import otlp_collector
 from tests.processes import environment, free_port, read_until, run, start
@@ -89,14 +89,14 @@ async def test_one_trace_from_the_request_through_the_publish_to_each_attempt_of
         broker,
         tracing,
         fails_once,
-        lambda: len(named(exporter.get_finished_spans(), f"process {settings.queue}")) == 2,
+        lambda: len(named(exporter.get_finished_spans(), f"process {lane_queue(settings, 0)}")) == 2,
         "both attempts traced",
     )
 
     finished = exporter.get_finished_spans()
     [request] = named(finished, "POST /orders")
-    [publish] = named(finished, f"send {settings.queue}")
-    first, second = sorted(named(finished, f"process {settings.queue}"), key=attempt_of)
+    [publish] = named(finished, f"send {lane_queue(settings, 0)}")
+    first, second = sorted(named(finished, f"process {lane_queue(settings, 0)}"), key=attempt_of)
     assert request.kind == SpanKind.SERVER and publish.kind == SpanKind.PRODUCER and first.kind == SpanKind.CONSUMER
     trace_id = request.context.trace_id
     assert {span.context.trace_id for span in (publish, first, second)} == {trace_id}, "one trace"
@@ -106,7 +106,7 @@ async def test_one_trace_from_the_request_through_the_publish_to_each_attempt_of
     assert dict(publish.attributes or {}).items() >= {("orderlane.order_id", "T-1"), ("orderlane.priority", 0)}
     assert (attempt_of(first), attempt_of(second)) == (1, 2)
     assert (first.attributes or {})["orderlane.priority"] == 0, "the VIP's effective priority"
-    assert (first.attributes or {})["messaging.destination.name"] == settings.queue
+    assert (first.attributes or {})["messaging.destination.name"] == lane_queue(settings, 0)
     assert first.status.status_code == StatusCode.ERROR and second.status.status_code == StatusCode.UNSET
     assert [event.name for event in first.events] == ["exception"]
 
@@ -132,7 +132,7 @@ async def test_a_dead_letter_carries_the_orders_trace(
 async def test_without_tracing_no_trace_context_is_published(settings: Settings, broker: Broker) -> None:
     async with app_client(create_app(settings, publisher=OrderPublisher(broker, settings))) as client:
         assert (await client.post("/orders", json=ORDER)).status_code == 202
-    [message] = await drain(settings.queue)
+    [message] = await drain(lane_queue(settings, 0))
     assert "traceparent" not in message.headers
 
 
@@ -174,8 +174,8 @@ async def test_the_processes_send_one_trace_to_an_otlp_collector(settings: Setti
             await consumer.wait()
         spans = {(span.service, span.name): span for span in collector.received()}
     request = spans["orderlane-api", "POST /orders"]
-    publish = spans["orderlane-api", f"send {settings.queue}"]
-    process = spans["orderlane-consumer", f"process {settings.queue}"]
+    publish = spans["orderlane-api", f"send {lane_queue(settings, 0)}"]
+    process = spans["orderlane-consumer", f"process {lane_queue(settings, 0)}"]
     assert request.trace_id == publish.trace_id == process.trace_id
     assert (publish.parent_span_id, process.parent_span_id) == (request.span_id, publish.span_id)
     assert process.attributes["orderlane.order_id"] == "T-1"

@@ -245,5 +245,5 @@ async def test_the_start_up_check_warns_of_queues_no_policy_mirrors(
             pass
     [warning] = caplog.records
     assert warning.getMessage().startswith(
-        f"the cluster runs 3 nodes, but no policy mirrors {unmirrored.queue}, {unmirrored.queue}.retry.1"
+        f"the cluster runs 3 nodes, but no policy mirrors {unmirrored.queue}.high, {unmirrored.queue}.high.retry.1"
     )

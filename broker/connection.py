@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Final
@@ -57,6 +57,8 @@ class Broker:
     channel: AbstractRobustChannel
     """The confirm channel everything is published on; consumers open channels of their own (one per lane)."""
     topology: Topology
+    blocked: BlockedWatch
+    """Tells whoever asks the moment the broker blocks publishing (a memory or disk alarm)."""
 
     @property
     def is_ready(self) -> bool:
@@ -69,15 +71,47 @@ class Broker:
         return publishing_blocked(self.connection)
 
 
+BLOCKED_HANDLER: Final = "_Connection__handle_connection_blocked"
+UNBLOCKED_EVENT: Final = "_Connection__connection_unblocked"
+"""aiormq handles `connection.blocked` / `unblocked` itself, holding every outgoing frame meanwhile, and offers no
+public hook: its handler and its event are reached by their (name-mangled) names. tests/test_faults.py raises a
+real memory alarm, so an aiormq that renames them fails there, not in production."""
+
+
 def publishing_blocked(connection: AbstractRobustConnection) -> bool:
-    """aiormq handles `connection.blocked` / `unblocked` itself, holding every outgoing frame meanwhile, and offers
-    no public hook (../shared/RABBITMQ.md): its event is read here. tests/test_faults.py raises a real memory alarm,
-    so an aiormq that renames it fails there, not in production."""
     transport = connection.transport
     if transport is None:
         return False
-    unblocked: asyncio.Event | None = getattr(transport.connection, "_Connection__connection_unblocked", None)
+    unblocked: asyncio.Event | None = getattr(transport.connection, UNBLOCKED_EVENT, None)
     return unblocked is not None and transport.connection.is_opened and not unblocked.is_set()
+
+
+class BlockedWatch:
+    """Calls its callbacks as soon as the broker blocks the connection (after a reconnect too). The broker sends
+    `connection.blocked` as it blocks a publishing connection, so whoever waits for a confirm can learn of it at
+    once rather than at its timeout: aiormq's handler of the frame is wrapped on each connection it makes."""
+
+    def __init__(self, connection: AbstractRobustConnection) -> None:
+        self._connection = connection
+        self._callbacks: list[Callable[[], None]] = []
+        self._install()
+        connection.reconnect_callbacks.add(self._install)
+
+    def add(self, callback: Callable[[], None]) -> None:
+        self._callbacks.append(callback)
+
+    def _install(self, _: object = None) -> None:
+        transport = self._connection.transport
+        if transport is None:
+            return
+        handle = getattr(transport.connection, BLOCKED_HANDLER)
+
+        async def handle_then_tell(frame: object) -> None:
+            await handle(frame)
+            for callback in self._callbacks:
+                callback()
+
+        setattr(transport.connection, BLOCKED_HANDLER, handle_then_tell)
 
 
 async def connect(settings: Settings, name: str = "orderlane") -> AbstractRobustConnection:
@@ -174,6 +208,6 @@ async def open_broker(settings: Settings) -> AsyncIterator[Broker]:
             raise BrokerRefused(f"the broker refused to set up the queues: {exc}") from exc
         logger.info("connected, queues ready: %s", ", ".join(lane.work.name for lane in topology.lanes))
         await check_replication(settings, topology)
-        yield Broker(connection=connection, channel=channel, topology=topology)
+        yield Broker(connection=connection, channel=channel, topology=topology, blocked=BlockedWatch(connection))
     finally:
         await connection.close()

@@ -134,6 +134,10 @@ class OrderPublisher:
         self._max_priority = settings.max_priority
         self._timeout = settings.publish_timeout
         self._refusing = False
+        self._waiting: set[asyncio.Task[object]] = set()
+        """The tasks waiting for a confirm: cut off at once when the broker blocks publishing."""
+        self._cut_off: set[asyncio.Task[object]] = set()
+        broker.blocked.add(self._cut_off_waiting)
 
     @property
     def is_ready(self) -> bool:
@@ -165,6 +169,30 @@ class OrderPublisher:
         return Receipt(order_id=order.order_id, priority=priority, queue=queue)
 
     async def _publish(self, order: OrderBase, properties: spec.Basic.Properties, queue: str) -> None:
-        await publish_confirmed(
-            self._broker.channel, encode_order(order), properties, queue=queue, confirm_within=self._timeout
-        )
+        """Publish and wait for the confirm, unless the broker blocks publishing meanwhile: then PublishBlocked at
+        once (the message may still be stored when the alarm clears, so it counts as unconfirmed)."""
+        task = asyncio.current_task()
+        assert task is not None
+        self._waiting.add(task)
+        try:
+            await publish_confirmed(
+                self._broker.channel, encode_order(order), properties, queue=queue, confirm_within=self._timeout
+            )
+        except asyncio.CancelledError:
+            if task not in self._cut_off:
+                raise
+            self._cut_off.discard(task)
+            if task.uncancel() > 0:  # cancelled by its caller too
+                raise
+            raise PublishBlocked(
+                "the broker blocked publishing (a memory or disk alarm) before it confirmed the order; "
+                "it may still store it when the alarm clears"
+            ) from None
+        finally:
+            self._waiting.discard(task)
+
+    def _cut_off_waiting(self) -> None:
+        """The broker blocks publishing: no confirm comes until the alarm clears, so stop waiting for any."""
+        for task in self._waiting - self._cut_off:
+            self._cut_off.add(task)
+            task.cancel()

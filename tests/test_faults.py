@@ -164,8 +164,9 @@ async def test_consumer_killed_mid_batch_its_orders_go_to_another(
 
 async def test_a_memory_alarm_is_answered_503_at_once_not_after_the_publish_timeout(settings: Settings) -> None:
     """While the broker blocks publishing, aiormq holds every publish until the alarm clears: each POST would wait
-    out ORDERLANE_PUBLISH_TIMEOUT. The broker tells a connection that it is blocked when it next publishes: that
-    first order waits its timeout and gets 503; from then on the API answers 503 `broker_blocked` without trying,
+    out ORDERLANE_PUBLISH_TIMEOUT. The broker tells a connection that it is blocked as it blocks it, on its next
+    publish: that first order is answered 503 `broker_blocked` as soon as the frame arrives, its status left
+    `unconfirmed` (it may still be stored when the alarm clears); from then on the API answers 503 without trying,
     says so in /readyz and its metrics, and takes orders again once the alarm lifts, with no restart."""
     ctl = require_rabbitmqctl()
     patient = Settings.model_validate({**settings.model_dump(), "publish_timeout": 8})
@@ -177,14 +178,18 @@ async def test_a_memory_alarm_is_answered_503_at_once_not_after_the_publish_time
     async with app_client(create_app(patient)) as client:
         assert (await client.post("/orders", json={"order_id": "before", "items": ["a"]})).status_code == 202
         async with memory_alarm(ctl):
-            first = await client.post("/orders", json={"order_id": "first", "items": ["a"]})
-            await wait_until(lambda: _is(readiness(client), "broker_blocked"), within=30, what="the API to see it")
+            async with asyncio.timeout(patient.publish_timeout / 2):  # not the confirm's timeout: the frame's news
+                first = await client.post("/orders", json={"order_id": "first", "items": ["a"]})
+            assert await readiness(client) == "broker_blocked"
+            first_status = (await client.get("/orders/first")).json()["state"]
             async with asyncio.timeout(patient.publish_timeout / 2):  # a publish tried would wait all 8 s
                 refused = await client.post("/orders", json={"order_id": "during", "items": ["a"]})
             metrics = (await client.get("/metrics")).text
         await wait_until(lambda: _is(readiness(client), "ready"), within=30, what="the alarm to lift")
         after = await client.post("/orders", json={"order_id": "after", "items": ["a"]})
-    assert first.status_code == 503  # unconfirmed: it may still be stored when the alarm clears
+    assert first.status_code == 503
+    assert first.json()["details"][0]["type"] == "broker_blocked"
+    assert first_status == "unconfirmed"  # it may still be stored when the alarm clears: a retry is checked
     assert refused.status_code == 503
     assert refused.json()["details"][0]["type"] == "broker_blocked"
     assert "retry-after" in refused.headers

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 
 import aio_pika
 import aiormq.exceptions
 import orjson
+import pytest
 
 from broker.connection import Broker
 from broker.messages import Order
@@ -93,7 +95,10 @@ async def test_handler_sees_its_delivery(settings: Settings, broker: Broker) -> 
     assert seen == [Delivery(order_id="vip-1", priority=0, attempt=1, redelivered=False)]
 
 
-async def test_stop_waits_for_in_flight_handlers_and_acks_them(settings: Settings, broker: Broker) -> None:
+async def test_stop_waits_for_in_flight_handlers_and_acks_them(
+    settings: Settings, broker: Broker, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="consumers.runner")
     await publish_raw(settings.queue, *(order_message(f"slow-{n}") for n in range(5)))
     started = asyncio.Event()
     release = asyncio.Event()
@@ -109,7 +114,7 @@ async def test_stop_waits_for_in_flight_handlers_and_acks_them(settings: Setting
         await started.wait()
     stopping = asyncio.create_task(consumer.stop(grace_seconds=30))
     await wait_until(lambda: consumers_are(settings.queue, 0), what="the subscription cancelled")
-    await asyncio.sleep(0.2)
+    await wait_until(lambda: logged(caplog, "stopping: waiting up to"), what="stop() waiting for the handler")
     assert not stopping.done(), "stop() must wait for the handler in flight"
     release.set()
     await stopping
@@ -136,7 +141,9 @@ async def test_stop_cancels_handlers_past_the_grace_period_without_acking(settin
     assert await queue_depth(settings.dead_letter_queue) == 0
 
 
-async def test_a_dead_letter_that_cannot_be_moved_is_kept_and_moved_later(settings: Settings, broker: Broker) -> None:
+async def test_a_dead_letter_that_cannot_be_moved_is_kept_and_moved_later(
+    settings: Settings, broker: Broker, caplog: pytest.LogCaptureFixture
+) -> None:
     """With the DLQ gone the republish is returned unroutable; the original must stay in the broker's hands."""
     await delete_queues(settings.dead_letter_queue)
     await publish_raw(settings.queue, aio_pika.Message(b"garbage", content_type="application/json"))
@@ -146,7 +153,7 @@ async def test_a_dead_letter_that_cannot_be_moved_is_kept_and_moved_later(settin
 
     async with consuming(broker, never_called, settings):
         await wait_until(lambda: consumers_are(settings.queue, 1), what="the consumer subscribed")
-        await asyncio.sleep(0.5)  # the first move has failed by now, and the garbage waits to be requeued
+        await wait_until(lambda: logged(caplog, "could not move it to"), what="the first move failed")
         async with operator_channel() as channel:
             await channel.declare_queue(settings.dead_letter_queue, durable=True)
         await wait_until(lambda: depth_is(settings.dead_letter_queue, 1), what="the garbage in the new DLQ")
@@ -179,3 +186,7 @@ async def test_a_subscription_the_broker_cancels_comes_back(settings: Settings, 
             return processed == ["after-delete"]
 
         await wait_until(handled, what="the order published after the delete processed")
+
+
+def logged(caplog: pytest.LogCaptureFixture, text: str) -> bool:
+    return any(text in record.getMessage() for record in caplog.records)

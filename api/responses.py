@@ -22,7 +22,7 @@ class JSONResponse(Response):
 
 
 def error_response(status_code: int, details: list[Any], headers: Mapping[str, str] | None = None) -> JSONResponse:
-    """The seed's error shape: `{"status": "error", "details": [...]}`."""
+    """The error shape of the FastAPI + Celery service orderlane replaces: `{"status": "error", "details": [...]}`."""
     return JSONResponse({"status": ERROR, "details": details}, status_code=status_code, headers=headers)
 
 

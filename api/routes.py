@@ -97,7 +97,8 @@ async def readyz(request: Request) -> Response:
 
 
 async def queues(request: Request) -> Response:
-    """The backlog the seed asks to watch: ready messages and consumers of every queue, the DLQ included."""
+    """The backlog to watch (the Celery-era advice orderlane keeps): ready messages and consumers of every queue, the
+    DLQ included."""
     state = services(request)
     if state.backlog is None:
         raise RequestRejected(503, "backlog_unavailable", "this API instance has no broker connection to ask")

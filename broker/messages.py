@@ -1,8 +1,8 @@
 """The wire contract: the order a client posts and a consumer receives.
 
-`OrderBase` holds what orderlane itself reads (order_id, priority, user_type); `Order` adds the seed's `items` and
-is the model used unless ORDERLANE_ORDER_MODEL names a subclass of its own (docs/your-order.md).
-"""
+`OrderBase` holds what orderlane itself reads (order_id, priority, user_type); `Order` adds `items` (as the FastAPI +
+Celery service it replaces had them) and is the model used unless ORDERLANE_ORDER_MODEL names a subclass of its own
+(docs/your-order.md)."""
 
 from __future__ import annotations
 
@@ -30,8 +30,9 @@ def _integral_number(value: Any) -> Any:
 
 
 class OrderBase(BaseModel):
-    """What every order has: `priority` 0 is the most urgent, 9 the least (the seed's convention). Subclass it (or
-    `Order`) for an order of your own: fields may be added; these three are what orderlane routes by."""
+    """What every order has: `priority` 0 is the most urgent, 9 the least (the convention of the FastAPI + Celery
+    service orderlane replaces). Subclass it (or `Order`) for an order of your own: fields may be added; these three are
+    what orderlane routes by."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
@@ -43,7 +44,7 @@ class OrderBase(BaseModel):
 
 
 class Order(OrderBase):
-    """The default order: a list of item names, as the seed had it."""
+    """The default order: a list of item names, as the FastAPI + Celery original had it."""
 
     items: Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1, max_length=100)]
 

@@ -1,8 +1,7 @@
 """The one place where the API's priorities become RabbitMQ's.
 
-Clients speak the seed's language: 0 is the most urgent, 9 the least, and a VIP order is boosted to
-`vip_priority`. RabbitMQ delivers the *highest* number first, so the broker priority runs the other way.
-"""
+Clients speak the language of the FastAPI + Celery original: 0 is the most urgent, 9 the least, and a VIP order is
+boosted to `vip_priority`. RabbitMQ delivers the *highest* number first, so the broker priority runs the other way."""
 
 from __future__ import annotations
 

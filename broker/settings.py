@@ -63,9 +63,9 @@ def check_lanes(lanes: tuple[LaneConfig, ...]) -> tuple[LaneConfig, ...]:
 
 
 DEFAULT_LANES = (LaneConfig("high", 0, 2, None), LaneConfig("default", 3, 9, None))
-"""The seed's split: urgent orders (effective priority 0..2, every VIP order by default) in a queue of their own,
-so the broker never holds one behind a window of regular orders already sent. `ORDERLANE_LANES=` (empty) gives the
-single queue back; docs/benchmarks.md measures both."""
+"""The FastAPI + Celery original's split: urgent orders (effective priority 0..2, every VIP order by default) in a queue
+of their own, so the broker never holds one behind a window of regular orders already sent. `ORDERLANE_LANES=` (empty)
+gives the single queue back; docs/benchmarks.md measures both."""
 PENDING_MARGIN_SECONDS = 5
 MAX_CONCURRENCY = 4096
 Prefetch = int | Literal["auto"]

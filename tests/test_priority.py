@@ -72,8 +72,8 @@ def test_lanes_that_miss_or_repeat_priorities_are_refused(lanes: str) -> None:
 
 
 def test_by_default_urgent_orders_have_a_lane_of_their_own() -> None:
-    """The seed's split: effective priorities 0..2 (every VIP order, by default) in `<queue>.high`, the rest in the
-    queue itself."""
+    """The FastAPI + Celery original's split: effective priorities 0..2 (every VIP order, by default) in `<queue>.high`,
+    the rest in the queue itself."""
     topology = build_topology(Settings(queue="shop"))
     assert [(lane.name, lane.work.name, lane.priorities) for lane in topology.lanes] == [
         ("high", "shop.high", range(3)),

@@ -1,6 +1,6 @@
-"""FastAPI and Celery, the seed's stack (on RabbitMQ): `apply_async` called from an `async def` endpoint, as the seed
-does, so each publish blocks the event loop for as long as it takes to write. Celery publishes without publisher
-confirms: a 202 here is not a stored order."""
+"""FastAPI and Celery, the original's stack (on RabbitMQ): `apply_async` called from an `async def` endpoint, as the
+original does, so each publish blocks the event loop for as long as it takes to write. Celery publishes without
+publisher confirms: a 202 here is not a stored order."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""What every peer app shares: the seed's order model, where to publish, and the priority RabbitMQ should see."""
+"""What every peer app shares: the FastAPI + Celery original's order model, where to publish, and the priority RabbitMQ
+should see."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ MAX_PRIORITY = 10
 
 
 class OrderRequest(BaseModel):
-    """The seed's OrderRequest, with the bounds orderlane's Order has."""
+    """The original's OrderRequest, with the bounds orderlane's Order has."""
 
     order_id: str = Field(min_length=1, max_length=64)
     priority: int = Field(default=5, ge=0, le=9)

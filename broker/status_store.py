@@ -87,7 +87,7 @@ Answered = Callable[[list[str] | StatusUnavailable], None]
 """Called with an operation's result, or with the failure of the call that carried it."""
 
 
-class _Call:
+class _Queued:
     """One operation waiting for the next call of the script."""
 
     __slots__ = ("answered", "entry", "key", "operation", "waited")
@@ -113,7 +113,7 @@ class StatusStore:
         self._ttl = ttl
         self._pending_ttl = pending_ttl
         self._metrics = metrics
-        self._waiting: list[_Call] = []
+        self._waiting: list[_Queued] = []
         self._sender: asyncio.Task[None] | None = None
         self._connection: Connection | None = None
         self._away_until = 0.0
@@ -233,7 +233,7 @@ class StatusStore:
             self._metrics.errors.labels(operation=operation).inc()
             raise StatusUnavailable("the status store is away")
         entry = [operation, self._ttl, rank, token, fingerprint, fields, self._pending_ttl]
-        self._waiting.append(_Call(operation, self._prefix + order_id, entry, answered, waited))
+        self._waiting.append(_Queued(operation, self._prefix + order_id, entry, answered, waited))
         if self._sender is None:
             self._sender = asyncio.get_running_loop().create_task(self._send_waiting())
 
@@ -254,7 +254,7 @@ class StatusStore:
         finally:
             self._sender = None
 
-    async def _send(self, calls: Sequence[_Call]) -> None:
+    async def _send(self, calls: Sequence[_Queued]) -> None:
         """One call of the script for `calls`; every one of them is answered, whatever happens."""
         started = time.perf_counter()
         try:
@@ -306,7 +306,7 @@ class StatusStore:
             raise
         return response
 
-    def _fail(self, calls: Sequence[_Call], failure: StatusUnavailable) -> None:
+    def _fail(self, calls: Sequence[_Queued], failure: StatusUnavailable) -> None:
         for call in calls:
             self._metrics.errors.labels(operation=call.operation).inc()
             call.answered(failure)

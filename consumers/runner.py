@@ -32,8 +32,8 @@ from consumers.status import StatusRecorder
 from consumers.subscription import Subscription
 from consumers.threads import InThreads
 from consumers.tuning import (
-    MAX_CONCURRENCY,
-    START_CONCURRENCY,
+    AUTO_MAX_CONCURRENCY,
+    AUTO_START_CONCURRENCY,
     AutoTuner,
     ConcurrencyController,
     DepthController,
@@ -81,7 +81,9 @@ class Consumer:
         fixed_depths = [lane.prefetch or (prefetch if prefetch != "auto" else None) for lane in lanes]
         fixed_total = None if None in fixed_depths else sum(depth or 0 for depth in fixed_depths)
         """With every depth fixed, more slots than deliveries held could never be busy."""
-        slots = concurrency if concurrency != "auto" else min(START_CONCURRENCY, fixed_total or START_CONCURRENCY)
+        slots = (
+            concurrency if concurrency != "auto" else min(AUTO_START_CONCURRENCY, fixed_total or AUTO_START_CONCURRENCY)
+        )
         self._dispatcher: Dispatcher[Held] = Dispatcher(self._process, slots)
         depth_controllers = [DepthController(slots) if depth is None else None for depth in fixed_depths]
         self.subscriptions = [
@@ -92,7 +94,7 @@ class Consumer:
         if concurrency == "auto" or fixed_total is None:
             self._tuner = AutoTuner(
                 self,
-                ConcurrencyController(slots, fixed_total or MAX_CONCURRENCY) if concurrency == "auto" else None,
+                ConcurrencyController(slots, fixed_total or AUTO_MAX_CONCURRENCY) if concurrency == "auto" else None,
                 depth_controllers,
                 fixed_concurrency=slots,
             )

@@ -36,7 +36,7 @@ SyncHandler = Callable[[Any], object]
 DEFAULT_THREADS: Final = min(32, (os.cpu_count() or 1) + 4)
 """With `--concurrency auto`, how many threads a synchronous handler gets (concurrent.futures' own default)."""
 
-_Call = tuple[Callable[[], object], asyncio.AbstractEventLoop, asyncio.Future[object]]
+_ThreadCall = tuple[Callable[[], object], asyncio.AbstractEventLoop, asyncio.Future[object]]
 
 
 class InThreads:
@@ -50,7 +50,7 @@ class InThreads:
         self.overrunning = 0
         """Threads still running a call whose order was given up on (its deadline, or a forced stop)."""
         self._free = asyncio.Semaphore(threads)
-        self._calls: queue.SimpleQueue[_Call | None] = queue.SimpleQueue()
+        self._calls: queue.SimpleQueue[_ThreadCall | None] = queue.SimpleQueue()
         self._workers = [
             threading.Thread(target=self._work, name=f"orderlane-handler-{n}", daemon=True) for n in range(threads)
         ]

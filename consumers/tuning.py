@@ -31,15 +31,17 @@ from typing import Final, Protocol
 
 logger = logging.getLogger(__name__)
 
-MIN_CONCURRENCY: Final = 4
-MAX_CONCURRENCY: Final = 512
-START_CONCURRENCY: Final = 16
+AUTO_MIN_CONCURRENCY: Final = 4
+AUTO_MAX_CONCURRENCY: Final = 512
+"""The most handlers `auto` runs at once (a fixed ORDERLANE_CONCURRENCY may go up to settings.MAX_CONCURRENCY)."""
+AUTO_START_CONCURRENCY: Final = 16
 MIN_DEPTH: Final = 4
 MAX_DEPTH: Final = 1024
 MARGIN: Final = 4
 """Held deliveries a lane keeps at its low-water mark: the buffer that covers a refill."""
 WINDOW_SECONDS: Final = 0.25
-SAMPLE_SECONDS: Final = 0.05
+LAG_SAMPLE_SECONDS: Final = 0.05
+"""How often the event loop's lag is sampled."""
 BUSY: Final = 0.7
 """Mean share of the slots in use above which there is a backlog to serve."""
 WAITING: Final = 1.0
@@ -50,7 +52,8 @@ LAGGING: Final = 0.002
 """Mean event-loop lag (seconds) above which the process is out of CPU."""
 GROWTH: Final = 2.0
 SHRINK: Final = 0.75
-HEADROOM: Final = 1.2
+HEADROOM_FACTOR: Final = 1.2
+"""Little's law's concurrency is multiplied by this, so a shrink leaves a fifth more slots than the rate needs."""
 PAYOFF: Final = 1.05
 """A growth must raise the throughput by this much to be kept."""
 DEPTH_GROWTH: Final = 1.5
@@ -98,7 +101,7 @@ class Trial:
 class ConcurrencyController:
     """Pure decisions on the number of handler slots, one per window."""
 
-    def __init__(self, start: int = START_CONCURRENCY, ceiling: int = MAX_CONCURRENCY) -> None:
+    def __init__(self, start: int = AUTO_START_CONCURRENCY, ceiling: int = AUTO_MAX_CONCURRENCY) -> None:
         self.ceiling = ceiling
         self.concurrency = self._bounded(start)
         self._trial = Trial()
@@ -112,7 +115,7 @@ class ConcurrencyController:
             self.concurrency = previous
             return self.concurrency
         if window.loop_lag > LAGGING:
-            needed = math.ceil(throughput * _low_percentile(window.handler_times) * HEADROOM)
+            needed = math.ceil(throughput * _low_percentile(window.handler_times) * HEADROOM_FACTOR)
             # Towards Little's law, but by at most a quarter per window: one lagging window may be the machine's.
             shrunk = max(needed, math.ceil(self.concurrency * SHRINK))
             self.concurrency = self._bounded(min(self.concurrency, shrunk))
@@ -122,7 +125,7 @@ class ConcurrencyController:
         return self.concurrency
 
     def _bounded(self, concurrency: int) -> int:
-        return max(MIN_CONCURRENCY, min(self.ceiling, MAX_CONCURRENCY, concurrency))
+        return max(AUTO_MIN_CONCURRENCY, min(self.ceiling, AUTO_MAX_CONCURRENCY, concurrency))
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,8 +236,8 @@ class AutoTuner:
             busy, lags, held, settling = [], [], [], []
             while (elapsed := loop.time() - started) < WINDOW_SECONDS:
                 before_sleep = loop.time()
-                await asyncio.sleep(SAMPLE_SECONDS)
-                lags.append(loop.time() - before_sleep - SAMPLE_SECONDS)
+                await asyncio.sleep(LAG_SAMPLE_SECONDS)
+                lags.append(loop.time() - before_sleep - LAG_SAMPLE_SECONDS)
                 busy.append(self._process.in_flight / self.slots)
                 held.append(self._process.held)
                 settling.append(self._process.settling)

@@ -9,10 +9,10 @@ from broker.messages import Order
 from broker.settings import Settings
 from consumers.runner import Consumer
 from consumers.tuning import (
+    AUTO_MAX_CONCURRENCY,
+    AUTO_MIN_CONCURRENCY,
+    AUTO_START_CONCURRENCY,
     MARGIN,
-    MAX_CONCURRENCY,
-    MIN_CONCURRENCY,
-    START_CONCURRENCY,
     ConcurrencyController,
     DepthController,
     LaneWindow,
@@ -56,9 +56,12 @@ def test_concurrency_shrinks_to_littles_law_when_the_loop_lags() -> None:
 def test_concurrency_holds_without_a_backlog_and_stays_within_bounds() -> None:
     controller = ConcurrencyController(start=16)
     assert controller.decide(window(100, own_ms=5, lag_ms=0.1, busy=0.2)) == 16
-    assert ConcurrencyController(start=MIN_CONCURRENCY).decide(window(10, own_ms=1, lag_ms=50)) == MIN_CONCURRENCY
-    top = ConcurrencyController(start=MAX_CONCURRENCY)
-    assert top.decide(window(9000, own_ms=5, lag_ms=0.1)) == MAX_CONCURRENCY
+    assert (
+        ConcurrencyController(start=AUTO_MIN_CONCURRENCY).decide(window(10, own_ms=1, lag_ms=50))
+        == AUTO_MIN_CONCURRENCY
+    )
+    top = ConcurrencyController(start=AUTO_MAX_CONCURRENCY)
+    assert top.decide(window(9000, own_ms=5, lag_ms=0.1)) == AUTO_MAX_CONCURRENCY
     assert ConcurrencyController(start=16, ceiling=20).decide(window(3000, own_ms=5, lag_ms=0.2)) == 20
 
 
@@ -100,11 +103,11 @@ async def test_auto_moves_both_knobs_and_the_broker_sends_up_to_the_new_depth(
     await consumer.start()
 
     async def grown() -> bool:
-        return most_running > START_CONCURRENCY and most_outstanding > first_depth
+        return most_running > AUTO_START_CONCURRENCY and most_outstanding > first_depth
 
     try:
         await wait_until(grown, within=30, what="more handlers at once and more deliveries than at the start")
-        assert consumer.concurrency > START_CONCURRENCY
+        assert consumer.concurrency > AUTO_START_CONCURRENCY
         assert consumer.depths[0] > first_depth
         assert most_running <= consumer.concurrency
         assert await consumers_are(settings.queue, 1), "the old subscription is cancelled"

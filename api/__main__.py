@@ -39,8 +39,8 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m api") -> int:
     args = parser.parse_args(argv)
     program = prog.removeprefix("python -m ")
     if args.workers == 1:
-        # uvloop: the API's CPU per order 496 -> 403 us and 20 % more orders/s (docs/benchmarks.md). uvicorn would
-        # pick it by itself, but this process makes its loop before uvicorn starts, so it is asked for here.
+        # uvloop (less CPU per order: docs/benchmarks.md). uvicorn would pick it by itself, but this process makes
+        # its loop before uvicorn starts, so it is asked for here.
         return run_main(program, lambda settings: serve(settings, args.host, args.port), fast_event_loop)
     return run_program(program, lambda settings: serve_workers(settings, args.host, args.port, args.workers))
 

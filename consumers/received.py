@@ -2,8 +2,8 @@
 
 aio-pika wraps every delivery in an `IncomingMessage` (some thirty attribute writes through a checked
 `__setattr__`) and runs the consumer callback in a task of its own, on top of the task aiormq already starts per
-delivery. Measured on this machine (docs/benchmarks.md), that wrapper is about a seventh of a saturated consumer's
-CPU, and CPU is what a VIP order's wait is made of once the consumer is busy. The subscription therefore consumes
+delivery: a measurable share of a saturated consumer's CPU (docs/benchmarks.md), and CPU is what a VIP order's wait
+is made of once the consumer is busy. The subscription therefore consumes
 on aiormq's channel under aio-pika's robust one, and the consumer reads the few fields it needs from here.
 """
 

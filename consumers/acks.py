@@ -3,8 +3,8 @@ and sent at the end of the event loop's turn, together with the others of that t
 
 Deliveries that finish in the same turn are mostly neighbours in delivery order, so one `basic.ack` with
 `multiple` covers the longest run of settled deliveries from the oldest unsettled one; the rest go one by one.
-The broker handles one frame instead of many, which a busy queue's throughput shows (docs/benchmarks.md). Nothing is acked before the ack policy said so: a `multiple` never
-reaches past a delivery that is still unsettled.
+The broker handles one frame instead of many, which a busy queue's throughput shows (docs/benchmarks.md). Nothing
+is acked before the ack policy said so: a `multiple` never reaches past a delivery that is still unsettled.
 """
 
 from __future__ import annotations

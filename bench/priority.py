@@ -8,7 +8,9 @@ measured over the same stretch, from the first VIP's publish to the last VIP's s
 ran dry before the last VIP started is inconclusive: it says nothing about priority under a backlog.
 
 The same workload runs through orderlane's Consumer, through raw aio-pika consumers, and (bench/peers.py) through
-the libraries users would pick instead.
+the libraries users would pick instead. One row runs orderlane as a user does, with the VIP orders posted over
+HTTP to `python -m api` (one kept-alive connection), each timed from just before its POST; for orderlane's rows the
+VIPs' path is also timed step by step (bench/steps.py).
 """
 
 from __future__ import annotations
@@ -16,34 +18,44 @@ from __future__ import annotations
 import asyncio
 import statistics
 import time
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 import aio_pika
+import httpx
 from aio_pika.abc import AbstractIncomingMessage
 from prometheus_client import CollectorRegistry
 
+from bench.intake import serving_api
+from bench.steps import Stamps, Steps, median_steps, stamps, summarize_steps
 from bench.workload import Address, addressed, bench_channel, bench_settings, delete_queues, fill, orders
 from broker.connection import open_broker
-from broker.messages import Order, decode_order
+from broker.messages import Order, decode_order, encode_order
 from broker.settings import Settings
 from broker.status_store import open_status_store
 from broker.topology import build_topology
+from consumers.delivery import current_delivery
 from consumers.runner import Consumer
 
 VIP_PREFIX = "vip"
-"""Lanes at their default (automatic) prefetch: the VIPs have a queue of their own."""
+VIP_API_PORT = 8767
+"""Where `python -m api` serves the row whose VIPs are posted over HTTP."""
 
 
 @dataclass
 class Timeline:
-    """When each handler started, in order, and when each VIP was published. The run ends once every VIP has
-    started: what is left of the backlog then says nothing more about priority."""
+    """When each handler started, in order, and when each VIP was published (or posted). The run ends once every
+    VIP has started: what is left of the backlog then says nothing more about priority. Where the handler knows its
+    delivery (orderlane's), each VIP's path is stamped too."""
 
     vips: int
     started: list[tuple[str, float]] = field(default_factory=list)
     vip_published: dict[str, float] = field(default_factory=dict)
+    vip_posted_at: dict[str, float] = field(default_factory=dict)
+    """Wall-clock time just before each VIP's POST (VIPs posted over HTTP only)."""
+    vip_paths: list[Stamps] = field(default_factory=list)
     vips_started: int = 0
     done: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -54,8 +66,15 @@ class Timeline:
             if self.vips_started == self.vips:
                 self.done.set()
 
+    def vip_delivered(self, order_id: str) -> None:
+        """Called by a VIP's handler as it starts: the steps of its path, as its delivery says."""
+        started_at = time.time()
+        self.vip_paths.append(stamps(self.vip_posted_at.get(order_id), current_delivery(), started_at))
+
 
 RunConsumer = Callable[[Settings, Timeline, float], Coroutine[Any, Any, None]]
+Send = Callable[[Order], Awaitable[None]]
+"""Sends one VIP order, stamping the timeline just before it goes."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +84,9 @@ class System:
     settings: dict[str, object] = field(default_factory=dict)
     """Settings overrides: the prefetch a raw consumer uses, lanes."""
     address: Address = addressed
+    http_port: int | None = None
+    """None: the VIPs are published straight to the broker. A port: `python -m api` serves on it (at the settings'
+    defaults, its status store on) and each VIP is POSTed to it over one kept-alive connection."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +102,8 @@ class PriorityResult:
     regular_per_second: float
     conclusive: bool
     """The backlog outlasted the last VIP: regular orders were still waiting when it started."""
+    steps: Steps | None = None
+    """The VIPs' path step by step (orderlane's consumer only)."""
 
 
 def summarize(system: str, handler_ms: float, backlog: int, timeline: Timeline) -> PriorityResult:
@@ -116,6 +140,7 @@ def summarize(system: str, handler_ms: float, backlog: int, timeline: Timeline) 
         overtaken_max=max(overtaken),
         regular_per_second=during / (last_vip - first_publish),
         conclusive=len(regular_before_last_vip) < backlog,
+        steps=summarize_steps(timeline.vip_paths) if timeline.vip_paths else None,
     )
 
 
@@ -133,25 +158,60 @@ def median_result(rounds: Sequence[PriorityResult]) -> PriorityResult:
         overtaken_max=max(r.overtaken_max for r in rounds),
         regular_per_second=statistics.median(r.regular_per_second for r in rounds),
         conclusive=all(r.conclusive for r in rounds),
+        steps=median_steps([r.steps for r in rounds if r.steps is not None]) if first.steps else None,
     )
 
 
-async def inject_vips(
-    settings: Settings, address: Address, timeline: Timeline, count: int, interval: float, warmup: float
-) -> None:
+@asynccontextmanager
+async def published(system: System, settings: Settings, timeline: Timeline) -> AsyncIterator[Send]:
+    """VIPs published straight to the broker, as the API would publish them."""
     topology = build_topology(settings)
-    await asyncio.sleep(warmup)
     async with bench_channel(settings) as channel:
-        for vip in orders(count, user_type="vip", prefix=VIP_PREFIX):
-            await asyncio.sleep(interval)
-            message, queue = address(settings, topology, vip)
+
+        async def send(vip: Order) -> None:
+            message, queue = system.address(settings, topology, vip)
             timeline.vip_published[vip.order_id] = time.perf_counter()
             await channel.default_exchange.publish(message, routing_key=queue)
+
+        yield send
+
+
+@asynccontextmanager
+async def posted(port: int, settings: Settings, timeline: Timeline) -> AsyncIterator[Send]:
+    """VIPs posted over HTTP to `python -m api`, one kept-alive connection for all of them; each must be accepted."""
+    async with serving_api(settings, port), httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+        headers = {"content-type": "application/json"}
+
+        async def send(vip: Order) -> None:
+            body = encode_order(vip)
+            timeline.vip_posted_at[vip.order_id] = time.time()
+            timeline.vip_published[vip.order_id] = time.perf_counter()
+            response = await client.post("/orders", content=body, headers=headers)
+            if response.status_code != 202:
+                raise RuntimeError(f"VIP {vip.order_id} not accepted: {response.status_code} {response.text}")
+
+        await client.get("/readyz")  # the connection, opened before the first VIP
+        yield send
+
+
+def vip_intake(system: System, settings: Settings, timeline: Timeline) -> AbstractAsyncContextManager[Send]:
+    if system.http_port is None:
+        return published(system, settings, timeline)
+    return posted(system.http_port, settings, timeline)
+
+
+async def inject_vips(send: Send, count: int, interval: float, warmup: float) -> None:
+    await asyncio.sleep(warmup)
+    for vip in orders(count, user_type="vip", prefix=VIP_PREFIX):
+        await asyncio.sleep(interval)
+        await send(vip)
 
 
 def recording_handler(timeline: Timeline, handler_seconds: float) -> Callable[[Order], Coroutine[Any, Any, None]]:
     async def handler(order: Order) -> None:
         timeline.handler_started(order.order_id)
+        if order.order_id.startswith(VIP_PREFIX):
+            timeline.vip_delivered(order.order_id)
         await asyncio.sleep(handler_seconds)
 
     return handler
@@ -191,6 +251,7 @@ async def raw_consumer(settings: Settings, timeline: Timeline, handler_seconds: 
 
 SYSTEMS = (
     System("orderlane", orderlane_consumer),  # its defaults: two lanes, high:0-2 and default:3-9
+    System("orderlane, VIPs over HTTP", orderlane_consumer, http_port=VIP_API_PORT),  # as a user runs it
     System("orderlane one queue", orderlane_consumer, {"lanes": ""}),
     System("raw p10", raw_consumer, {"prefetch": 10}),
     System("raw p50", raw_consumer, {"prefetch": 50}),
@@ -207,10 +268,14 @@ async def measure_priority(
     try:
         async with open_broker(settings):
             await fill(settings, orders(backlog), system.address)
-        consuming = asyncio.create_task(system.consume(settings, timeline, handler_ms / 1000))
-        await inject_vips(settings, system.address, timeline, vips, vip_interval, warmup)
-        async with asyncio.timeout(600):
-            await consuming
+        async with vip_intake(system, settings, timeline) as send:  # the API is up before the backlog drains
+            consuming = asyncio.create_task(system.consume(settings, timeline, handler_ms / 1000))
+            try:
+                await inject_vips(send, vips, vip_interval, warmup)
+                async with asyncio.timeout(600):
+                    await consuming
+            finally:
+                consuming.cancel()
     finally:
         await delete_queues(settings)
     return summarize(system.name, handler_ms, backlog, timeline)

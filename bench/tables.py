@@ -193,4 +193,27 @@ def show_priority(results: list[PriorityResult]) -> str:
         )
         for r in results
     ]
-    return table(header, rows)
+    stepped = [r for r in results if r.steps is not None]
+    return table(header, rows) + ("\n\n" + show_steps(stepped) if stepped else "")
+
+
+def show_steps(results: Sequence[PriorityResult]) -> str:
+    """The VIPs' path step by step (bench/steps.py), each as p50 / max in ms, and its share of the whole p50."""
+    header = ("system", "handler ms", "POST->publish", "publish->received", "received->start", "whole", "p50 shares")
+    rows = []
+    for r in results:
+        steps = r.steps
+        assert steps is not None
+        parts = [steps.post_to_publish, steps.publish_to_received, steps.received_to_start]
+        whole = steps.total
+        shares = [f"{part.p50_ms / whole.p50_ms:.0%}" if part and whole else "-" for part in parts]
+        rows.append(
+            (
+                r.system,
+                f"{r.handler_ms:g}",
+                *(f"{part.p50_ms:.2f} / {part.max_ms:.2f}" if part else "-" for part in (*parts, whole)),
+                " ".join(shares),
+            )
+        )
+    notes = "(VIP path, wall clock: p50 / max ms of each step, medians of the rounds; shares: step p50 / whole p50)"
+    return table(header, rows) + "\n" + notes

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from pydantic import ValidationError
@@ -13,7 +13,7 @@ from pydantic import ValidationError
 from broker.errors import InvalidMessage
 from broker.messages import OrderBase, decode_order, is_json_media_type
 from broker.priority import PRIORITIES
-from broker.publisher import ATTEMPT_HEADER, PRIORITY_HEADER
+from broker.publisher import ATTEMPT_HEADER, PRIORITY_HEADER, PUBLISHED_AT_HEADER
 from consumers.received import Headed
 
 Handler = Callable[[Any], Awaitable[None]]
@@ -32,6 +32,12 @@ class Delivery:
     attempt: int
     redelivered: bool
     """True when the broker delivered this message before (to this or another consumer) without an ack."""
+    published_at: float | None = field(default=None, compare=False)
+    """When the API published it (seconds since the epoch, from its header): `time.time() - published_at` is how
+    long the order has waited so far. None without a precise header (see `published_at_of`)."""
+    received_at: float | None = field(default=None, compare=False)
+    """When this process received it (seconds since the epoch): the wait from there is the consumer's own.
+    Neither time takes part in comparing two deliveries."""
 
 
 class Body(Protocol):
@@ -77,7 +83,7 @@ def attempt_of(message: Headed) -> int:
     return max(1, int_header(message, ATTEMPT_HEADER, 1))
 
 
-def describe(message: Incoming, order: OrderBase) -> Delivery:
+def describe(message: Incoming, order: OrderBase, received_at: float | None = None) -> Delivery:
     """The delivery as a handler sees it. The effective priority comes from the API's header when it holds one
     of 0..9 (anything else is not ours to trust), else from the order itself."""
     priority = int_header(message, PRIORITY_HEADER, order.priority)
@@ -86,7 +92,16 @@ def describe(message: Incoming, order: OrderBase) -> Delivery:
         priority=priority if priority in PRIORITIES else order.priority,
         attempt=attempt_of(message),
         redelivered=message.redelivered,
+        published_at=published_at_of(message),
+        received_at=received_at,
     )
+
+
+def published_at_of(message: Headed) -> float | None:
+    """The publish time in seconds since the epoch, from a header holding whole microseconds (an int). A float
+    header is ignored: AMQP tables carry a Python float as a 32-bit float (pamqp), 128 s apart at today's times."""
+    value = message.headers.get(PUBLISHED_AT_HEADER)
+    return value / 1_000_000 if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 _current_delivery: ContextVar[Delivery] = ContextVar("orderlane_delivery")

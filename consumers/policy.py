@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Protocol
 
@@ -114,6 +115,7 @@ class AckPolicy:
     async def process(self, message: Settleable, lane: Lane, held_seconds: float) -> Outcome:
         """Process one delivery that waited `held_seconds` in the process for a free slot; return what was decided
         (Acked too for an order processed before, whose handler did not run again)."""
+        received_at = time.time() - held_seconds  # it was held from the moment it arrived
         try:
             order = parse_order(message, self._order_model, max_body_bytes=self._settings.max_body_bytes)
         except InvalidMessage as exc:
@@ -124,7 +126,7 @@ class AckPolicy:
             self._metrics.dead_lettered.labels(priority="unknown", reason=refused.reason).inc()
             await self._dead_letter(message, exc, attempt)
             return refused
-        delivery = describe(message, order)
+        delivery = describe(message, order, received_at)
         queue = lane.work.name
         tracked: Attempt | None = None
         if self._status is not None:

@@ -199,10 +199,11 @@ async def open_broker(settings: Settings) -> AsyncIterator[Broker]:
     """Connect, open the confirm channel (returns raise), declare the topology; close everything on exit."""
     connection = await connect(settings)
     try:
-        check_queue_type(settings, server_version(connection))
+        version = server_version(connection)
+        check_queue_type(settings, version)
         try:
             channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
-            topology = build_topology(settings)
+            topology = build_topology(settings, version)
             await declare_topology(channel, topology)
         except BROKER_ERRORS as exc:
             raise BrokerRefused(f"the broker refused to set up the queues: {exc}") from exc

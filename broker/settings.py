@@ -130,6 +130,11 @@ class Settings(BaseSettings):
     """True: intake answers 503 while the status store is away, rather than accepting without deduplication."""
 
     queue_type: Literal["classic", "quorum"] = "classic"
+    """quorum: replicated Raft queues (RabbitMQ 3.8+), the high availability of 4.x; priorities come from the lanes
+    before 4.0 (docs/high-availability.md)."""
+    delivery_limit: Annotated[int, Field(ge=1)] = 20
+    """Quorum queues: deliveries of one message without a settlement (its consumer died, or returned it) before the
+    broker dead-letters it; a retry is a new message and starts again at zero."""
     tracing: bool = False
     """Send traces over OTLP (the `otel` extra; broker/tracing.py); on too when an OTLP endpoint is set."""
     management_url: HttpUrl | None = None

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass, field
+from typing import Final
 
 import aiormq.exceptions
 from aio_pika.abc import AbstractQueue, AbstractRobustChannel
@@ -12,6 +14,8 @@ from pamqp.common import FieldTable
 from broker.errors import ConfigurationError, TopologyConflict
 from broker.priority import PRIORITIES
 from broker.settings import LaneConfig, Settings
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_EXCHANGE = ""
 
@@ -64,30 +68,57 @@ def retry_queue_name(queue: str, failed_attempt: int) -> str:
     return f"{queue}.retry.{failed_attempt}"
 
 
-QUORUM_PRIORITIES_SINCE = (4, 0)
+QUORUM_SINCE: Final = (3, 8)
+AT_LEAST_ONCE_DEAD_LETTERING_SINCE: Final = (3, 10)
+QUORUM_PRIORITIES_SINCE: Final = (4, 0)
+NEWEST: Final = (99, 0)
+"""The version assumed where none is known (the in-memory broker, tests, benchmarks): every feature there."""
+
+
+def parse_version(server_version: str) -> tuple[int, int]:
+    """`3.10.8` → (3, 10); what cannot be read counts as the newest, so nothing is refused by mistake."""
+    parts = [int(part) for part in re.findall(r"\d+", server_version)[:2]]
+    return (parts[0], parts[1]) if len(parts) == 2 else NEWEST
 
 
 def queue_type_arguments(settings: Settings) -> FieldTable:
-    """A classic queue is a priority queue by `x-max-priority`; a quorum queue has priorities of its own from
-    RabbitMQ 4.0 on (and refuses `x-max-priority`)."""
+    """A classic queue is a priority queue by `x-max-priority`; a quorum queue refuses that argument (before 4.0 it
+    has no priorities, from 4.0 on priorities of its own)."""
     if settings.queue_type == "quorum":
         return {"x-queue-type": "quorum"}
     return {}
 
 
+def dead_letter_arguments(settings: Settings, routing_key: str, version: tuple[int, int]) -> FieldTable:
+    """Dead-letter to `routing_key` through the default exchange. A quorum queue from 3.10 on does it at least once:
+    the message leaves only once the target queue has confirmed it (which needs `x-overflow: reject-publish`);
+    otherwise a node lost mid-move could drop it."""
+    arguments: FieldTable = {"x-dead-letter-exchange": DEFAULT_EXCHANGE, "x-dead-letter-routing-key": routing_key}
+    if settings.queue_type == "quorum" and version >= AT_LEAST_ONCE_DEAD_LETTERING_SINCE:
+        arguments |= {"x-dead-letter-strategy": "at-least-once", "x-overflow": "reject-publish"}
+    return arguments
+
+
 def check_queue_type(settings: Settings, server_version: str) -> None:
-    """Refuse a quorum queue on a broker whose quorum queues know no priorities."""
+    """Refuse quorum queues where the broker has none (before 3.8); say in one line when orders will be served in
+    arrival order: quorum queues without priorities (before 4.0) and a single lane."""
     if settings.queue_type != "quorum":
         return
-    found = tuple(int(part) for part in server_version.split(".")[:2] if part.isdigit())
-    if found < QUORUM_PRIORITIES_SINCE:
+    version = parse_version(server_version)
+    if version < QUORUM_SINCE:
         raise ConfigurationError(
-            f"ORDERLANE_QUEUE_TYPE=quorum needs RabbitMQ 4.0 or later, whose quorum queues have priorities; "
-            f"this broker is {server_version}. Use ORDERLANE_QUEUE_TYPE=classic."
+            f"ORDERLANE_QUEUE_TYPE=quorum needs RabbitMQ 3.8 or later; this broker is {server_version}. "
+            "Use ORDERLANE_QUEUE_TYPE=classic."
+        )
+    if version < QUORUM_PRIORITIES_SINCE and len(settings.lanes) < 2:
+        logger.warning(
+            "quorum queues on RabbitMQ %s have no priorities and ORDERLANE_LANES sets one lane: orders are served "
+            "in arrival order, VIPs included; set lanes (the default, high:0-2,default:3-9) for priority classes",
+            server_version,
         )
 
 
-def build_topology(settings: Settings) -> Topology:
+def build_topology(settings: Settings, server_version: str = "") -> Topology:
     """Per lane, a durable priority work queue (dead-lettering into `<queue>.dlq`) and one delay queue per retry
     step, each dead-lettering expired messages back into that lane's work queue; and the shared dead-letter queue.
 
@@ -95,29 +126,28 @@ def build_topology(settings: Settings) -> Topology:
     lanes (high:0-2,default:3-9) the regular orders stay in the queue a one-queue deployment had (`ORDERLANE_LANES=`,
     one lane), so an upgrade keeps its backlog. One delay queue per step, because a per-message TTL only expires at
     the head of a queue: messages of one step have about the same delay, so none waits long behind another.
+
+    Quorum work queues carry `x-delivery-limit` (ORDERLANE_DELIVERY_LIMIT): a message whose consumer keeps dying
+    before it settles goes to the dead-letter queue instead of looping. `server_version` (the broker's) decides
+    what the broker can do; empty: the newest.
     """
+    version = parse_version(server_version)
     typed = queue_type_arguments(settings)
     priorities: FieldTable = {} if settings.queue_type == "quorum" else {"x-max-priority": settings.max_priority}
+    limit: FieldTable = {"x-delivery-limit": settings.delivery_limit} if settings.queue_type == "quorum" else {}
     dead_letter = QueueSpec(name=settings.dead_letter_queue, arguments=typed)
-    to_dead_letters: FieldTable = {
-        "x-dead-letter-exchange": DEFAULT_EXCHANGE,
-        "x-dead-letter-routing-key": dead_letter.name,
-    }
+    to_dead_letters = dead_letter_arguments(settings, dead_letter.name, version)
     lanes = []
     configs = settings.lanes or (LaneConfig(name="default", first=0, last=9, prefetch=None),)
     for config in configs:
         queue = settings.queue if config is configs[-1] else f"{settings.queue}.{config.name}"
-        back_to_work: FieldTable = {
-            **typed,
-            "x-dead-letter-exchange": DEFAULT_EXCHANGE,
-            "x-dead-letter-routing-key": queue,
-        }
+        back_to_work: FieldTable = {**typed, **dead_letter_arguments(settings, queue, version)}
         lanes.append(
             Lane(
                 name=config.name,
                 priorities=range(config.first, config.last + 1),
                 prefetch=config.prefetch,
-                work=QueueSpec(name=queue, arguments={**typed, **priorities, **to_dead_letters}),
+                work=QueueSpec(name=queue, arguments={**typed, **priorities, **limit, **to_dead_letters}),
                 retries=tuple(
                     QueueSpec(name=retry_queue_name(queue, attempt), arguments=back_to_work)
                     for attempt in range(1, settings.max_attempts)

@@ -8,17 +8,15 @@ from typing import Any
 
 import aio_pika
 import httpx
-import pytest
 from openapi_spec_validator import validate
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from api.app import create_app
 from broker.connection import Broker
-from broker.errors import ConfigurationError
 from broker.messages import Order
 from broker.settings import Settings
-from broker.topology import build_topology, check_queue_type
+from broker.topology import build_topology
 from consumers.delivery import current_delivery
 from tests.amqp import delete_queues, depth_is, publish_raw, queue_depth, wait_until
 from tests.consuming import consuming, order_message
@@ -202,22 +200,6 @@ def test_queue_type_arguments_classic_and_quorum() -> None:
     assert quorum.lanes[0].work.arguments["x-queue-type"] == "quorum"
     assert "x-max-priority" not in quorum.lanes[0].work.arguments
     assert {spec.arguments["x-queue-type"] for spec in (quorum.dead_letter, *quorum.lanes[0].retries)} == {"quorum"}
-
-
-def test_quorum_needs_rabbitmq_4() -> None:
-    quorum = Settings(queue_type="quorum")
-    with pytest.raises(ConfigurationError, match=r"4\.0 or later.*3\.10\.8"):
-        check_queue_type(quorum, "3.10.8")
-    check_queue_type(quorum, "4.0.5")
-    check_queue_type(quorum, "4.3.0")
-    check_queue_type(Settings(queue_type="classic"), "3.10.8")
-
-
-async def test_quorum_on_this_broker_is_a_clear_error(settings: Settings) -> None:
-    code, stderr = await run("consumers", env=environment(settings, ORDERLANE_QUEUE_TYPE="quorum"))
-    assert code == 1
-    assert "Traceback" not in stderr
-    assert "ORDERLANE_QUEUE_TYPE=quorum needs RabbitMQ 4.0" in stderr
 
 
 async def test_json_logs_carry_message_fields_and_never_the_password(settings: Settings, broker: Broker) -> None:

@@ -83,8 +83,11 @@ class Taken:
     fingerprint: str | None
 
 
-Answered = Callable[[list[str] | StatusUnavailable], None]
-"""Called with an operation's result, or with the failure of the call that carried it."""
+Answer = list[str] | str
+"""The script's answer to one operation: a record (get, reserve) as HGETALL's flat list, or the state the record had
+before (the other operations), '' for none."""
+Answered = Callable[[Answer | StatusUnavailable], None]
+"""Called with an operation's answer, or with the failure of the call that carried it."""
 
 
 class _Queued:
@@ -93,14 +96,31 @@ class _Queued:
     __slots__ = ("answered", "entry", "key", "operation", "waited")
 
     def __init__(
-        self, operation: Operation, key: str, entry: Sequence[object], answered: Answered, waited: bool = True
+        self,
+        operation: Operation,
+        key: str,
+        entry: Sequence[object],
+        answered: Answered | asyncio.Future[Answer],
+        waited: bool = True,
     ) -> None:
         self.waited = waited
         self.operation = operation
         self.key = key
         self.entry = entry
-        """What the script reads for it: [op, ttl, rank, token, fingerprint, [field, value, ...], hold]."""
+        """What the script reads for it: [op, rank, [field, value, ...]], and token and fingerprint where given."""
         self.answered = answered
+        """A callback, or the future of a caller who waits (no closure per operation)."""
+
+    def answer(self, outcome: Answer | StatusUnavailable) -> None:
+        answered = self.answered
+        if not isinstance(answered, asyncio.Future):
+            answered(outcome)
+        elif answered.done():
+            pass  # its caller was cancelled
+        elif isinstance(outcome, StatusUnavailable):
+            answered.set_exception(outcome)
+        else:
+            answered.set_result(outcome)
 
 
 class StatusStore:
@@ -120,6 +140,7 @@ class StatusStore:
 
     async def get(self, order_id: str) -> OrderStatus | None:
         record = await self._run("get", order_id)
+        assert isinstance(record, list)
         return _status(order_id, record)
 
     async def answers(self) -> bool:
@@ -136,6 +157,7 @@ class StatusStore:
         fields: list[str | int | float] = ["state", "pending", "rank", rank_of("pending", 0)]
         fields += ("fingerprint", fingerprint, "token", token)
         record = await self._run("reserve", order_id, fields=fields, token=token, fingerprint=fingerprint)
+        assert isinstance(record, list)
         if not record or record == RETAKEN:
             return Reserved(retaken=bool(record))
         status = _status(order_id, record)
@@ -156,7 +178,7 @@ class StatusStore:
     async def record(self, transition: Transition, fingerprint: str = "") -> State | None:
         """Apply a transition unless the record is already further along; the state the record had before."""
         fields = transition.fields_to_write()
-        (previous,) = await self._run(
+        previous = await self._run(
             "transition", transition.order_id, rank=transition.rank, fields=fields, fingerprint=fingerprint
         )
         return previous or None  # type: ignore[return-value]  # the script only writes States
@@ -165,7 +187,7 @@ class StatusStore:
         """Apply a transition and call `then(True)` once it is written, `then(False)` if the store failed: no task
         waits for it (the consumer acks from `then`). Raises StatusUnavailable at once while the store is away."""
 
-        def answered(outcome: list[str] | StatusUnavailable) -> None:
+        def answered(outcome: Answer | StatusUnavailable) -> None:
             then(not isinstance(outcome, StatusUnavailable))
 
         fields = transition.fields_to_write()
@@ -201,26 +223,17 @@ class StatusStore:
         token: str = "",
         fingerprint: str = "",
         fields: Sequence[str | int | float] = (),
-    ) -> list[str]:
+    ) -> Answer:
         """Ask, and wait for the answer."""
-        result: asyncio.Future[list[str]] = asyncio.get_running_loop().create_future()
-
-        def answered(outcome: list[str] | StatusUnavailable) -> None:
-            if result.done():
-                return  # its caller was cancelled
-            if isinstance(outcome, StatusUnavailable):
-                result.set_exception(outcome)
-            else:
-                result.set_result(outcome)
-
-        self._ask(operation, order_id, answered, rank=rank, token=token, fingerprint=fingerprint, fields=fields)
+        result: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
+        self._ask(operation, order_id, result, rank=rank, token=token, fingerprint=fingerprint, fields=fields)
         return await result
 
     def _ask(
         self,
         operation: Operation,
         order_id: str,
-        answered: Answered,
+        answered: Answered | asyncio.Future[Answer],
         *,
         waited: bool = True,
         rank: int = 0,
@@ -232,7 +245,9 @@ class StatusStore:
         if not self._is_up:
             self._metrics.errors.labels(operation=operation).inc()
             raise StatusUnavailable("the status store is away")
-        entry = [operation, self._ttl, rank, token, fingerprint, fields, self._pending_ttl]
+        entry: list[object] = [operation, rank, fields]
+        if token or fingerprint:  # only the reads that need them: a consumer's entry stays short
+            entry += (token, fingerprint)
         self._waiting.append(_Queued(operation, self._prefix + order_id, entry, answered, waited))
         if self._sender is None:
             self._sender = asyncio.get_running_loop().create_task(self._send_waiting())
@@ -261,7 +276,7 @@ class StatusStore:
             keys = [call.key for call in calls]
             operations = orjson.dumps([call.entry for call in calls])
             try:
-                results: list[list[str]] = await self._evalsha(keys, operations)
+                results: list[Answer] = await self._evalsha(keys, operations)
             except NoScriptError:  # a Redis restarted since, or one that never saw the script
                 await self._client.script_load(SCRIPT)
                 results = await self._evalsha(keys, operations)
@@ -281,9 +296,9 @@ class StatusStore:
             logger.info("the status store answers again")
             self._away_until = 0.0
         for call, result in zip(calls, results, strict=True):
-            call.answered(result)
+            call.answer(result)
 
-    async def _evalsha(self, keys: list[str], operations: bytes) -> list[list[str]]:
+    async def _evalsha(self, keys: list[str], operations: bytes) -> list[Answer]:
         """On the sender's own connection: one call at a time needs no pool. A connection that was idle may have
         been closed by a Redis restarted since, so a refused one is tried once more, on a new connection."""
         reused = self._connection is not None
@@ -294,12 +309,14 @@ class StatusStore:
                 raise
         return await self._evalsha_once(keys, operations)
 
-    async def _evalsha_once(self, keys: list[str], operations: bytes) -> list[list[str]]:
+    async def _evalsha_once(self, keys: list[str], operations: bytes) -> list[Answer]:
         if self._connection is None:
             self._connection = await self._client.connection_pool.get_connection()  # type: ignore[no-untyped-call]
         try:
-            await self._connection.send_command("EVALSHA", self._sha, len(keys), *keys, operations)
-            response: list[list[str]] = await self._connection.read_response()
+            await self._connection.send_command(
+                "EVALSHA", self._sha, len(keys), *keys, operations, self._ttl, self._pending_ttl
+            )
+            response: list[Answer] = await self._connection.read_response()
         except (RedisError, OSError):
             await self._connection.disconnect()
             self._connection = None
@@ -309,7 +326,7 @@ class StatusStore:
     def _fail(self, calls: Sequence[_Queued], failure: StatusUnavailable) -> None:
         for call in calls:
             self._metrics.errors.labels(operation=call.operation).inc()
-            call.answered(failure)
+            call.answer(failure)
 
 
 @asynccontextmanager

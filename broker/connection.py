@@ -27,6 +27,11 @@ RECONNECT_INTERVAL = 1.0
 CONNECT_ATTEMPT_TIMEOUT = 10.0
 FAILOVER_INTERVAL = 3.0
 
+
+class NodeAbandoned(ConnectionError):
+    """Why a connection was closed by this process: its node stopped confirming (Broker.abandon_node)."""
+
+
 BROKER_ERRORS: Final = (
     aiormq.exceptions.AMQPError,
     aiormq.exceptions.ChannelInvalidStateError,
@@ -59,6 +64,8 @@ class Broker:
     topology: Topology
     blocked: BlockedWatch
     """Tells whoever asks the moment the broker blocks publishing (a memory or disk alarm)."""
+    nodes: Nodes | None = None
+    """The node rotation of `connection` (None: a connection made elsewhere, which cannot be moved on)."""
 
     @property
     def is_ready(self) -> bool:
@@ -69,6 +76,18 @@ class Broker:
     def is_blocked(self) -> bool:
         """True while the broker blocks this connection's publishes (`connection.blocked`: a memory or disk alarm)."""
         return publishing_blocked(self.connection)
+
+    @property
+    def abandoning_node(self) -> bool:
+        """True while the connection to a node given up on (`abandon_node`) is being closed."""
+        return self.nodes is not None and self.nodes.abandoning
+
+    def abandon_node(self, reason: str) -> None:
+        """Give up on the node this connection is on, as one that stopped confirming (a node cut off from its
+        cluster's majority confirms nothing, and one whose link is down is noticed by the heartbeat only after a
+        minute): the robust connection moves to the next node at once (Nodes.abandon)."""
+        if self.nodes is not None:
+            self.nodes.abandon(reason)
 
 
 BLOCKED_HANDLER: Final = "_Connection__handle_connection_blocked"
@@ -119,35 +138,81 @@ async def connect(settings: Settings, name: str = "orderlane") -> AbstractRobust
     for at most `startup_timeout` seconds, trying the broker URLs in turn. Once connected, aio-pika's robust
     connection heals drops by itself; with failover URLs, every `FAILOVER_INTERVAL` without a connection moves it
     on to the next node."""
+    return (await connect_nodes(settings, name)).connection
+
+
+async def connect_nodes(settings: Settings, name: str = "orderlane") -> Nodes:
+    """`connect`, keeping hold of the node rotation, through which a node can be given up on (Nodes.abandon)."""
     urls = [str(url) for url in settings.broker_urls]
     shown = [redacted(url) for url in settings.broker_urls]
     connection, index = await _first_connection(settings, urls, shown, name)
-    failover: set[asyncio.Task[None]] = set()
+    return Nodes(connection, urls, shown, index)
 
-    async def fail_over() -> None:
-        nonlocal index
-        while not connection.connected.is_set() and not connection.is_closed:
-            index = (index + 1) % len(urls)
-            assert isinstance(connection, aio_pika.RobustConnection)
-            connection.url = URL(urls[index])  # aio-pika's reconnect loop reads it on every attempt
-            logger.warning("trying the next broker node, %s", shown[index])
+
+class Nodes:
+    """The broker nodes one robust connection may use and the one it is on. A connection lost, or a node given up
+    on, starts the failover: every `FAILOVER_INTERVAL` without a connection moves it on to the next node."""
+
+    def __init__(self, connection: AbstractRobustConnection, urls: list[str], shown: list[str], index: int) -> None:
+        assert isinstance(connection, aio_pika.RobustConnection)  # aio-pika's reconnect loop reads its url
+        self.connection = connection
+        self._urls = urls
+        self._shown = shown
+        self._index = index
+        self._failover: set[asyncio.Task[None]] = set()
+        self._abandoning: set[asyncio.Task[None]] = set()
+        connection.close_callbacks.add(self._lost)
+        connection.reconnect_callbacks.add(self._back)
+
+    @property
+    def abandoning(self) -> bool:
+        """True while the connection to a node given up on is being closed."""
+        return bool(self._abandoning)
+
+    def abandon(self, reason: str) -> None:
+        """Give up on the current node: point the connection at the next one, then close it under the robust
+        connection, which reconnects there at once (and fails over further if that one does not answer)."""
+        transport = self.connection.transport
+        if self._abandoning or transport is None or transport.connection.is_closed:
+            return
+        logger.warning("giving up on the broker node at %s: %s", self._shown[self._index], reason)
+        self._next()
+        task = asyncio.get_running_loop().create_task(transport.connection.close(NodeAbandoned(reason)))
+        self._abandoning.add(task)
+        task.add_done_callback(self._abandoning.discard)
+
+    def _next(self) -> None:
+        if len(self._urls) > 1:
+            self._index = (self._index + 1) % len(self._urls)
+            self.connection.url = URL(self._urls[self._index])
+            logger.warning("trying the next broker node, %s", self._shown[self._index])
+
+    async def _fail_over(self, *, moved: bool) -> None:
+        if moved:  # already pointed at the next node: give it its interval first
+            await asyncio.sleep(FAILOVER_INTERVAL)
+        while not self.connection.connected.is_set() and not self.connection.is_closed:
+            self._next()
             await asyncio.sleep(FAILOVER_INTERVAL)
 
-    def lost(_: object, exc: BaseException | None) -> None:
-        if connection.close_called or connection.is_closed or isinstance(exc, asyncio.CancelledError):
+    def _lost(self, _: object, exc: BaseException | None) -> None:
+        connection = self.connection
+        abandoned = bool(self._abandoning)
+        if (
+            connection.close_called
+            or connection.is_closed
+            or (isinstance(exc, asyncio.CancelledError) and not abandoned)
+        ):
             return
-        logger.warning("lost the broker at %s (%s); reconnecting every %gs", shown[index], exc, RECONNECT_INTERVAL)
-        if len(urls) > 1 and not failover:
-            task = asyncio.get_running_loop().create_task(fail_over())
-            failover.add(task)
-            task.add_done_callback(failover.discard)
+        logger.warning(
+            "lost the broker at %s (%s); reconnecting every %gs", self._shown[self._index], exc, RECONNECT_INTERVAL
+        )
+        if len(self._urls) > 1 and not self._failover:
+            task = asyncio.get_running_loop().create_task(self._fail_over(moved=abandoned))
+            self._failover.add(task)
+            task.add_done_callback(self._failover.discard)
 
-    def back(_: object) -> None:
-        logger.info("reconnected to the broker at %s", shown[index])
-
-    connection.close_callbacks.add(lost)
-    connection.reconnect_callbacks.add(back)
-    return connection
+    def _back(self, _: object) -> None:
+        logger.info("reconnected to the broker at %s", self._shown[self._index])
 
 
 async def _first_connection(
@@ -197,7 +262,8 @@ def server_version(connection: AbstractRobustConnection) -> str:
 @asynccontextmanager
 async def open_broker(settings: Settings) -> AsyncIterator[Broker]:
     """Connect, open the confirm channel (returns raise), declare the topology; close everything on exit."""
-    connection = await connect(settings)
+    nodes = await connect_nodes(settings)
+    connection = nodes.connection
     try:
         version = server_version(connection)
         check_queue_type(settings, version)
@@ -209,6 +275,7 @@ async def open_broker(settings: Settings) -> AsyncIterator[Broker]:
             raise BrokerRefused(f"the broker refused to set up the queues: {exc}") from exc
         logger.info("connected, queues ready: %s", ", ".join(lane.work.name for lane in topology.lanes))
         await check_replication(settings, topology)
-        yield Broker(connection=connection, channel=channel, topology=topology, blocked=BlockedWatch(connection))
+        blocked = BlockedWatch(connection)
+        yield Broker(connection=connection, channel=channel, topology=topology, blocked=blocked, nodes=nodes)
     finally:
         await connection.close()

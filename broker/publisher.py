@@ -136,8 +136,19 @@ class OrderPublisher:
         self._refusing = False
         self._waiting: set[asyncio.Task[object]] = set()
         """The tasks waiting for a confirm: cut off at once when the broker blocks publishing."""
-        self._cut_off: set[asyncio.Task[object]] = set()
-        broker.blocked.add(self._cut_off_waiting)
+        self._cut_off: dict[asyncio.Task[object], PublishError] = {}
+        """The waiting tasks cancelled because no confirm will come, with the error each raises instead."""
+        broker.blocked.add(
+            lambda: self._cut_off_waiting(
+                PublishBlocked(
+                    "the broker blocked publishing (a memory or disk alarm) before it confirmed the order; "
+                    "it may still store it when the alarm clears"
+                )
+            )
+        )
+        self._last_confirmed = 0.0
+        """When (loop time) the latest confirm came: a publish that times out with none since it began means the
+        node stopped confirming, not that it is slow."""
 
     @property
     def is_ready(self) -> bool:
@@ -170,29 +181,41 @@ class OrderPublisher:
 
     async def _publish(self, order: OrderBase, properties: spec.Basic.Properties, queue: str) -> None:
         """Publish and wait for the confirm, unless the broker blocks publishing meanwhile: then PublishBlocked at
-        once (the message may still be stored when the alarm clears, so it counts as unconfirmed)."""
+        once (the message may still be stored when the alarm clears, so it counts as unconfirmed). A timeout with
+        no confirm at all since this publish began gives up on the node (Broker.abandon_node): the publishes still
+        waiting fail at once, and the next ones go to the next node instead of waiting out the timeout, and the
+        heartbeat, on a node that confirms nothing."""
+        if self._broker.abandoning_node:
+            raise PublishError("gave up on a broker node that stopped confirming; reconnecting (nothing was sent)")
         task = asyncio.current_task()
         assert task is not None
         self._waiting.add(task)
+        loop = asyncio.get_running_loop()
+        began = loop.time()
         try:
             await publish_confirmed(
                 self._broker.channel, encode_order(order), properties, queue=queue, confirm_within=self._timeout
             )
+            self._last_confirmed = loop.time()
+        except PublishError as exc:
+            if isinstance(exc.__cause__, TimeoutError) and self._last_confirmed < began:
+                self._cut_off_waiting(
+                    PublishError("the broker node stopped confirming; it may still store the order when it recovers")
+                )
+                self._broker.abandon_node(f"it confirmed no publish for {self._timeout:g}s")
+            raise
         except asyncio.CancelledError:
-            if task not in self._cut_off:
+            error = self._cut_off.pop(task, None)
+            if error is None or task.uncancel() > 0:  # not cut off, or cancelled by its caller too
                 raise
-            self._cut_off.discard(task)
-            if task.uncancel() > 0:  # cancelled by its caller too
-                raise
-            raise PublishBlocked(
-                "the broker blocked publishing (a memory or disk alarm) before it confirmed the order; "
-                "it may still store it when the alarm clears"
-            ) from None
+            raise error from None
         finally:
             self._waiting.discard(task)
 
-    def _cut_off_waiting(self) -> None:
-        """The broker blocks publishing: no confirm comes until the alarm clears, so stop waiting for any."""
-        for task in self._waiting - self._cut_off:
-            self._cut_off.add(task)
-            task.cancel()
+    def _cut_off_waiting(self, error: PublishError) -> None:
+        """No confirm will come (the broker blocks publishing, or the node stopped confirming): stop waiting for
+        any; each waiting publish raises `error`."""
+        for task in self._waiting - self._cut_off.keys():
+            if task is not asyncio.current_task():
+                self._cut_off[task] = error
+                task.cancel()

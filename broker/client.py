@@ -15,6 +15,7 @@ from types import TracebackType
 from typing import Any, Literal, Self, TypeVar
 
 from prometheus_client import CollectorRegistry
+from pydantic_core import to_json
 
 from broker.connection import open_broker
 from broker.errors import ClientClosed, ConfigurationError
@@ -107,8 +108,8 @@ class AsyncOrderClient:
     def _validated(self, order: Submitted) -> OrderBase:
         """An instance of exactly the order model: a subclass's extra fields would make a body the consumer
         refuses, and converting another model silently would hide the mistake."""
-        if isinstance(order, Mapping):
-            return self._model.model_validate(dict(order))
+        if isinstance(order, Mapping):  # as the API takes it: JSON, so "12.50" is a Decimal here as there
+            return self._model.model_validate_json(to_json(dict(order)))
         if type(order) is not self._model:
             raise TypeError(
                 f"submit() takes a {_name(self._model)} (ORDERLANE_ORDER_MODEL) or a mapping, "
@@ -141,11 +142,16 @@ class OrderClient:
     def __init__(self, settings: Settings | None = None, *, registry: CollectorRegistry | None = None) -> None:
         self._client = AsyncOrderClient(settings, registry=registry)
         self._lock = threading.Lock()
+        self._claimed = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
 
     def open(self) -> Self:
-        """Start the thread and open the connection; a client opens once."""
+        """Start the thread and open the connection; a client opens once (a second open() raises ClientClosed)."""
+        with self._lock:  # two threads opening one client: the second is refused, not given a second loop
+            if self._claimed:
+                raise ClientClosed("this client was opened before: a client opens once, make a new one")
+            self._claimed = True
         loop = asyncio.new_event_loop()
         thread = threading.Thread(target=_run_forever, args=(loop,), name="orderlane-client", daemon=True)
         thread.start()

@@ -9,6 +9,7 @@ import threading
 from collections import Counter
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
+from decimal import Decimal
 from typing import Annotated, Any
 
 import aio_pika
@@ -47,6 +48,7 @@ class Model(OrderBase):
 
     sku: Annotated[str, Field(min_length=1)]
     quantity: Annotated[int, Field(gt=0)]
+    unit_price: Decimal = Decimal("1.00")
 
 
 @pytest.fixture
@@ -177,9 +179,12 @@ async def test_a_mapping_is_validated_with_the_configured_order_model(settings: 
         with pytest.raises(TypeError, match=r"tests\.test_client\.Model"):
             await client.submit(Order(order_id="M-3", items=["tea"]))
         assert isinstance(await client.submit(Model(order_id="M-4", sku="cup", quantity=1)), Receipt)
-    first, second = await drain(settings.queue)
+        priced = {"order_id": "M-5", "sku": "pot", "quantity": 1, "unit_price": "12.50"}  # as JSON spells a Decimal
+        assert isinstance(await client.submit(priced), Receipt), "what POST /orders takes, submit() takes"
+    first, second, third = await drain(settings.queue)
     assert Model.model_validate_json(first.body) == Model(order_id="M-1", sku="tea", quantity=2)
     assert Model.model_validate_json(second.body).order_id == "M-4"
+    assert Model.model_validate_json(third.body).unit_price == Decimal("12.50")
 
 
 async def test_an_async_client_refuses_use_outside_its_block(settings: Settings) -> None:

@@ -42,21 +42,13 @@ class Backlog(BaseModel):
     queues: list[QueueDepth]
 
 
-def _error(description: str) -> dict[str, Any]:
-    return {"description": description, "content": {"application/json": {"schema": _ref("ErrorBody")}}}
-
-
-def _ref(model: str) -> dict[str, str]:
-    return {"$ref": f"#/components/schemas/{model}"}
-
-
-def _json(description: str, model: str) -> dict[str, Any]:
-    return {"description": description, "content": {"application/json": {"schema": _ref(model)}}}
+def _json(description: str, schema: dict[str, Any]) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
 
 
 def openapi_document(version: str, order_model: type[OrderBase]) -> dict[str, Any]:
     """The document, with `order_model` (ORDERLANE_ORDER_MODEL) as the body of `POST /orders`."""
-    _, schemas = models_json_schema(
+    refs, schemas = models_json_schema(
         [
             (order_model, "validation"),
             (Accepted, "serialization"),
@@ -66,6 +58,15 @@ def openapi_document(version: str, order_model: type[OrderBase]) -> dict[str, An
         ],
         ref_template="#/components/schemas/{model}",
     )
+    # Each model's reference as pydantic named it: a user's model may share a name with one of ours.
+    order_ref = refs[(order_model, "validation")]
+    accepted_ref, status_ref, error_ref, backlog_ref = (
+        refs[(model, "serialization")] for model in (Accepted, OrderStatus, ErrorBody, Backlog)
+    )
+
+    def _error(description: str) -> dict[str, Any]:
+        return _json(description, error_ref)
+
     unavailable = _error(
         "The broker is down, refused or did not confirm the order, or ORDERLANE_HTTP_MAX_CONCURRENCY requests are "
         "in flight (`overloaded`); see `Retry-After`"
@@ -74,7 +75,7 @@ def openapi_document(version: str, order_model: type[OrderBase]) -> dict[str, An
     unavailable["headers"] = retry_after
     rate_limited = _error("This API key sends more than ORDERLANE_RATE_LIMIT_PER_KEY allows; see `Retry-After`")
     rate_limited["headers"] = retry_after
-    accepted = _json("Stored by the broker, persistent; `Location` is its status", "Accepted")
+    accepted = _json("Stored by the broker, persistent; `Location` is its status", accepted_ref)
     accepted["headers"] = {"Location": {"schema": {"type": "string"}, "description": "`/orders/{order_id}`"}}
     status_unknown = _error("The status store does not answer: the order's state is unknown for now")
     status_unknown["headers"] = retry_after
@@ -87,10 +88,10 @@ def openapi_document(version: str, order_model: type[OrderBase]) -> dict[str, An
                     "summary": "Accept an order once the broker has stored it",
                     "requestBody": {
                         "required": True,
-                        "content": {"application/json": {"schema": _ref(order_model.__name__)}},
+                        "content": {"application/json": {"schema": order_ref}},
                     },
                     "responses": {
-                        "200": _json("This order was posted before: its status; nothing was published", "OrderStatus"),
+                        "200": _json("This order was posted before: its status; nothing was published", status_ref),
                         "202": accepted,
                         "400": _error("The body is not JSON"),
                         "401": _error("An API key is required and none valid was sent"),
@@ -112,7 +113,7 @@ def openapi_document(version: str, order_model: type[OrderBase]) -> dict[str, An
                         {"name": "order_id", "in": "path", "required": True, "schema": ORDER_ID_SCHEMA},
                     ],
                     "responses": {
-                        "200": _json("Its status", "OrderStatus"),
+                        "200": _json("Its status", status_ref),
                         "401": _error("An API key is required and none valid was sent"),
                         "404": _error("Unknown (never posted, or its status expired), or this API keeps no status"),
                         "422": _error("Not a valid order_id"),
@@ -122,7 +123,7 @@ def openapi_document(version: str, order_model: type[OrderBase]) -> dict[str, An
                     "security": [{"bearer": []}, {}],
                 }
             },
-            "/queues": {"get": {"summary": "The backlog", "responses": {"200": _json("Depths", "Backlog")}}},
+            "/queues": {"get": {"summary": "The backlog", "responses": {"200": _json("Depths", backlog_ref)}}},
             "/healthz": {"get": {"summary": "Alive", "responses": {"200": {"description": "The process runs"}}}},
             "/readyz": {
                 "get": {

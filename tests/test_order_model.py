@@ -4,6 +4,7 @@ API and the consumers are deployed one after the other."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
 from decimal import Decimal
 from typing import Annotated, Any
 
@@ -12,6 +13,7 @@ import pytest
 from pydantic import BaseModel, ConfigDict, Field
 
 from api.app import create_app
+from api.openapi import openapi_document
 from broker.connection import Broker
 from broker.messages import OrderBase, encode_order
 from broker.publisher import OrderPublisher
@@ -48,6 +50,12 @@ class ParcelWithRequiredNote(Parcel):
     """Version 2, the unsafe way: a new required field, which a message written by version 1 cannot have."""
 
     note: str
+
+
+class OrderStatus(OrderBase):
+    """A shop's order whose name is one of the API's own schemas."""
+
+    items: list[str]
 
 
 class NotAnOrder(BaseModel):
@@ -93,6 +101,25 @@ async def test_the_openapi_document_describes_the_model() -> None:
     schemas = document["components"]["schemas"]
     assert schemas["Parcel"]["properties"]["items"]["items"] == {"$ref": "#/components/schemas/LineItem"}
     assert set(schemas["LineItem"]["required"]) == {"sku", "quantity", "unit_price"}
+
+
+def references(node: object) -> Iterator[str]:
+    if isinstance(node, dict):
+        for key, value in node.items():
+            yield from [value] if key == "$ref" else references(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from references(value)
+
+
+def test_a_model_named_like_one_of_the_apis_schemas_leaves_no_reference_dangling() -> None:
+    document = openapi_document("1", OrderStatus)
+    schemas = document["components"]["schemas"]
+    assert {ref.removeprefix("#/components/schemas/") for ref in references(document)} <= set(schemas)
+    body = document["paths"]["/orders"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert "order_id" in schemas[body["$ref"].rsplit("/", 1)[1]]["properties"]
+    known = document["paths"]["/orders"]["post"]["responses"]["200"]["content"]["application/json"]["schema"]
+    assert "state" in schemas[known["$ref"].rsplit("/", 1)[1]]["properties"]
 
 
 async def test_idempotency_compares_orders_of_the_model(settings: Settings, broker: Broker) -> None:

@@ -100,7 +100,7 @@ def exception_handlers(retry_after_seconds: int) -> dict[type[Exception], Except
 
     async def blocked(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, PublishBlocked)
-        return unavailable("broker_blocked", f"{exc}: the order was not published; retry with the same order_id")
+        return unavailable("broker_blocked", str(exc))
 
     async def broker_down(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, BrokerUnavailable)

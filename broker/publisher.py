@@ -141,8 +141,8 @@ class OrderPublisher:
         broker.blocked.add(
             lambda: self._cut_off_waiting(
                 PublishBlocked(
-                    "the broker blocked publishing (a memory or disk alarm) before it confirmed the order; "
-                    "it may still store it when the alarm clears"
+                    "the broker blocked publishing (a memory or disk alarm) before it confirmed the order: it may "
+                    "still store it when the alarm clears; retry with the same order_id"
                 )
             )
         )
@@ -164,7 +164,10 @@ class OrderPublisher:
             if not self._refusing:
                 logger.warning("the broker blocks publishing (a memory or disk alarm): orders get 503 until it lifts")
                 self._refusing = True
-            raise PublishBlocked("the broker blocks publishing (a memory or disk alarm); nothing was sent")
+            raise PublishBlocked(
+                "the broker blocks publishing (a memory or disk alarm): the order was not sent; retry with the same "
+                "order_id"
+            )
         if self._refusing:
             logger.warning("the broker takes orders again")
             self._refusing = False

@@ -31,7 +31,7 @@ from broker.topology import build_topology
 class MemoryMessage(PropertiesView):
     """A message in a work queue, or delivered from one: what a consumer's delivery offers the ack policy."""
 
-    __slots__ = ("_broker", "_properties", "body", "queue", "redelivered", "sequence")
+    __slots__ = ("_broker", "_properties", "_settled", "body", "queue", "redelivered", "sequence")
 
     def __init__(
         self,
@@ -50,6 +50,7 @@ class MemoryMessage(PropertiesView):
         self.sequence = sequence
         """Its place in its priority level: first in, first out."""
         self.redelivered = redelivered
+        self._settled = False
 
     @property
     def headers(self) -> FieldTable:
@@ -69,6 +70,11 @@ class MemoryMessage(PropertiesView):
     def requeue(self) -> None:
         self._broker.settle(self, requeue=True)
 
+    def settled_before(self) -> bool:
+        """True, and from now on, once it was acked or requeued: a second settle is a bug the broker punishes."""
+        settled, self._settled = self._settled, True
+        return settled
+
 
 class MemoryBroker:
     """Work queues, delay queues and the dead-letter queue of `settings`' topology, in this process."""
@@ -86,8 +92,6 @@ class MemoryBroker:
         """Each delay queue, and the work queue its expired messages go back to."""
         self.published: list[OrderBase] = []
         """Every order published (by the API's intake), in order; not the copies of retries."""
-        self.dead_letters: list[MemoryMessage] = []
-        """What reached the dead-letter queue, with the headers the ack policy gave it."""
         self._ready: list[tuple[int, int, MemoryMessage]] = []
         """(-broker priority, sequence, message): a heap whose first entry is the next to deliver."""
         self._sequence = itertools.count()
@@ -121,10 +125,9 @@ class MemoryBroker:
             self._enter(queue, body, properties)
         elif queue in self._delays:
             self._delay(self._delays[queue], body, properties)
-        elif queue == self.topology.dead_letter.name:
-            self.dead_letters.append(MemoryMessage(self, queue, body, properties, next(self._sequence)))
-        else:  # what a mandatory publish to a missing queue gets
+        elif queue != self.topology.dead_letter.name:  # as a mandatory publish to a missing queue is returned
             raise PublishError(f"no queue {queue!r} in the topology: the message was returned")
+        # A dead letter stays where it is: the harness lists the ack policy's decisions (OrderlaneHarness.dead_letters).
 
     async def take(self) -> MemoryMessage:
         """The next message to deliver, once there is one: the most urgent, the oldest of its level."""
@@ -139,7 +142,10 @@ class MemoryBroker:
         return heapq.heappop(self._ready)[2]
 
     def settle(self, message: MemoryMessage, *, requeue: bool) -> None:
-        """A delivery acked (done with), or requeued: back to its place in its queue, to be delivered again."""
+        """A delivery acked (done with), or requeued: back to its place in its queue, to be delivered again. Settling
+        one twice raises, as RabbitMQ closes the channel for it (PRECONDITION_FAILED, unknown delivery tag)."""
+        if message.settled_before():
+            raise RuntimeError(f"message {message.message_id!r} was settled twice: the broker would close the channel")
         if requeue:
             self._hold(
                 MemoryMessage(self, message.queue, message.body, message.properties, message.sequence, redelivered=True)

@@ -385,3 +385,16 @@ async def test_the_consumer_enters_a_handler_with_a_lifespan_before_its_first_de
         await asyncio.gather(consuming, return_exceptions=True)
     assert handler.events == ["entered", "called o-1", "returned o-1", "exited"]
     assert await depth_is(settings.queue, 0), "settled (acked) before the stop ended"
+
+
+async def test_the_memory_broker_refuses_a_delivery_settled_twice() -> None:
+    """RabbitMQ closes the channel on a second ack of one delivery tag; the harness must not let it pass."""
+    memory = MemoryBroker(Settings(status_url=None))
+    await memory.publish(Order(order_id="twice", items=["a"]))
+    message = await memory.take()
+    message.ack()
+    with pytest.raises(RuntimeError, match="settled twice"):
+        message.ack()
+    with pytest.raises(RuntimeError, match="settled twice"):
+        message.requeue()
+    assert memory.outstanding == 0

@@ -20,17 +20,17 @@ from broker.connection import BROKER_ERRORS
 logger = logging.getLogger(__name__)
 
 
-class Outcome(enum.Enum):
+class Settlement(enum.Enum):
     ACK = "ack"
     REQUEUE = "requeue"
     """Reject with requeue: the broker delivers it again."""
 
 
-Frame = tuple[int, Outcome, bool]
+Frame = tuple[int, Settlement, bool]
 """(delivery tag, outcome, multiple)"""
 
 
-def take_frames(unsettled: dict[int, Outcome | None]) -> list[Frame]:
+def take_frames(unsettled: dict[int, Settlement | None]) -> list[Frame]:
     """The frames that send what was decided, in order, and forget those deliveries; `unsettled` holds the
     delivery tags in delivery order with the decision on each (None: not yet)."""
     frames: list[Frame] = []
@@ -42,15 +42,15 @@ def take_frames(unsettled: dict[int, Outcome | None]) -> list[Frame]:
             oldest_first = False
             continue
         settled.append(tag)
-        if oldest_first and outcome is Outcome.ACK:
+        if oldest_first and outcome is Settlement.ACK:
             run_end = tag
             continue
         if run_end is not None:
-            frames.append((run_end, Outcome.ACK, True))
+            frames.append((run_end, Settlement.ACK, True))
             run_end = None
         frames.append((tag, outcome, False))
     if run_end is not None:
-        frames.append((run_end, Outcome.ACK, True))
+        frames.append((run_end, Settlement.ACK, True))
     for tag in settled:
         del unsettled[tag]
     return frames
@@ -59,7 +59,7 @@ def take_frames(unsettled: dict[int, Outcome | None]) -> list[Frame]:
 class Acks:
     def __init__(self, channel: AbstractChannel) -> None:
         self.channel = channel
-        self._unsettled: dict[int, Outcome | None] = {}
+        self._unsettled: dict[int, Settlement | None] = {}
         """Delivery tags in delivery order, with what the ack policy decided (None: not yet)."""
         self._scheduled = False
         self._sending: asyncio.Task[None] | None = None
@@ -67,7 +67,7 @@ class Acks:
     def received(self, tag: int) -> None:
         self._unsettled[tag] = None
 
-    def record(self, tag: int, outcome: Outcome) -> None:
+    def record(self, tag: int, outcome: Settlement) -> None:
         if self._unsettled.get(tag, outcome) is not None:
             return  # decided before (or never received here): a second frame for it would close the channel
         self._unsettled[tag] = outcome
@@ -89,7 +89,7 @@ class Acks:
         try:
             for index, (tag, outcome, multiple) in enumerate(frames, start=1):
                 written = index == len(frames)  # the last one waits for the writer, so drain() means written
-                if outcome is Outcome.ACK:
+                if outcome is Settlement.ACK:
                     await self.channel.basic_ack(tag, multiple=multiple, wait=written)
                 else:
                     await self.channel.basic_reject(tag, requeue=True, wait=written)

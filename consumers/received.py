@@ -16,7 +16,7 @@ from pamqp.commands import Basic
 from pamqp.common import FieldTable
 
 from broker.properties import PropertiesView
-from consumers.acks import Acks, Outcome
+from consumers.acks import Acks, Settlement
 
 
 class Headed(Protocol):
@@ -55,12 +55,12 @@ class Received(PropertiesView):
     def ack(self) -> None:
         """Done with: sent with the others decided in this turn of the event loop (consumers/acks.py)."""
         self.settled = True
-        self._acks.record(self._tag, Outcome.ACK)
+        self._acks.record(self._tag, Settlement.ACK)
 
     def requeue(self) -> None:
         """Back to the broker, to be delivered again."""
         self.settled = True
-        self._acks.record(self._tag, Outcome.REQUEUE)
+        self._acks.record(self._tag, Settlement.REQUEUE)
 
     @property
     def _tag(self) -> int:

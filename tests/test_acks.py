@@ -8,26 +8,26 @@ import asyncio
 from broker.connection import Broker
 from broker.messages import Order
 from broker.settings import Settings
-from consumers.acks import Outcome, take_frames
+from consumers.acks import Settlement, take_frames
 from consumers.runner import Consumer
 from tests.amqp import depth_is, publish_raw, wait_until
 from tests.consuming import order_message
 
 
 def test_a_run_of_acks_from_the_oldest_becomes_one_multiple_ack_and_the_rest_go_singly() -> None:
-    unsettled: dict[int, Outcome | None] = dict.fromkeys(range(1, 9))
-    decided = {1: Outcome.ACK, 2: Outcome.ACK, 3: Outcome.REQUEUE, 4: Outcome.ACK, 6: Outcome.ACK, 8: Outcome.REQUEUE}
+    unsettled: dict[int, Settlement | None] = dict.fromkeys(range(1, 9))
+    decided = {1: Settlement.ACK, 2: Settlement.ACK, 3: Settlement.REQUEUE, 4: Settlement.ACK, 6: Settlement.ACK, 8: Settlement.REQUEUE}
     unsettled.update(decided)
     assert take_frames(unsettled) == [
-        (2, Outcome.ACK, True),
-        (3, Outcome.REQUEUE, False),
-        (4, Outcome.ACK, True),
-        (6, Outcome.ACK, False),  # 5 is still being handled: a multiple ack of 6 would ack 5 too
-        (8, Outcome.REQUEUE, False),
+        (2, Settlement.ACK, True),
+        (3, Settlement.REQUEUE, False),
+        (4, Settlement.ACK, True),
+        (6, Settlement.ACK, False),  # 5 is still being handled: a multiple ack of 6 would ack 5 too
+        (8, Settlement.REQUEUE, False),
     ]
     assert unsettled == {5: None, 7: None}, "what was sent is forgotten; 5 and 7 wait"
-    unsettled.update({5: Outcome.ACK, 7: Outcome.ACK})
-    assert take_frames(unsettled) == [(7, Outcome.ACK, True)]
+    unsettled.update({5: Settlement.ACK, 7: Settlement.ACK})
+    assert take_frames(unsettled) == [(7, Settlement.ACK, True)]
 
 
 async def test_a_delivery_still_running_is_not_acked_by_its_neighbours(settings: Settings, broker: Broker) -> None:

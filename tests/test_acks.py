@@ -16,7 +16,14 @@ from tests.consuming import order_message
 
 def test_a_run_of_acks_from_the_oldest_becomes_one_multiple_ack_and_the_rest_go_singly() -> None:
     unsettled: dict[int, Settlement | None] = dict.fromkeys(range(1, 9))
-    decided = {1: Settlement.ACK, 2: Settlement.ACK, 3: Settlement.REQUEUE, 4: Settlement.ACK, 6: Settlement.ACK, 8: Settlement.REQUEUE}
+    decided = {
+        1: Settlement.ACK,
+        2: Settlement.ACK,
+        3: Settlement.REQUEUE,
+        4: Settlement.ACK,
+        6: Settlement.ACK,
+        8: Settlement.REQUEUE,
+    }
     unsettled.update(decided)
     assert take_frames(unsettled) == [
         (2, Settlement.ACK, True),

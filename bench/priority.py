@@ -9,7 +9,8 @@ ran dry before the last VIP started is inconclusive: it says nothing about prior
 
 The same workload runs through orderlane's Consumer, through raw aio-pika consumers, and (bench/peers.py) through
 the libraries users would pick instead. One row runs orderlane as a user does, with the VIP orders posted over
-HTTP to `python -m api` (one kept-alive connection), each timed from just before its POST; for orderlane's rows the
+HTTP to `python -m api` (one kept-alive connection, from a client process: bench/poster.py), each timed from just
+before its POST; for orderlane's rows the
 VIPs' path is also timed step by step (bench/steps.py).
 """
 
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import statistics
+import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -24,19 +26,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import aio_pika
-import httpx
 from aio_pika.abc import AbstractIncomingMessage
 from prometheus_client import CollectorRegistry
 
-from bench.intake import serving_api
-from bench.steps import Stamps, Steps, median_steps, stamps, summarize_steps
+from bench.intake import PROJECT_ROOT, serving_api
+from bench.steps import Steps, median_steps, stamps, summarize_steps
 from bench.workload import Address, addressed, bench_channel, bench_settings, delete_queues, fill, orders
 from broker.connection import open_broker
 from broker.messages import Order, decode_order, encode_order
 from broker.settings import Settings
 from broker.status_store import open_status_store
 from broker.topology import build_topology
-from consumers.delivery import current_delivery
+from consumers.delivery import Delivery, current_delivery
 from consumers.runner import Consumer
 
 VIP_PREFIX = "vip"
@@ -55,7 +56,8 @@ class Timeline:
     vip_published: dict[str, float] = field(default_factory=dict)
     vip_posted_at: dict[str, float] = field(default_factory=dict)
     """Wall-clock time just before each VIP's POST (VIPs posted over HTTP only)."""
-    vip_paths: list[Stamps] = field(default_factory=list)
+    vip_deliveries: list[tuple[Delivery, float]] = field(default_factory=list)
+    """Each VIP's delivery as its handler saw it, and the wall-clock time its handler started."""
     vips_started: int = 0
     done: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -68,8 +70,7 @@ class Timeline:
 
     def vip_delivered(self, order_id: str) -> None:
         """Called by a VIP's handler as it starts: the steps of its path, as its delivery says."""
-        started_at = time.time()
-        self.vip_paths.append(stamps(self.vip_posted_at.get(order_id), current_delivery(), started_at))
+        self.vip_deliveries.append((current_delivery(), time.time()))
 
 
 RunConsumer = Callable[[Settings, Timeline, float], Coroutine[Any, Any, None]]
@@ -140,7 +141,11 @@ def summarize(system: str, handler_ms: float, backlog: int, timeline: Timeline) 
         overtaken_max=max(overtaken),
         regular_per_second=during / (last_vip - first_publish),
         conclusive=len(regular_before_last_vip) < backlog,
-        steps=summarize_steps(timeline.vip_paths) if timeline.vip_paths else None,
+        steps=summarize_steps(
+            [stamps(timeline.vip_posted_at.get(d.order_id), d, started) for d, started in timeline.vip_deliveries]
+        )
+        if timeline.vip_deliveries
+        else None,
     )
 
 
@@ -178,20 +183,38 @@ async def published(system: System, settings: Settings, timeline: Timeline) -> A
 
 @asynccontextmanager
 async def posted(port: int, settings: Settings, timeline: Timeline) -> AsyncIterator[Send]:
-    """VIPs posted over HTTP to `python -m api`, one kept-alive connection for all of them; each must be accepted."""
-    async with serving_api(settings, port), httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
-        headers = {"content-type": "application/json"}
+    """VIPs posted over HTTP to `python -m api` by a client process (bench/poster.py) over one kept-alive
+    connection; each must be accepted. `send` returns once its POST was answered."""
+    async with serving_api(settings, port):
+        poster = await asyncio.create_subprocess_exec(
+            sys.executable,
+            *("-m", "bench.poster", str(port)),
+            cwd=PROJECT_ROOT,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+        )
+        assert poster.stdin is not None and poster.stdout is not None
+        lines, answers = poster.stdin, poster.stdout
+
+        async def answer() -> list[str]:
+            line = await answers.readline()
+            if not line:
+                raise RuntimeError(f"bench.poster ended (exit status {await poster.wait()})")
+            return line.decode().split()
 
         async def send(vip: Order) -> None:
-            body = encode_order(vip)
-            timeline.vip_posted_at[vip.order_id] = time.time()
-            timeline.vip_published[vip.order_id] = time.perf_counter()
-            response = await client.post("/orders", content=body, headers=headers)
-            if response.status_code != 202:
-                raise RuntimeError(f"VIP {vip.order_id} not accepted: {response.status_code} {response.text}")
+            lines.write(encode_order(vip) + b"\n")
+            await lines.drain()
+            order_id, wall, perf = await answer()
+            timeline.vip_posted_at[order_id] = float(wall)
+            timeline.vip_published[order_id] = float(perf)
 
-        await client.get("/readyz")  # the connection, opened before the first VIP
-        yield send
+        try:
+            assert await answer() == ["ready"]
+            yield send
+        finally:
+            lines.close()
+            await poster.wait()
 
 
 def vip_intake(system: System, settings: Settings, timeline: Timeline) -> AbstractAsyncContextManager[Send]:

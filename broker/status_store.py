@@ -22,6 +22,7 @@ from importlib.resources import files
 from typing import Final, Literal
 
 import orjson
+from hiredis import pack_command
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from redis.asyncio import Connection, Redis
 from redis.asyncio.retry import Retry
@@ -40,6 +41,10 @@ READINESS_KEY: Final = "\x00readiness"
 PAUSE_SECONDS: Final = 1.0
 """After a failed call, how long every operation fails at once before the store is tried again."""
 STORE_BUCKETS: Final = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1)
+GATHER_SECONDS: Final = 0.001
+GATHER_MOST: Final = 64
+"""Operations nobody waits for (a consumer's processed, intake's accepted) wait up to GATHER_SECONDS for others to
+share their call, unless GATHER_MOST are there already: one call per millisecond at most for those, however busy."""
 SCRIPT: Final = files("broker").joinpath("status.lua").read_text()
 
 
@@ -86,35 +91,29 @@ class Taken:
 Answer = list[str] | str
 """The script's answer to one operation: a record (get, reserve) as HGETALL's flat list, or the state the record had
 before (the other operations), '' for none."""
-Answered = Callable[[Answer | StatusUnavailable], None]
-"""Called with an operation's answer, or with the failure of the call that carried it."""
+Written = Callable[[bool], None]
+"""Called once an operation nobody waits for is written (True) or failed (False)."""
 
 
 class _Queued:
     """One operation waiting for the next call of the script."""
 
-    __slots__ = ("answered", "entry", "key", "operation", "waited")
+    __slots__ = ("answered", "entry", "key", "operation")
 
     def __init__(
-        self,
-        operation: Operation,
-        key: str,
-        entry: Sequence[object],
-        answered: Answered | asyncio.Future[Answer],
-        waited: bool = True,
+        self, operation: Operation, key: str, entry: Sequence[object], answered: asyncio.Future[Answer] | Written
     ) -> None:
-        self.waited = waited
         self.operation = operation
         self.key = key
         self.entry = entry
         """What the script reads for it: [op, rank, [field, value, ...]], and token and fingerprint where given."""
         self.answered = answered
-        """A callback, or the future of a caller who waits (no closure per operation)."""
+        """The future of a caller who waits for the answer, or the callback of one who does not."""
 
     def answer(self, outcome: Answer | StatusUnavailable) -> None:
         answered = self.answered
         if not isinstance(answered, asyncio.Future):
-            answered(outcome)
+            answered(not isinstance(outcome, StatusUnavailable))
         elif answered.done():
             pass  # its caller was cancelled
         elif isinstance(outcome, StatusUnavailable):
@@ -134,6 +133,10 @@ class StatusStore:
         self._pending_ttl = pending_ttl
         self._metrics = metrics
         self._waiting: list[_Queued] = []
+        self._waited = False
+        """Whether a caller waits for an operation in `_waiting` (then it is sent at once)."""
+        self._gathering: asyncio.Future[None] | None = None
+        """While the sender lets operations nobody waits for gather: done when one somebody waits for comes."""
         self._sender: asyncio.Task[None] | None = None
         self._connection: Connection | None = None
         self._away_until = 0.0
@@ -169,7 +172,7 @@ class StatusStore:
         waits for it: `then()` is called once it is written or failed. Raises StatusUnavailable at once while the
         store is away."""
         fields = transition.fields_to_write()
-        self._ask("accept", transition.order_id, lambda _: then(), waited=False, token=token, fields=fields)
+        self._ask("accept", transition.order_id, lambda _: then(), token=token, fields=fields)
 
     async def release(self, transition: Transition, token: str) -> None:
         """The broker did not confirm it: `unconfirmed` (it may or may not be stored), and a retry may publish it."""
@@ -183,15 +186,10 @@ class StatusStore:
         )
         return previous or None  # type: ignore[return-value]  # the script only writes States
 
-    def record_then(self, transition: Transition, then: Callable[[bool], None]) -> None:
+    def record_then(self, transition: Transition, then: Written) -> None:
         """Apply a transition and call `then(True)` once it is written, `then(False)` if the store failed: no task
         waits for it (the consumer acks from `then`). Raises StatusUnavailable at once while the store is away."""
-
-        def answered(outcome: Answer | StatusUnavailable) -> None:
-            then(not isinstance(outcome, StatusUnavailable))
-
-        fields = transition.fields_to_write()
-        self._ask("transition", transition.order_id, answered, waited=False, rank=transition.rank, fields=fields)
+        self._ask("transition", transition.order_id, then, rank=transition.rank, fields=transition.fields_to_write())
 
     async def replay(self, transition: Transition) -> None:
         """An operator sent it back from the dead-letter queue: a new round, unless a consumer has already
@@ -233,22 +231,25 @@ class StatusStore:
         self,
         operation: Operation,
         order_id: str,
-        answered: Answered | asyncio.Future[Answer],
+        answered: asyncio.Future[Answer] | Written,
         *,
-        waited: bool = True,
         rank: int = 0,
         token: str = "",
         fingerprint: str = "",
         fields: Sequence[str | int | float] = (),
     ) -> None:
-        """Queue an operation for the next call; `waited`: somebody waits for its answer (it is sent at once)."""
+        """Queue an operation for the next call: at once if somebody waits for its answer (a future)."""
         if not self._is_up:
             self._metrics.errors.labels(operation=operation).inc()
             raise StatusUnavailable("the status store is away")
         entry: list[object] = [operation, rank, fields]
         if token or fingerprint:  # only the reads that need them: a consumer's entry stays short
             entry += (token, fingerprint)
-        self._waiting.append(_Queued(operation, self._prefix + order_id, entry, answered, waited))
+        self._waiting.append(_Queued(operation, self._prefix + order_id, entry, answered))
+        if isinstance(answered, asyncio.Future):
+            self._waited = True
+            if self._gathering is not None and not self._gathering.done():
+                self._gathering.set_result(None)
         if self._sender is None:
             self._sender = asyncio.get_running_loop().create_task(self._send_waiting())
 
@@ -257,17 +258,30 @@ class StatusStore:
         the process, the more operations share a call (and none waits longer than one round trip for it)."""
         try:
             while self._waiting:
-                if not any(call.waited for call in self._waiting):  # nobody waits: let more join this call
-                    await asyncio.sleep(0)
-                    if len(self._waiting) < 64:
-                        await asyncio.sleep(0.001)
-                calls, self._waiting = self._waiting, []
+                if not self._waited:  # nobody waits: let more join this call
+                    await self._gather()
+                calls, self._waiting, self._waited = self._waiting, [], False
                 if self._is_up:
                     await self._send(calls)
                 else:  # asked for while the call before failed: fail at once, as a new one would
                     self._fail(calls, StatusUnavailable("the status store is away"))
         finally:
             self._sender = None
+
+    async def _gather(self) -> None:
+        """Let operations nobody waits for gather for a turn, and for GATHER_SECONDS more unless there are many by
+        then; one somebody waits for ends it at once."""
+        await asyncio.sleep(0)
+        if len(self._waiting) >= GATHER_MOST or self._waited:
+            return
+        loop = asyncio.get_running_loop()
+        self._gathering = gathering = loop.create_future()
+        timer = loop.call_later(GATHER_SECONDS, _finish, gathering)
+        try:
+            await gathering
+        finally:
+            timer.cancel()
+            self._gathering = None
 
     async def _send(self, calls: Sequence[_Queued]) -> None:
         """One call of the script for `calls`; every one of them is answered, whatever happens."""
@@ -313,9 +327,9 @@ class StatusStore:
         if self._connection is None:
             self._connection = await self._client.connection_pool.get_connection()  # type: ignore[no-untyped-call]
         try:
-            await self._connection.send_command(
-                "EVALSHA", self._sha, len(keys), *keys, operations, self._ttl, self._pending_ttl
-            )
+            command = ("EVALSHA", self._sha, len(keys), *keys, operations, self._ttl, self._pending_ttl)
+            packed = pack_command(command)  # type: ignore[arg-type]  # its stub allows one argument only
+            await self._connection.send_packed_command(packed, check_health=False)
             response: list[Answer] = await self._connection.read_response()
         except (RedisError, OSError):
             await self._connection.disconnect()
@@ -356,6 +370,11 @@ async def open_status_store(settings: Settings, registry: CollectorRegistry) -> 
         yield store
     finally:
         await store.close()
+
+
+def _finish(gathering: asyncio.Future[None]) -> None:
+    if not gathering.done():
+        gathering.set_result(None)
 
 
 def _fields(record: list[str]) -> dict[str, str]:

@@ -23,6 +23,7 @@ then asks the status store whether the order was processed before it runs the ha
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import time
 from collections.abc import Awaitable, Callable
@@ -90,8 +91,10 @@ class Intake:
         self._store = store
         self._metrics = metrics
         self._settings = settings
-        self._publishing: dict[str, tuple[str, asyncio.Future[Outcome]]] = {}
-        """order_id → (fingerprint, the outcome of the request under way in this process for it)."""
+        self._publishing: dict[str, _Taking] = {}
+        """order_id → the request under way in this process for it."""
+        self._token_prefix = os.urandom(6).hex()
+        self._tokens = itertools.count()
 
     async def take(self, order: OrderBase) -> Receipt | OrderStatus:
         """A Receipt when this call published the order (202); the order's status when it was known (200)."""
@@ -100,25 +103,23 @@ class Intake:
         digest = fingerprint(encode_order(order))
         under_way = self._publishing.get(order.order_id)
         if under_way is not None:
-            return await self._follow(order.order_id, digest, *under_way)
-        outcome: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
-        self._publishing[order.order_id] = (digest, outcome)
-        forget = partial(self._forget, order.order_id, outcome)
+            return await self._follow(order.order_id, digest, under_way)
+        taking = self._publishing[order.order_id] = _Taking(digest)
+        forget = partial(self._forget, order.order_id, taking)
         try:
             taken = await self._take(self._store, order, digest, forget)
         except BaseException as exc:  # its error, for the followers; None if cancelled: they try for themselves
-            outcome.set_result(exc if isinstance(exc, Exception) else None)
+            taking.settle(exc if isinstance(exc, Exception) else None)
             forget()
             raise
+        taking.settle(taken)
         if isinstance(taken, OrderStatus):
-            outcome.set_result(taken)
             forget()
-        else:
-            outcome.set_result(_accepted(taken))  # its entry stays until `accepted` is written (`_take` sees to it)
+        # else its entry stays until `accepted` is written (`_take` sees to it)
         return taken
 
-    def _forget(self, order_id: str, outcome: asyncio.Future[Outcome]) -> None:
-        if self._publishing.get(order_id, (None, None))[1] is outcome:
+    def _forget(self, order_id: str, taking: _Taking) -> None:
+        if self._publishing.get(order_id) is taking:
             del self._publishing[order_id]
 
     async def _take(
@@ -126,7 +127,7 @@ class Intake:
     ) -> Receipt | OrderStatus:
         """Reserve, publish, and send `accepted` (without waiting for it: `forget` is called once it is written
         or failed, and until then a concurrent request for the same order in this process follows this one)."""
-        token = os.urandom(8).hex()
+        token = f"{self._token_prefix}{next(self._tokens):x}"  # unique enough, without a system call per order
         try:
             reservation = await store.reserve(order.order_id, digest, token)
         except StatusUnavailable:
@@ -164,20 +165,18 @@ class Intake:
             forget()
         return receipt
 
-    async def _follow(
-        self, order_id: str, digest: str, held_digest: str, outcome: asyncio.Future[Outcome]
-    ) -> OrderStatus:
+    async def _follow(self, order_id: str, digest: str, taking: _Taking) -> OrderStatus:
         """The same order_id is being taken by this process: the same order gets that request's outcome (its
         error too)."""
-        if held_digest != digest:
+        if taking.digest != digest:
             raise self._conflict(order_id)
-        status = await asyncio.shield(outcome)
-        if isinstance(status, Exception):
-            raise status
-        if status is None:
+        outcome = await taking.outcome()
+        if isinstance(outcome, Exception):
+            raise outcome
+        if outcome is None:
             raise PublishError(f"the concurrent request for order {order_id!r} was cancelled; retry")
         self._metrics.deduplicated.labels(outcome="known").inc()
-        return status
+        return outcome if isinstance(outcome, OrderStatus) else _accepted(outcome, taking.settled_at)
 
     async def _publish(self, order: OrderBase, *, check_processed: bool = False) -> Receipt:
         try:
@@ -194,19 +193,46 @@ class Intake:
         return OrderIdConflict(order_id)
 
 
-Outcome = OrderStatus | Exception | None
-"""What a request for an order_id came to, for the concurrent ones that follow it: its status, its error, or None
-if it was cancelled."""
+Outcome = Receipt | OrderStatus | Exception | None
+"""What a request for an order_id came to, for the concurrent ones that follow it: its publish's receipt, the
+status it found, its error, or None if it was cancelled."""
 
 
-def _accepted(receipt: Receipt) -> OrderStatus:
-    """The status a publish this process just made has, for a concurrent request for the same order."""
+class _Taking:
+    """A request taking an order_id in this process, for the concurrent requests for the same order that follow it.
+    Most have none: what they would wait on (a future) and read (an OrderStatus) is made only for one that comes."""
+
+    __slots__ = ("_outcome", "_settled", "digest", "settled_at")
+
+    def __init__(self, digest: str) -> None:
+        self.digest = digest
+        self.settled_at = 0.0
+        self._outcome: Outcome = None
+        self._settled: asyncio.Future[None] | bool = False
+
+    def settle(self, outcome: Outcome) -> None:
+        self._outcome = outcome
+        self.settled_at = time.time()
+        if isinstance(self._settled, asyncio.Future):
+            self._settled.set_result(None)
+        self._settled = True
+
+    async def outcome(self) -> Outcome:
+        if self._settled is False:
+            self._settled = asyncio.get_running_loop().create_future()
+        if isinstance(self._settled, asyncio.Future):
+            await asyncio.shield(self._settled)
+        return self._outcome
+
+
+def _accepted(receipt: Receipt, at: float) -> OrderStatus:
+    """The status a publish this process made has, for a concurrent request for the same order."""
     return OrderStatus(
         order_id=receipt.order_id,
         state="accepted",
         priority=receipt.priority.effective,
         queue=receipt.queue,
-        at={"accepted": datetime.now(UTC)},
+        at={"accepted": datetime.fromtimestamp(at, UTC)},
     )
 
 

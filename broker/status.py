@@ -103,10 +103,11 @@ class Transition:
     def fields_to_write(self) -> list[str | int | float]:
         """The record's fields this transition writes, as names and values one after the other (HSET's arguments).
         Waiting in a queue (accepted, replayed) has no attempt."""
-        attempt: int | str = self.attempt if self.attempt > 0 else ""
-        written = ["state", self.state, "rank", self.rank, "attempt", attempt, f"at:{self.state}", self.at]
-        for name, value in self.fields.items():
-            written += (name, value)
+        state, attempt = self.state, self.attempt
+        shown: int | str = attempt if attempt > 0 else ""
+        written = ["state", state, "rank", rank_of(state, attempt), "attempt", shown, "at:" + state, self.at]
+        for item in self.fields.items():
+            written += item
         return written
 
 

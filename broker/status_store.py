@@ -95,31 +95,29 @@ Written = Callable[[bool], None]
 """Called once an operation nobody waits for is written (True) or failed (False)."""
 
 
-class _Queued:
-    """One operation waiting for the next call of the script."""
+class _Batch:
+    """The operations waiting for the next call of the script, as three lists the call reads as they are (no object
+    per operation)."""
 
-    __slots__ = ("answered", "entry", "key", "operation")
+    __slots__ = ("answered", "entries", "keys")
 
-    def __init__(
-        self, operation: Operation, key: str, entry: Sequence[object], answered: asyncio.Future[Answer] | Written
-    ) -> None:
-        self.operation = operation
-        self.key = key
-        self.entry = entry
-        """What the script reads for it: [op, rank, [field, value, ...]], and token and fingerprint where given."""
-        self.answered = answered
+    def __init__(self) -> None:
+        self.keys: list[str] = []
+        self.entries: list[list[object]] = []
+        """What the script reads for each: [op, rank, [field, value, ...]], and token and fingerprint where given."""
+        self.answered: list[asyncio.Future[Answer] | Written] = []
         """The future of a caller who waits for the answer, or the callback of one who does not."""
 
-    def answer(self, outcome: Answer | StatusUnavailable) -> None:
-        answered = self.answered
-        if not isinstance(answered, asyncio.Future):
-            answered(not isinstance(outcome, StatusUnavailable))
-        elif answered.done():
-            pass  # its caller was cancelled
-        elif isinstance(outcome, StatusUnavailable):
-            answered.set_exception(outcome)
-        else:
-            answered.set_result(outcome)
+
+def _answer(answered: asyncio.Future[Answer] | Written, outcome: Answer | StatusUnavailable) -> None:
+    if not isinstance(answered, asyncio.Future):
+        answered(not isinstance(outcome, StatusUnavailable))
+    elif answered.done():
+        pass  # its caller was cancelled
+    elif isinstance(outcome, StatusUnavailable):
+        answered.set_exception(outcome)
+    else:
+        answered.set_result(outcome)
 
 
 class StatusStore:
@@ -132,7 +130,7 @@ class StatusStore:
         self._ttl = ttl
         self._pending_ttl = pending_ttl
         self._metrics = metrics
-        self._waiting: list[_Queued] = []
+        self._waiting = _Batch()
         self._waited = False
         """Whether a caller waits for an operation in `_waiting` (then it is sent at once)."""
         self._gathering: asyncio.Future[None] | None = None
@@ -245,7 +243,10 @@ class StatusStore:
         entry: list[object] = [operation, rank, fields]
         if token or fingerprint:  # only the reads that need them: a consumer's entry stays short
             entry += (token, fingerprint)
-        self._waiting.append(_Queued(operation, self._prefix + order_id, entry, answered))
+        waiting = self._waiting
+        waiting.keys.append(self._prefix + order_id)
+        waiting.entries.append(entry)
+        waiting.answered.append(answered)
         if isinstance(answered, asyncio.Future):
             self._waited = True
             if self._gathering is not None and not self._gathering.done():
@@ -257,14 +258,14 @@ class StatusStore:
         """One call in flight at a time: what is asked for meanwhile goes together in the next one, so the busier
         the process, the more operations share a call (and none waits longer than one round trip for it)."""
         try:
-            while self._waiting:
+            while self._waiting.keys:
                 if not self._waited:  # nobody waits: let more join this call
                     await self._gather()
-                calls, self._waiting, self._waited = self._waiting, [], False
+                batch, self._waiting, self._waited = self._waiting, _Batch(), False
                 if self._is_up:
-                    await self._send(calls)
+                    await self._send(batch)
                 else:  # asked for while the call before failed: fail at once, as a new one would
-                    self._fail(calls, StatusUnavailable("the status store is away"))
+                    self._fail(batch, StatusUnavailable("the status store is away"))
         finally:
             self._sender = None
 
@@ -272,7 +273,7 @@ class StatusStore:
         """Let operations nobody waits for gather for a turn, and for GATHER_SECONDS more unless there are many by
         then; one somebody waits for ends it at once."""
         await asyncio.sleep(0)
-        if len(self._waiting) >= GATHER_MOST or self._waited:
+        if len(self._waiting.keys) >= GATHER_MOST or self._waited:
             return
         loop = asyncio.get_running_loop()
         self._gathering = gathering = loop.create_future()
@@ -283,12 +284,12 @@ class StatusStore:
             timer.cancel()
             self._gathering = None
 
-    async def _send(self, calls: Sequence[_Queued]) -> None:
-        """One call of the script for `calls`; every one of them is answered, whatever happens."""
+    async def _send(self, batch: _Batch) -> None:
+        """One call of the script for `batch`; every operation in it is answered, whatever happens."""
         started = time.perf_counter()
         try:
-            keys = [call.key for call in calls]
-            operations = orjson.dumps([call.entry for call in calls])
+            keys = batch.keys
+            operations = orjson.dumps(batch.entries)
             try:
                 results: list[Answer] = await self._evalsha(keys, operations)
             except NoScriptError:  # a Redis restarted since, or one that never saw the script
@@ -298,19 +299,19 @@ class StatusStore:
             if self._is_up:
                 logger.warning("the status store does not answer (%s); trying again in %gs", exc, PAUSE_SECONDS)
             self._away_until = time.monotonic() + PAUSE_SECONDS
-            self._fail(calls, StatusUnavailable(f"the status store did not answer: {exc}"))
+            self._fail(batch, StatusUnavailable(f"the status store did not answer: {exc}"))
             return
         except Exception as exc:  # a value the store cannot take, a bug: the orders must not wait on it
             logger.exception("status store call failed; its operations count as not written")
-            self._fail(calls, StatusUnavailable(f"the status store call failed: {exc!r}"))
+            self._fail(batch, StatusUnavailable(f"the status store call failed: {exc!r}"))
             return
         finally:
             self._metrics.seconds.observe(time.perf_counter() - started)
         if self._away_until:
             logger.info("the status store answers again")
             self._away_until = 0.0
-        for call, result in zip(calls, results, strict=True):
-            call.answer(result)
+        for answered, result in zip(batch.answered, results, strict=True):
+            _answer(answered, result)
 
     async def _evalsha(self, keys: list[str], operations: bytes) -> list[Answer]:
         """On the sender's own connection: one call at a time needs no pool. A connection that was idle may have
@@ -337,10 +338,10 @@ class StatusStore:
             raise
         return response
 
-    def _fail(self, calls: Sequence[_Queued], failure: StatusUnavailable) -> None:
-        for call in calls:
-            self._metrics.errors.labels(operation=call.operation).inc()
-            call.answer(failure)
+    def _fail(self, batch: _Batch, failure: StatusUnavailable) -> None:
+        for entry, answered in zip(batch.entries, batch.answered, strict=True):
+            self._metrics.errors.labels(operation=entry[0]).inc()
+            _answer(answered, failure)
 
 
 @asynccontextmanager

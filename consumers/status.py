@@ -22,6 +22,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
+from functools import partial
 from itertools import islice
 from typing import Final
 
@@ -103,16 +104,17 @@ class StatusRecorder:
         self._unshown.pop(attempt, None)
         transition = attempt.transition("processed")
         self.settling += 1
-
-        def written(stored: bool) -> None:
-            self.settling -= 1
-            if stored:
-                self._held_back.pop(transition.order_id, None)
-            else:
-                self._hold_back(transition)
-            then()
-
+        written = partial(self._processed_written, transition, then)  # fewer objects for the collector than a closure
         self._record_then(transition, written)
+
+    def _processed_written(self, transition: Transition, then: Callable[[], None], stored: bool) -> None:
+        self.settling -= 1
+        if stored:
+            if self._held_back:
+                self._held_back.pop(transition.order_id, None)
+        else:
+            self._hold_back(transition)
+        then()
 
     def abandon(self, attempt: Attempt) -> None:
         """The attempt was cancelled: nothing more is written for it."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import statistics
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Final
 
@@ -20,6 +20,7 @@ from bench.intake import ORDERLANE_SERVER, Throughput, cpu_seconds, raw_publish,
 from bench.workload import bench_channel, bench_settings, delete_queues
 from broker.connection import open_broker
 from broker.settings import Settings
+from broker.topology import build_topology
 
 CLIENTS: Final = 32
 PORT: Final = 8769
@@ -96,20 +97,25 @@ async def intake_run(intake: Intake, seconds: float) -> IntakeRun:
             before = cpu_seconds(process.pid)
             throughput = await run_wrk(CLIENTS, seconds, PORT)
             cpu_us = (cpu_seconds(process.pid) - before) / max(1, throughput.requests) * 1e6
-        stored = await queue_depth(settings, settle=not intake.orderlane)
+        queues = [lane.work.name for lane in build_topology(settings).lanes] if intake.orderlane else [settings.queue]
+        stored = await queue_depth(settings, queues, settle=not intake.orderlane)
     finally:
         await delete_queues(settings)
         await delete_exchange(settings.queue)  # Celery declares a direct exchange named after the queue
     return IntakeRun(throughput, max(0, throughput.requests - throughput.errors - stored), cpu_us)
 
 
-async def queue_depth(settings: Settings, *, settle: bool) -> int:
-    """Messages in the run's queue; with `settle`, once the count stops growing (publishes not confirmed)."""
+async def queue_depth(settings: Settings, queues: Sequence[str], *, settle: bool) -> int:
+    """Messages in the run's queues (orderlane's lanes, a peer's one queue); with `settle`, once the count stops
+    growing (publishes not confirmed)."""
     async with bench_channel(settings) as channel:
 
         async def depth() -> int:
-            queue = await channel.declare_queue(settings.queue, passive=True)
-            return queue.declaration_result.message_count or 0
+            total = 0
+            for name in queues:
+                queue = await channel.declare_queue(name, passive=True)
+                total += queue.declaration_result.message_count or 0
+            return total
 
         stored = await depth()
         while settle:

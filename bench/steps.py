@@ -39,6 +39,8 @@ class Spread:
 class Steps:
     """Each step's p50 and max over a run's VIPs (or the median of those over rounds)."""
 
+    posted: bool
+    """The VIPs were posted over HTTP, each timed from just before its POST."""
     post_to_publish: Spread | None
     publish_to_received: Spread | None
     received_to_start: Spread
@@ -68,6 +70,7 @@ def _between(start: float | None, end: float | None) -> float | None:
 
 def summarize_steps(vips: Sequence[Stamps]) -> Steps:
     return Steps(
+        posted=all(vip.sent_at is not None for vip in vips),
         post_to_publish=_spread_of([_between(vip.sent_at, vip.published_at) for vip in vips]),
         publish_to_received=_spread_of([_between(vip.published_at, vip.received_at) for vip in vips]),
         received_to_start=_spread([vip.started_at - vip.received_at for vip in vips]),
@@ -87,6 +90,7 @@ def median_steps(rounds: Sequence[Steps]) -> Steps:
     received_to_start = _median_spread([r.received_to_start for r in rounds])
     assert received_to_start is not None
     return Steps(
+        posted=all(r.posted for r in rounds),
         post_to_publish=_median_spread([r.post_to_publish for r in rounds]),
         publish_to_received=_median_spread([r.publish_to_received for r in rounds]),
         received_to_start=received_to_start,

@@ -35,6 +35,19 @@ async def test_intake_keeps_up_with_raw_confirmed_publishing(monkeypatch: pytest
     assert result.ratio >= 0.5
 
 
+async def test_vips_posted_over_http_overtake_the_backlog(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The row whose VIPs are posted over HTTP: `python -m api` at its defaults (status store on), each VIP POSTed
+    by a client process, timed from just before its POST (so the whole wait is known) and inside the consumer.
+    Behind a backlog of 8,000, a VIP that did not overtake it would see thousands start first."""
+    monkeypatch.delenv("COVERAGE_PROCESS_CONFIG", raising=False)  # untraced API, as in the intake test
+    system = System("orderlane, VIPs over HTTP", orderlane_consumer, http_port=free_port())
+    result = await measure_priority(system, handler_ms=5, backlog=8000, vips=5, vip_interval=0.05, warmup=0.3)
+    print(f"\npriority over HTTP: VIP wait p50 {result.wait_p50_ms:.1f} ms, overtaken at most {result.overtaken_max}")
+    assert result.conclusive, "the VIPs should arrive while the backlog is being drained"
+    assert result.vips == 5 and result.overtaken_max <= 800
+    assert result.steps is not None and result.steps.posted, "each VIP posted, and timed from just before its POST"
+
+
 async def test_vip_orders_overtake_what_the_consumer_holds() -> None:
     """A window of 64 deliveries and 4 slots of 20 ms: without the local priority order a VIP would start behind
     the 60 regular orders held; with it, only slots that came free before it arrived go to regular orders (about

@@ -10,8 +10,7 @@ ran dry before the last VIP started is inconclusive: it says nothing about prior
 The same workload runs through orderlane's Consumer, through raw aio-pika consumers, and (bench/peers.py) through
 the libraries users would pick instead. One row runs orderlane as a user does, with the VIP orders posted over
 HTTP to `python -m api` (one kept-alive connection, from a client process: bench/poster.py), each timed from just
-before its POST; for orderlane's rows the
-VIPs' path is also timed step by step (bench/steps.py).
+before its POST. For orderlane's rows the VIPs' path is also timed step by step (bench/steps.py).
 """
 
 from __future__ import annotations
@@ -68,14 +67,14 @@ class Timeline:
             if self.vips_started == self.vips:
                 self.done.set()
 
-    def vip_delivered(self, order_id: str) -> None:
+    def vip_delivered(self) -> None:
         """Called by a VIP's handler as it starts: the steps of its path, as its delivery says."""
         self.vip_deliveries.append((current_delivery(), time.time()))
 
 
 RunConsumer = Callable[[Settings, Timeline, float], Coroutine[Any, Any, None]]
 Send = Callable[[Order], Awaitable[None]]
-"""Sends one VIP order, stamping the timeline just before it goes."""
+"""Sends one VIP order; the timeline gets the time taken just before it went."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -234,7 +233,7 @@ def recording_handler(timeline: Timeline, handler_seconds: float) -> Callable[[O
     async def handler(order: Order) -> None:
         timeline.handler_started(order.order_id)
         if order.order_id.startswith(VIP_PREFIX):
-            timeline.vip_delivered(order.order_id)
+            timeline.vip_delivered()
         await asyncio.sleep(handler_seconds)
 
     return handler

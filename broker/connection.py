@@ -203,9 +203,10 @@ class Nodes:
             or (isinstance(exc, asyncio.CancelledError) and not abandoned)
         ):
             return
-        logger.warning(
-            "lost the broker at %s (%s); reconnecting every %gs", self._shown[self._index], exc, RECONNECT_INTERVAL
-        )
+        if not abandoned:  # abandon() said why already
+            logger.warning(
+                "lost the broker at %s (%s); reconnecting every %gs", self._shown[self._index], exc, RECONNECT_INTERVAL
+            )
         if len(self._urls) > 1 and not self._failover:
             task = asyncio.get_running_loop().create_task(self._fail_over(moved=abandoned))
             self._failover.add(task)

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import aio_pika
 import aiormq
+import aiormq.exceptions
 from aio_pika.abc import AbstractRobustChannel
 from aiormq import spec
 
@@ -146,9 +147,9 @@ class OrderPublisher:
                 )
             )
         )
-        self._last_confirmed = 0.0
-        """When (loop time) the latest confirm came: a publish that times out with none since it began means the
-        node stopped confirming, not that it is slow."""
+        self._last_confirmed = time.monotonic()
+        """When the latest confirm (an ack) came, or the publisher was made: a publish that times out with none since
+        it began, or nacks and nothing else for a whole publish timeout, mean the node stopped confirming."""
 
     @property
     def is_ready(self) -> bool:
@@ -185,7 +186,8 @@ class OrderPublisher:
     async def _publish(self, order: OrderBase, properties: spec.Basic.Properties, queue: str) -> None:
         """Publish and wait for the confirm, unless the broker blocks publishing meanwhile: then PublishBlocked at
         once (the message may still be stored when the alarm clears, so it counts as unconfirmed). A timeout with
-        no confirm at all since this publish began gives up on the node (Broker.abandon_node): the publishes still
+        no confirm at all since this publish began, or only nacks for as long, gives up on the node
+        (Broker.abandon_node): the publishes still
         waiting fail at once, and the next ones go to the next node instead of waiting out the timeout, and the
         heartbeat, on a node that confirms nothing."""
         if self._broker.abandoning_node:
@@ -193,19 +195,18 @@ class OrderPublisher:
         task = asyncio.current_task()
         assert task is not None
         self._waiting.add(task)
-        loop = asyncio.get_running_loop()
-        began = loop.time()
+        began = time.monotonic()
         try:
             await publish_confirmed(
                 self._broker.channel, encode_order(order), properties, queue=queue, confirm_within=self._timeout
             )
-            self._last_confirmed = loop.time()
+            self._last_confirmed = time.monotonic()
         except PublishError as exc:
-            if isinstance(exc.__cause__, TimeoutError) and self._last_confirmed < began:
+            if reason := self._stopped_confirming(exc, began):
                 self._cut_off_waiting(
                     PublishError("the broker node stopped confirming; it may still store the order when it recovers")
                 )
-                self._broker.abandon_node(f"it confirmed no publish for {self._timeout:g}s")
+                self._broker.abandon_node(reason)
             raise
         except asyncio.CancelledError:
             error = self._cut_off.pop(task, None)
@@ -214,6 +215,17 @@ class OrderPublisher:
             raise error from None
         finally:
             self._waiting.discard(task)
+
+    def _stopped_confirming(self, failure: PublishError, began: float) -> str | None:
+        """Why the node seems to have stopped confirming, or None. A timeout with no ack since the publish began; or
+        nacks alone for a whole publish timeout (seen on RabbitMQ 3.10: a channel that reconnected to a quorum queue
+        while it elected a new leader nacks every publish after, while a new channel publishes fine)."""
+        if isinstance(failure.__cause__, TimeoutError) and self._last_confirmed < began:
+            return f"it confirmed no publish for {self._timeout:g}s"
+        if isinstance(failure.__cause__, aiormq.exceptions.DeliveryError):
+            if time.monotonic() - self._last_confirmed >= self._timeout:
+                return f"it refused every publish (nack) for {self._timeout:g}s"
+        return None
 
     def _cut_off_waiting(self, error: PublishError) -> None:
         """No confirm will come (the broker blocks publishing, or the node stopped confirming): stop waiting for

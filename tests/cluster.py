@@ -57,12 +57,21 @@ class Cluster:
         return out.decode()
 
     async def queue_nodes(self, ask: int, queue: str) -> tuple[str, set[str]]:
-        """The node of `queue`'s master and the nodes of its synchronised mirrors, as node `ask` sees them (the text
-        form: the JSON one leaves the node out of a pid)."""
+        """The node that leads `queue` and the nodes of its other replicas in sync, as node `ask` sees them: a
+        classic queue's master and synchronised mirrors (read from the text form: the JSON one leaves the node out of
+        a pid), a quorum queue's Raft leader and its other online members."""
         listed = await self.rabbitmqctl(
-            ask, "list_queues", "name", "pid", "synchronised_slave_pids", "--no-table-headers", "--quiet"
+            ask,
+            "list_queues",
+            *("name", "type", "pid", "synchronised_slave_pids", "leader", "online"),
+            "--no-table-headers",
+            "--quiet",
         )
-        [(pid, mirrors)] = [line.split("\t")[1:] for line in listed.splitlines() if line.split("\t")[0] == queue]
+        [(kind, pid, mirrors, leader, online)] = [
+            line.split("\t")[1:] for line in listed.splitlines() if line.split("\t")[0] == queue
+        ]
+        if kind == "quorum":
+            return leader, {member for member in online.strip("[]").split(", ") if member} - {leader}
         return erlang_node(pid), {erlang_node(mirror) for mirror in mirrors.strip("[]").split(", ") if mirror}
 
 

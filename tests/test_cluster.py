@@ -22,7 +22,7 @@ from pydantic import AmqpDsn, HttpUrl
 
 from broker.connection import open_broker
 from broker.settings import Settings
-from tests.amqp import wait_until
+from tests.amqp import lane_queue, wait_until
 from tests.cluster import Cluster, node_number, running_cluster
 from tests.consuming import order_message
 from tests.processes import environment, serving_api, start
@@ -39,6 +39,14 @@ VIP_BROKER_PRIORITY = 10
 def cluster() -> Iterator[Cluster]:
     with running_cluster() as started:
         yield started
+
+
+@pytest.fixture(params=["classic", "quorum"])
+def replicated(request: pytest.FixtureRequest, settings: Settings) -> Settings:
+    """The test's settings on each replicated queue type of RabbitMQ 3.x: classic queues mirrored by the tests'
+    policy, and quorum queues (whose priorities, before 4.0, come from the lanes)."""
+    queue_type: str = request.param
+    return settings.model_copy(update={"queue_type": queue_type})
 
 
 def on_node(settings: Settings, cluster: Cluster, node: int) -> Settings:
@@ -73,6 +81,7 @@ async def consumer_on(
         on_node(settings, cluster, node),
         ORDERLANE_AMQP_FAILOVER_URLS=cluster.failover(node),
         ORDERLANE_SIMULATED_WORK_MS=str(work_ms),
+        ORDERLANE_QUEUE_TYPE=settings.queue_type,
     )
     prefetch = str(min(PREFETCH, concurrency))
     consumer = await start("consumers", "--prefetch", prefetch, "--concurrency", str(concurrency), env=env)
@@ -141,17 +150,20 @@ async def declare_on(settings: Settings, cluster: Cluster, node: int) -> None:
 
 
 async def test_killing_the_node_the_api_publishes_to_loses_no_accepted_order(
-    cluster: Cluster, settings: Settings
+    cluster: Cluster, replicated: Settings
 ) -> None:
     """Four clients post as fast as they are answered through an API connected to node 1, which holds the queue's
     master too; node 1 is SIGKILLed mid-stream. The API fails over to another node and answers 202 again; every
     order it answered 202 for is processed. Then node 1 comes back and the same processes go on using the cluster."""
-    await declare_on(settings, cluster, 1)
+    await declare_on(replicated, cluster, 1)
     intake = Intake()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    api_env = {"ORDERLANE_AMQP_FAILOVER_URLS": cluster.failover(1)}
-    async with serving_api(on_node(settings, cluster, 1), **api_env) as port, consumer_on(cluster, settings, 2) as log:
+    api_env = {"ORDERLANE_AMQP_FAILOVER_URLS": cluster.failover(1), "ORDERLANE_QUEUE_TYPE": replicated.queue_type}
+    async with (
+        serving_api(on_node(replicated, cluster, 1), **api_env) as port,
+        consumer_on(cluster, replicated, 2) as log,
+    ):
         clients = [asyncio.create_task(post_until(port, f"c{n}", intake, stop)) for n in range(4)]
         await wait_until(lambda: len(intake.accepted) >= 300, what="300 orders accepted before the kill")
         killed_at = loop.time()
@@ -174,33 +186,35 @@ async def test_killing_the_node_the_api_publishes_to_loses_no_accepted_order(
             lambda: set(intake.accepted) <= set(log.processed()), within=90, what="every accepted order processed"
         )
         await wait_until(
-            lambda: _mirrors_on(cluster, settings.queue, "ol1@localhost"), within=60, what="node 1 a mirror again"
+            lambda: _mirrors_on(cluster, replicated.queue, "ol1@localhost"), within=60, what="node 1 a mirror again"
         )
     processed = log.processed()
     refused = intake.refused_at
     window = (refused[-1] - refused[0]) if refused else 0.0
     print(
-        f"\ncluster, API's node killed: {len(intake.accepted)} accepted, 0 lost; {len(refused)} answered 503, "
+        f"\ncluster, {replicated.queue_type} queues, API's node killed: {len(intake.accepted)} accepted, 0 lost; "
+        f"{len(refused)} answered 503, "
         f"over {window:.2f}s; longest time without a 202 after the kill {longest_without:.2f}s; handler runs "
         f"beyond one per order: {sum(processed.values()) - len(processed)}"
     )
 
 
 async def _mirrors_on(cluster: Cluster, queue: str, node: str) -> bool:
-    _, mirrors = await cluster.queue_nodes(2, queue)
-    return node in mirrors
+    """Whether `node` holds a replica in sync again (a mirror, or an online quorum member; or the lead)."""
+    leader, mirrors = await cluster.queue_nodes(2, queue)
+    return node in {leader, *mirrors}
 
 
 async def test_killing_the_queue_masters_node_mid_drain_loses_nothing_and_duplicates_at_most_the_prefetch(
-    cluster: Cluster, settings: Settings
+    cluster: Cluster, replicated: Settings
 ) -> None:
     """A consumer on node 2 drains a backlog whose queue master is on node 1; node 1 is SIGKILLed mid-drain. A
     mirror takes over, the unacked deliveries come again, and every order is processed; the handler runs twice for
     at most the deliveries the consumer held (its prefetch)."""
-    await declare_on(settings, cluster, 1)
+    await declare_on(replicated, cluster, 1)
     backlog = [f"d-{n:04d}" for n in range(2000)]
-    await publish_backlog(cluster.url(2), settings.queue, backlog)
-    async with consumer_on(cluster, settings, 2) as log:
+    await publish_backlog(cluster.url(2), replicated.queue, backlog)
+    async with consumer_on(cluster, replicated, 2) as log:
         await wait_until(lambda: sum(log.processed().values()) >= 300, what="the drain under way")
         await cluster.kill(1)
         await wait_until(lambda: set(backlog) <= set(log.processed()), within=90, what="the whole backlog processed")
@@ -208,19 +222,23 @@ async def test_killing_the_queue_masters_node_mid_drain_loses_nothing_and_duplic
     processed = log.processed()
     again = sum(processed.values()) - len(processed)
     print(
-        f"\ncluster, queue master killed mid-drain: {len(backlog)} orders, 0 lost, handler ran again for {again}, "
+        f"\ncluster, {replicated.queue_type} queues, queue leader killed mid-drain: {len(backlog)} orders, 0 lost, "
+        f"handler ran again for {again}, "
         f"{log.skipped()} redeliveries skipped as processed (prefetch {PREFETCH})"
     )
     assert again <= PREFETCH
 
 
-async def test_after_a_failover_a_vip_order_still_overtakes_the_backlog(cluster: Cluster, settings: Settings) -> None:
-    await declare_on(settings, cluster, 1)
-    await publish_backlog(cluster.url(2), settings.queue, [f"b-{n:03d}" for n in range(200)])
+async def test_after_a_failover_a_vip_order_still_overtakes_the_backlog(cluster: Cluster, replicated: Settings) -> None:
+    await declare_on(replicated, cluster, 1)
+    await publish_backlog(cluster.url(2), replicated.queue, [f"b-{n:03d}" for n in range(200)])
     await cluster.kill(1)
-    await wait_until(lambda: _master_moved(cluster, settings.queue), within=60, what="a mirror promoted")
-    await publish_backlog(cluster.url(2), settings.queue, ["vip"], priority=VIP_BROKER_PRIORITY)
-    async with consumer_on(cluster, settings, 2, concurrency=1, work_ms=0) as log:
+    await wait_until(lambda: _master_moved(cluster, replicated.queue), within=60, what="a replica promoted")
+    # Classic: behind the backlog in its queue, the broker priority alone puts it first. Quorum queues on 3.x have
+    # no priorities: there it goes, as the API publishes it, to the urgent lane's queue, beside the backlog's.
+    vip_queue = replicated.queue if replicated.queue_type == "classic" else lane_queue(replicated, 0)
+    await publish_backlog(cluster.url(2), vip_queue, ["vip"], priority=VIP_BROKER_PRIORITY)
+    async with consumer_on(cluster, replicated, 2, concurrency=1, work_ms=0) as log:
         await wait_until(lambda: len(log.processed()) >= 5, what="the first orders processed")
     await cluster.restart(1)
     first = [order_id_of(line) for line in log.lines if PROCESSED in line][:2]

@@ -38,7 +38,8 @@ apt-install = apt-get install -y -q $(1) >/dev/null 2>&1 \
 	  || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q $(1) >/dev/null 2>&1; }
 
 # Debian's packages of wrk, the HTTP load generator of the intake benchmark and of the quick performance check; of
-# jq, with which scripts/cluster reads rabbitmqctl's JSON; and of nginx, the proxy of deploy/nginx.conf that
+# jq, with which scripts/cluster reads rabbitmqctl's JSON; of iptables, with which scripts/netns-cluster cuts a node
+# off from its peers inside its network namespace (tests/test_partition.py); and of nginx, the proxy of deploy/nginx.conf that
 # tests/test_proxy.py runs as a child process of its own. Only nginx's binary is wanted: apt starts the system's nginx on port 80 after installing it (unless policy-rc.d forbids it, as
 # in Docker images), so stop that one at once and keep it from starting at boot.
 tools:
@@ -49,6 +50,8 @@ tools:
 	@test -x /usr/sbin/nginx || echo "make: could not install nginx; install it (apt-get install nginx) for the proxy tests"
 	@command -v jq >/dev/null || $(call apt-install,jq) \
 	  || echo "make: could not install jq; install it (apt-get install jq) for scripts/cluster"
+	@test -x /usr/sbin/iptables || $(call apt-install,iptables) \
+	  || echo "make: could not install iptables; install it (apt-get install iptables) for the partition tests"
 
 run: services-run
 	HOST=$(HOST) PORT=$(PORT) scripts/run-dev

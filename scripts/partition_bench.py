@@ -32,7 +32,7 @@ def main() -> None:
     for queue_type in args.types.split(","):
         for cut in args.cuts.split(","):
             assert cut in ("link", "peers"), cut
-            outcome = asyncio.run(one_run(queue_type, cut, args.cut_seconds))  # type: ignore[arg-type]
+            outcome = asyncio.run(one_run(queue_type, cut, args.cut_seconds))
             print(outcome.line(), flush=True)
 
 

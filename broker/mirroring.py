@@ -5,7 +5,7 @@ On RabbitMQ 3.x a classic queue lives on one node, and a policy, not a queue arg
 not set that policy itself: a policy is the operator's (it needs the `policymaker` tag, and its pattern may cover
 other applications' queues too), and the command is one line in the README. It checks instead, through the
 management API (ORDERLANE_MANAGEMENT_URL): with more than one node running, each queue of the topology without a
-mirroring policy is a warning, which names quorum queues as the recommended replication. RabbitMQ 4 has no mirroring: there a classic queue in a cluster is a warning to use
+mirroring policy is a warning. RabbitMQ 4 has no mirroring: there a classic queue in a cluster is a warning to use
 ORDERLANE_QUEUE_TYPE=quorum. Without the management API nothing can be checked, which a process with failover URLs
 (a cluster, presumably) says once.
 """
@@ -74,8 +74,7 @@ def replication_problems(
     command = MIRROR_POLICY_COMMAND.format(queue=settings.queue)
     return [
         f"the cluster runs {running_nodes} nodes, but no policy mirrors {', '.join(unmirrored)}: the node that holds "
-        f"a queue takes its messages with it when it dies. Mirror them: {command}; or, recommended on 3.8+, use "
-        "ORDERLANE_QUEUE_TYPE=quorum (docs/high-availability.md)"
+        f"a queue takes its messages with it when it dies. Mirror them: {command}"
     ]
 
 

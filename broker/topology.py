@@ -89,6 +89,17 @@ def queue_type_arguments(settings: Settings) -> FieldTable:
     return {}
 
 
+QUORUM_DEFAULT_DELIVERY_LIMIT_SINCE: Final = (4, 0)
+
+
+def dead_letters_kept(settings: Settings, version: tuple[int, int]) -> FieldTable:
+    """From 4.0 a quorum queue drops a message returned more than 20 times unless told otherwise; the dead-letter
+    queue has nowhere to send it, and `orderlane dlq list|show` return every letter they read: no limit there."""
+    if settings.queue_type == "quorum" and version >= QUORUM_DEFAULT_DELIVERY_LIMIT_SINCE:
+        return {"x-delivery-limit": -1}
+    return {}
+
+
 def dead_letter_arguments(settings: Settings, routing_key: str, version: tuple[int, int]) -> FieldTable:
     """Dead-letter to `routing_key` through the default exchange. A quorum queue from 3.10 on does it at least once:
     the message leaves only once the target queue has confirmed it (which needs `x-overflow: reject-publish`);
@@ -135,7 +146,8 @@ def build_topology(settings: Settings, server_version: str = "") -> Topology:
     typed = queue_type_arguments(settings)
     priorities: FieldTable = {} if settings.queue_type == "quorum" else {"x-max-priority": settings.max_priority}
     limit: FieldTable = {"x-delivery-limit": settings.delivery_limit} if settings.queue_type == "quorum" else {}
-    dead_letter = QueueSpec(name=settings.dead_letter_queue, arguments=typed)
+    kept = dead_letters_kept(settings, version)
+    dead_letter = QueueSpec(name=settings.dead_letter_queue, arguments={**typed, **kept})
     to_dead_letters = dead_letter_arguments(settings, dead_letter.name, version)
     lanes = []
     configs = settings.lanes or (LaneConfig(name="default", first=0, last=9, prefetch=None),)

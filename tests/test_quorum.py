@@ -42,6 +42,15 @@ def test_quorum_arguments_dead_letter_at_least_once_and_limit_deliveries() -> No
     assert "x-delivery-limit" not in build_topology(Settings(queue="q")).lanes[-1].work.arguments
 
 
+def test_the_dead_letter_queue_keeps_letters_however_often_an_operator_reads_them() -> None:
+    """From 4.0 a quorum queue drops a message returned 20 times (its default delivery limit); `dlq list` returns
+    every letter it reads, so the dead-letter queue has no limit there. 3.x has no default limit to lift."""
+    settings = Settings(queue="q", queue_type="quorum")
+    assert build_topology(settings, "4.0.5").dead_letter.arguments["x-delivery-limit"] == -1
+    assert "x-delivery-limit" not in build_topology(settings, "3.10.8").dead_letter.arguments
+    assert "x-delivery-limit" not in build_topology(Settings(queue="q"), "4.0.5").dead_letter.arguments
+
+
 def test_quorum_needs_rabbitmq_3_8_and_one_lane_says_it_has_no_priorities(caplog: pytest.LogCaptureFixture) -> None:
     with pytest.raises(ConfigurationError, match=r"3\.8 or later.*3\.7\.28"):
         check_queue_type(Settings(queue_type="quorum"), "3.7.28")

@@ -16,6 +16,7 @@ before its POST. For orderlane's rows the VIPs' path is also timed step by step 
 from __future__ import annotations
 
 import asyncio
+import socket
 import statistics
 import sys
 import time
@@ -40,8 +41,6 @@ from consumers.delivery import Delivery, current_delivery
 from consumers.runner import Consumer
 
 VIP_PREFIX = "vip"
-VIP_API_PORT = 8767
-"""Where `python -m api` serves the row whose VIPs are posted over HTTP."""
 
 
 @dataclass
@@ -84,9 +83,9 @@ class System:
     settings: dict[str, object] = field(default_factory=dict)
     """Settings overrides: the prefetch a raw consumer uses, lanes."""
     address: Address = addressed
-    http_port: int | None = None
-    """None: the VIPs are published straight to the broker. A port: `python -m api` serves on it (at the settings'
-    defaults, its status store on) and each VIP is POSTed to it over one kept-alive connection."""
+    over_http: bool = False
+    """False: the VIPs are published straight to the broker. True: `python -m api` serves on a free port (at the
+    settings' defaults, its status store on) and each VIP is POSTed to it over one kept-alive connection."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,9 +180,10 @@ async def published(system: System, settings: Settings, timeline: Timeline) -> A
 
 
 @asynccontextmanager
-async def posted(port: int, settings: Settings, timeline: Timeline) -> AsyncIterator[Send]:
+async def posted(settings: Settings, timeline: Timeline) -> AsyncIterator[Send]:
     """VIPs posted over HTTP to `python -m api` by a client process (bench/poster.py) over one kept-alive
     connection; each must be accepted. `send` returns once its POST was answered."""
+    port = free_port()  # not a fixed one: other scenarios' APIs may be serving on theirs
     async with serving_api(settings, port):
         poster = await asyncio.create_subprocess_exec(
             sys.executable,
@@ -217,9 +217,14 @@ async def posted(port: int, settings: Settings, timeline: Timeline) -> AsyncIter
 
 
 def vip_intake(system: System, settings: Settings, timeline: Timeline) -> AbstractAsyncContextManager[Send]:
-    if system.http_port is None:
-        return published(system, settings, timeline)
-    return posted(system.http_port, settings, timeline)
+    return posted(settings, timeline) if system.over_http else published(system, settings, timeline)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
 
 
 async def inject_vips(send: Send, count: int, interval: float, warmup: float) -> None:
@@ -273,7 +278,7 @@ async def raw_consumer(settings: Settings, timeline: Timeline, handler_seconds: 
 
 SYSTEMS = (
     System("orderlane", orderlane_consumer),  # its defaults: two lanes, high:0-2 and default:3-9
-    System("orderlane, VIPs over HTTP", orderlane_consumer, http_port=VIP_API_PORT),  # as a user runs it
+    System("orderlane, VIPs over HTTP", orderlane_consumer, over_http=True),  # as a user runs it
     System("orderlane one queue", orderlane_consumer, {"lanes": ""}),
     System("raw p10", raw_consumer, {"prefetch": 10}),
     System("raw p50", raw_consumer, {"prefetch": 50}),

@@ -40,7 +40,7 @@ async def test_vips_posted_over_http_overtake_the_backlog(monkeypatch: pytest.Mo
     by a client process, timed from just before its POST (so the whole wait is known) and inside the consumer.
     Behind a backlog of 8,000, a VIP that did not overtake it would see thousands start first."""
     monkeypatch.delenv("COVERAGE_PROCESS_CONFIG", raising=False)  # untraced API, as in the intake test
-    system = System("orderlane, VIPs over HTTP", orderlane_consumer, http_port=free_port())
+    system = System("orderlane, VIPs over HTTP", orderlane_consumer, over_http=True)
     result = await measure_priority(system, handler_ms=5, backlog=8000, vips=5, vip_interval=0.05, warmup=0.3)
     print(f"\npriority over HTTP: VIP wait p50 {result.wait_p50_ms:.1f} ms, overtaken at most {result.overtaken_max}")
     assert result.conclusive, "the VIPs should arrive while the backlog is being drained"

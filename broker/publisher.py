@@ -30,7 +30,8 @@ logger = logging.getLogger(__name__)
 PRIORITY_HEADER = "x-orderlane-priority"
 ATTEMPT_HEADER = "x-orderlane-attempt"
 PUBLISHED_AT_HEADER = "x-orderlane-published-at"
-"""Seconds since the epoch, as a float: the AMQP timestamp property only has whole seconds."""
+"""Microseconds since the epoch, an int: the AMQP timestamp property has whole seconds only, and a float header
+travels as a 32-bit float (pamqp), which is two minutes coarse at today's times."""
 CHECK_PROCESSED_HEADER = "x-orderlane-check-processed"
 """Set (true) on a message of which another copy may have been stored: the consumer asks the status store whether the
 order was processed before it runs the handler, as it does for a redelivery."""
@@ -67,8 +68,8 @@ def message_properties(
 ) -> spec.Basic.Properties:
     """The AMQP properties of an order's message: persistent, its broker priority, its id, when it was published;
     with `trace`, the headers that carry its trace (broker/tracing.py)."""
-    now = time.time()
-    headers: dict[str, int | float | bool | str] = {PRIORITY_HEADER: priority.effective, PUBLISHED_AT_HEADER: now}
+    now_us = time.time_ns() // 1_000
+    headers: dict[str, int | bool | str] = {PRIORITY_HEADER: priority.effective, PUBLISHED_AT_HEADER: now_us}
     if check_processed:
         headers[CHECK_PROCESSED_HEADER] = True
     if trace:
@@ -78,7 +79,7 @@ def message_properties(
         delivery_mode=aio_pika.DeliveryMode.PERSISTENT.value,
         message_id=order.order_id,
         priority=priority.broker,
-        timestamp=datetime.fromtimestamp(now, UTC),
+        timestamp=datetime.fromtimestamp(now_us // 1_000_000, UTC),
         headers=headers,  # type: ignore[arg-type]  # pamqp's FieldTable is invariant
     )
 

@@ -12,8 +12,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from broker.connection import Broker
 from broker.priority import PRIORITIES
-from broker.publisher import PUBLISHED_AT_HEADER
 from broker.queues import queue_stats
+from consumers.delivery import published_at_of
 from consumers.received import Headed
 
 logger = logging.getLogger(__name__)
@@ -145,8 +145,8 @@ class ConsumerMetrics:
         return found if found is not None else PriorityMetrics(self, str(priority))
 
     def observe_wait(self, message: Headed, metrics: PriorityMetrics) -> None:
-        published_at = message.headers.get(PUBLISHED_AT_HEADER)
-        if isinstance(published_at, int | float) and not isinstance(published_at, bool):
+        published_at = published_at_of(message)
+        if published_at is not None:
             metrics.wait_seconds.observe(max(0.0, time.time() - published_at))
 
     async def poll_queues(self, broker: Broker, every_seconds: float) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import aio_pika
@@ -15,6 +16,7 @@ from broker.priority import Priority
 from broker.publisher import PRIORITY_HEADER, OrderPublisher, message_properties, publish_confirmed
 from broker.queues import queue_stats
 from broker.settings import Settings
+from consumers.delivery import published_at_of
 from tests.amqp import delete_queues, drain, operator_channel, queue_depth
 from tests.http import app_client
 
@@ -104,3 +106,16 @@ async def test_backlog_view_is_503_while_the_broker_is_away(settings: Settings, 
     assert response.status_code == 503
     assert "retry-after" in response.headers
     assert response.json()["details"][0]["type"] == "broker_unavailable"
+
+
+async def test_the_publish_time_travels_to_the_microsecond(settings: Settings, broker: Broker) -> None:
+    """`x-orderlane-published-at` is whole microseconds: a float header would travel as a 32-bit float, two minutes
+    coarse at today's times, and every wait measured from it (the consumer's orderlane_order_wait_seconds, a
+    handler's `current_delivery().published_at`) would be noise."""
+    before = time.time()
+    await OrderPublisher(broker, settings).publish(Order(order_id="timed", items=["a"]))
+    after = time.time()
+    [message] = await drain(settings.queue)
+    published_at = published_at_of(message)
+    assert published_at is not None
+    assert before - 0.001 <= published_at <= after + 0.001

@@ -1,7 +1,8 @@
 """A network partition under steady intake and consumption, on quorum queues (tests/partition.py): the API's node,
 which leads the queues too, is cut off, once with its link down and once from its peers alone (clients still reach
-it); intake moves to the majority within 15 s of the cut, every order answered 202 is processed after the heal, and
-none is lost. Short runs; scripts/partition_bench.py runs the long ones, mirrored classic queues included."""
+it); intake moves to the majority (the cut lasts until the majority has accepted orders), every order answered 202
+is processed after the heal, and none is lost. Short runs; scripts/partition_bench.py runs the long ones, mirrored
+classic queues included."""
 
 from __future__ import annotations
 
@@ -14,8 +15,10 @@ from tests.partition import Cut, NetnsCluster, run_partition, running_netns_clus
 
 pytestmark = pytest.mark.cluster
 
-BACK_WITHIN = 15.0
-"""Seconds from the cut to the first 202 through the majority (53 s before a stalled node was given up on)."""
+BACK_WITHIN = 30.0
+"""Seconds from the cut to the first 202 through the majority: 53 s before a stalled node was given up on. The
+target, 15 s, is measured by scripts/partition_bench.py (7 to 13 s: docs/benchmarks.md); here, under coverage and
+beside the rest of the suite on two cores, the bound only has to tell the give-up from the heartbeat."""
 
 
 @pytest.fixture(scope="module")

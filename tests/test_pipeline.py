@@ -67,11 +67,13 @@ async def test_consumer_processes_by_effective_priority_fifo_within_a_level_exac
 
 
 async def test_lanes_share_the_slots_and_an_urgent_order_takes_the_next_free_one() -> None:
-    """The default lane keeps every slot busy with slow handlers and more held; a VIP order comes through the high
-    lane's own window, so it waits for no ack, and then for no held regular order."""
+    """The default lane keeps its 4 slots busy with slow handlers and 8 more held; a VIP order comes through the high
+    lane's own window, so it waits for no ack, and then for no held regular order: at most the 4 whose slots came
+    free while it was on its way from the broker (the slots start together, so they come free together), never the
+    8 held (which a VIP without the local priority queue would wait behind)."""
     lanes = System(
         "orderlane lanes", orderlane_consumer, {"lanes": "high:0-2,default:3-9", "prefetch": 12, "concurrency": 4}
     )
-    result = await measure_priority(lanes, handler_ms=50, backlog=300, vips=3, vip_interval=0.1, warmup=0.3)
+    result = await measure_priority(lanes, handler_ms=200, backlog=120, vips=3, vip_interval=0.1, warmup=0.3)
     assert result.conclusive
-    assert result.overtaken_max <= 1, "at most a regular order whose slot came free as the VIP arrived"
+    assert result.overtaken_max <= 4, "only regular orders whose slot came free while the VIP was on its way"

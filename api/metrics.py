@@ -27,7 +27,7 @@ from broker.intake import IntakeMetrics
 UNMATCHED: Final = "unmatched"
 MULTIPROCESS_DIRECTORY: Final = "PROMETHEUS_MULTIPROC_DIR"
 """prometheus-client's switch: set before it is first imported, its values live in files in this directory."""
-SAMPLE_SECONDS: Final = 1.0
+GAUGE_SAMPLE_SECONDS: Final = 1.0
 """With several processes, how often each one writes its sampled gauges for whichever is scraped."""
 METRIC_FILE: Final = re.compile(r"(?:counter|histogram|summary|gauge_[a-z]+)_(\d+)\.db")
 """A file prometheus-client writes in multiprocess mode: one per metric type (and gauge mode) and process id."""
@@ -126,8 +126,8 @@ class ApiMetrics:
 
     @contextlib.asynccontextmanager
     async def sampling(self) -> AsyncIterator[None]:
-        """While the app serves: with several processes, sample the gauges every SAMPLE_SECONDS for the others, and
-        take this process's out of the sums when it stops. Alone, a scrape samples them (`exposition`)."""
+        """While the app serves: with several processes, sample the gauges every GAUGE_SAMPLE_SECONDS for the others,
+        and take this process's out of the sums when it stops. Alone, a scrape samples them (`exposition`)."""
         directory = multiprocess_directory()
         if directory is None:
             yield
@@ -136,7 +136,7 @@ class ApiMetrics:
         async def keep_sampling() -> None:
             while True:
                 self.sample()
-                await asyncio.sleep(SAMPLE_SECONDS)
+                await asyncio.sleep(GAUGE_SAMPLE_SECONDS)
 
         sampler = asyncio.create_task(keep_sampling())
         try:

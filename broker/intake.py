@@ -64,8 +64,8 @@ class IntakeMetrics:
         )
         self.deduplicated = Counter(
             "orderlane_orders_deduplicated",
-            "Orders submitted again whose order_id the status store knew: known (200), conflict (409), "
-            "in_progress (503)",
+            "Orders submitted again whose order_id the status store knew: known (its status answered), conflict "
+            "(another order holds it), in_progress (another request is publishing it)",
             ["outcome"],
             registry=registry,
         )
@@ -76,7 +76,7 @@ class IntakeMetrics:
         )
         self.broker_errors = Counter(
             "orderlane_broker_errors",
-            "Orders the broker did not take: not confirmed, or refused while it blocks publishing (answered 503)",
+            "Orders the broker did not take: not confirmed, or refused while it blocks publishing",
             registry=registry,
         )
 
@@ -97,7 +97,7 @@ class Intake:
         self._tokens = itertools.count()
 
     async def take(self, order: OrderBase) -> Receipt | OrderStatus:
-        """A Receipt when this call published the order (202); the order's status when it was known (200)."""
+        """A Receipt when this call published the order; the order's status when it was known already."""
         if self._store is None:
             return await self._publish(order)
         digest = fingerprint(encode_order(order))

@@ -23,12 +23,12 @@ then asks the status store whether the order was processed before it runs the ha
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import os
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from datetime import UTC, datetime
-from functools import partial
 from typing import Final
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -105,28 +105,21 @@ class Intake:
         if under_way is not None:
             return await self._follow(order.order_id, digest, under_way)
         taking = self._publishing[order.order_id] = _Taking(digest)
-        forget = partial(self._forget, order.order_id, taking)
         try:
-            taken = await self._take(self._store, order, digest, forget)
+            taken = await self._take(self._store, order, digest)
         except BaseException as exc:  # its error, for the followers; None if cancelled: they try for themselves
             taking.settle(exc if isinstance(exc, Exception) else None)
-            forget()
             raise
-        taking.settle(taken)
-        if isinstance(taken, OrderStatus):
-            forget()
-        # else its entry stays until `accepted` is written (`_take` sees to it)
+        else:
+            taking.settle(taken)
+        finally:
+            # A request for the same order that comes after this one reserves: the store answers it after `accepted`,
+            # which went first on the store's one connection (broker/status_store.py).
+            del self._publishing[order.order_id]
         return taken
 
-    def _forget(self, order_id: str, taking: _Taking) -> None:
-        if self._publishing.get(order_id) is taking:
-            del self._publishing[order_id]
-
-    async def _take(
-        self, store: StatusStore, order: OrderBase, digest: str, forget: Callable[[], None]
-    ) -> Receipt | OrderStatus:
-        """Reserve, publish, and send `accepted` (without waiting for it: `forget` is called once it is written
-        or failed, and until then a concurrent request for the same order in this process follows this one)."""
+    async def _take(self, store: StatusStore, order: OrderBase, digest: str) -> Receipt | OrderStatus:
+        """Reserve, publish, and send `accepted` without waiting for it."""
         token = f"{self._token_prefix}{next(self._tokens):x}"  # unique enough, without a system call per order
         try:
             reservation = await store.reserve(order.order_id, digest, token)
@@ -134,10 +127,7 @@ class Intake:
             if self._settings.status_required:
                 raise
             self._metrics.without_dedup.inc()
-            try:
-                return await self._publish(order, check_processed=True)  # a copy may exist: nothing could tell
-            finally:
-                forget()
+            return await self._publish(order, check_processed=True)  # a copy may exist: nothing could tell
         if isinstance(reservation, Taken):
             if reservation.fingerprint not in (None, digest):
                 raise self._conflict(order.order_id)
@@ -159,10 +149,8 @@ class Intake:
             at=time.time(),
             fields={"priority": receipt.priority.effective, "queue": receipt.queue},
         )
-        try:
-            store.accept(accepted, token, then=forget)
-        except StatusUnavailable:
-            forget()
+        with contextlib.suppress(StatusUnavailable):  # counted by the store; the reservation expires by itself
+            store.accept(accepted, token)
         return receipt
 
     async def _follow(self, order_id: str, digest: str, taking: _Taking) -> OrderStatus:

@@ -165,12 +165,11 @@ class StatusStore:
         assert status is not None
         return Taken(status, _fields(record).get("fingerprint") or None)
 
-    def accept(self, transition: Transition, token: str, then: Callable[[], None]) -> None:
+    def accept(self, transition: Transition, token: str) -> None:
         """The broker confirmed it: `pending` becomes `accepted`, if the reservation is still this request's. Nobody
-        waits for it: `then()` is called once it is written or failed. Raises StatusUnavailable at once while the
-        store is away."""
-        fields = transition.fields_to_write()
-        self._ask("accept", transition.order_id, lambda _: then(), token=token, fields=fields)
+        waits for it; an operation asked for after it is answered after it is written. Raises StatusUnavailable at
+        once while the store is away."""
+        self._ask("accept", transition.order_id, _unanswered, token=token, fields=transition.fields_to_write())
 
     async def release(self, transition: Transition, token: str) -> None:
         """The broker did not confirm it: `unconfirmed` (it may or may not be stored), and a retry may publish it."""
@@ -371,6 +370,10 @@ async def open_status_store(settings: Settings, registry: CollectorRegistry) -> 
         yield store
     finally:
         await store.close()
+
+
+def _unanswered(stored: bool) -> None:
+    """For an operation whose outcome nobody reads: a failure is counted where it happens (StoreMetrics.errors)."""
 
 
 def _finish(gathering: asyncio.Future[None]) -> None:

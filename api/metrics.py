@@ -1,42 +1,23 @@
 """The API's Prometheus metrics, and the pure ASGI middleware that counts requests.
 
-With several API processes on one port (`python -m api --workers N`), a scrape reaches one of them, which must
-answer for all: prometheus-client's multiprocess mode, where every process writes its values to files in one
-directory (`PROMETHEUS_MULTIPROC_DIR`) and the one scraped reads them all. It is the library's own answer, used the
-same way under gunicorn, and needs no process of its own; the alternatives (a scrape target per process, or a push
-gateway) would put the workers in the user's Prometheus configuration. Its limit: a gauge is only what a process
-`set`, so gauges read from a function (`set_function`) are sampled into their values instead (`SampledGauge`).
+With several API processes, their values meet in prometheus-client's multiprocess directory (`api.multiprocess`),
+where a gauge is only what a process `set`: so gauges read from a function (`set_function`) are sampled into their
+values instead (`SampledGauge`).
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import os
-import re
-from collections.abc import AsyncIterator, Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Final
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
-from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from api.multiprocess import registry_to_scrape, sharing
 from broker.intake import IntakeMetrics
 
 UNMATCHED: Final = "unmatched"
-MULTIPROCESS_DIRECTORY: Final = "PROMETHEUS_MULTIPROC_DIR"
-"""prometheus-client's switch: set before it is first imported, its values live in files in this directory."""
-GAUGE_SAMPLE_SECONDS: Final = 1.0
-"""With several processes, how often each one writes its sampled gauges for whichever is scraped."""
-METRIC_FILE: Final = re.compile(r"(?:counter|histogram|summary|gauge_[a-z]+)_(\d+)\.db")
-"""A file prometheus-client writes in multiprocess mode: one per metric type (and gauge mode) and process id."""
-
-
-def multiprocess_directory() -> Path | None:
-    """The directory every API process writes its metrics to, if there are several."""
-    directory = os.environ.get(MULTIPROCESS_DIRECTORY)
-    return Path(directory) if directory else None
 
 
 class SampledGauge(Gauge):
@@ -116,64 +97,11 @@ class ApiMetrics:
     def exposition(self) -> bytes:
         """What `/metrics` answers: this process's metrics, or, with several processes, all of theirs."""
         self.sample()
-        directory = multiprocess_directory()
-        if directory is None:
-            return generate_latest(self.registry)
-        forget_dead_processes(directory)
-        every_process = CollectorRegistry()
-        MultiProcessCollector(every_process, path=str(directory))
-        return generate_latest(every_process)
+        return generate_latest(registry_to_scrape(self.registry))
 
-    @contextlib.asynccontextmanager
-    async def sampling(self) -> AsyncIterator[None]:
-        """While the app serves: with several processes, sample the gauges every GAUGE_SAMPLE_SECONDS for the others,
-        and take this process's out of the sums when it stops. Alone, a scrape samples them (`exposition`)."""
-        directory = multiprocess_directory()
-        if directory is None:
-            yield
-            return
-
-        async def keep_sampling() -> None:
-            while True:
-                self.sample()
-                await asyncio.sleep(GAUGE_SAMPLE_SECONDS)
-
-        sampler = asyncio.create_task(keep_sampling())
-        try:
-            yield
-        finally:
-            sampler.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await sampler
-            mark_process_dead(os.getpid(), str(directory))
-
-
-def metric_files(directory: Path) -> Iterator[tuple[Path, int]]:
-    """prometheus-client's files in `directory`, each with the id of the process that writes it."""
-    for path in directory.iterdir():
-        if match := METRIC_FILE.fullmatch(path.name):
-            yield path, int(match[1])
-
-
-def forget_dead_processes(directory: Path) -> None:
-    """Take the live gauges of processes that ended without saying so (killed) out of the sums, and drop the empty
-    file of one killed while it made it, which the library could not read. Two workers may do it at once."""
-    for path, pid in metric_files(directory):
-        if is_running(pid):
-            continue
-        with contextlib.suppress(FileNotFoundError):  # another worker was first
-            if path.name.startswith("gauge_live") or path.stat().st_size == 0:
-                path.unlink()
-
-
-def is_running(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's
-        pass
-    return True
+    def sampling(self) -> contextlib.AbstractAsyncContextManager[None]:
+        """While the app serves: the gauges shared with the other processes, if there are any (`sharing`)."""
+        return sharing(self.sample)
 
 
 class RequestMetrics:

@@ -5,14 +5,11 @@ gracefully on SIGTERM or SIGINT). Each worker has its own broker connection, sta
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ctypes
 import logging
 import os
 import signal
 import sys
-import tempfile
-from collections.abc import Iterator
 from types import FrameType
 from typing import Any, Final
 
@@ -23,10 +20,11 @@ from uvicorn.supervisors import Multiprocess
 
 from api.app import create_app
 from api.connections import CloseReason, GuardedConfig, allow_connections
-from api.metrics import MULTIPROCESS_DIRECTORY, ApiMetrics, metric_files, multiprocess_directory
+from api.metrics import ApiMetrics
+from api.multiprocess import metrics_directory
 from broker.cli import tracing_for
 from broker.connection import open_broker
-from broker.errors import ConfigurationError, OrderlaneError
+from broker.errors import OrderlaneError
 from broker.logs import configure_logging
 from broker.settings import Settings
 
@@ -140,27 +138,3 @@ def stop_with_the_supervisor(supervisor: int) -> None:
     ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
     if os.getppid() != supervisor:  # it died before the request took effect
         os.kill(os.getpid(), signal.SIGTERM)
-
-
-@contextlib.contextmanager
-def metrics_directory(workers: int) -> Iterator[None]:
-    """The directory the API's processes write their metrics to (`api.metrics`): PROMETHEUS_MULTIPROC_DIR if set (a
-    tmpfs, say), cleared of prometheus-client's files first, as the library asks between runs; else, for several
-    workers, a temporary one, removed at the end; else none."""
-    given = multiprocess_directory()
-    if given is not None:
-        if not given.is_dir() or not os.access(given, os.W_OK | os.X_OK):
-            raise ConfigurationError(f"PROMETHEUS_MULTIPROC_DIR={given} is not a directory this process may write to")
-        for stale, _ in metric_files(given):
-            stale.unlink()
-        yield
-        return
-    if workers == 1:
-        yield
-        return
-    with tempfile.TemporaryDirectory(prefix="orderlane-metrics-") as directory:
-        os.environ[MULTIPROCESS_DIRECTORY] = directory  # the workers inherit it and read it as they import
-        try:
-            yield
-        finally:
-            del os.environ[MULTIPROCESS_DIRECTORY]

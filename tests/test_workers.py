@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
 
-from api.metrics import is_running
+from api.multiprocess import is_running
 from bench.intake import wait_ready
 from broker.settings import Settings
 from tests.amqp import amqp_url, queue_depth, wait_until

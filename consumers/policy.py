@@ -95,7 +95,7 @@ class AckPolicy:
         handler: Handler,
         settings: Settings,
         metrics: ConsumerMetrics,
-        status: StatusRecorder | None = None,
+        status: StatusRecorder,
         tracing: Tracing | None = None,
     ) -> None:
         self._republish = republish
@@ -119,60 +119,54 @@ class AckPolicy:
         try:
             order = parse_order(message, self._order_model, max_body_bytes=self._settings.max_body_bytes)
         except InvalidMessage as exc:
-            attempt = attempt_of(message)
+            number = attempt_of(message)
             logger.error("invalid message dead-lettered: %s", exc, extra=message_fields(message))
-            refused = decide(exc, attempt, self._retry_policy, self._rng, invalid=True)
+            refused = decide(exc, number, self._retry_policy, self._rng, invalid=True)
             assert isinstance(refused, DeadLettered)
             self._metrics.dead_lettered.labels(priority="unknown", reason=refused.reason).inc()
-            await self._dead_letter(message, exc, attempt)
+            await self._dead_letter(message, exc, number)
             return refused
         delivery = describe(message, order, received_at)
         queue = lane.work.name
-        tracked: Attempt | None = None
-        if self._status is not None:
-            check = delivery.redelivered or message.headers.get(CHECK_PROCESSED_HEADER) is True
-            tracked = await self._status.begin(delivery, queue, message.body, check=check)
-            if tracked is None:
-                logger.info("already processed: acked without running the handler again", extra=_fields(delivery))
-                self._metrics.already_processed.inc()
-                message.ack()
-                return ACKED
+        check = delivery.redelivered or message.headers.get(CHECK_PROCESSED_HEADER) is True
+        attempt = await self._status.begin(delivery, queue, message.body, check=check)
+        if attempt is None:
+            logger.info("already processed: acked without running the handler again", extra=_fields(delivery))
+            self._metrics.already_processed.inc()
+            message.ack()
+            return ACKED
         metrics = self._metrics.of(delivery.priority)
-        metrics.held_seconds.observe(held_seconds)
-        self._metrics.observe_wait(message, metrics)
         try:
+            metrics.held_seconds.observe(held_seconds)
+            self._metrics.observe_wait(message, metrics)
             if self._tracing is None:
                 failure = await self._invoker.run(order, delivery)
             else:
                 failure = await self._traced_run(self._tracing, message, order, delivery, queue)
-        except asyncio.CancelledError:  # a forced stop: unacked, redelivered, never shown as processing here
-            if self._status is not None and tracked is not None:
-                self._status.abandon(tracked)
-            raise
+        finally:
+            # The handler stopped: never shown as processing from here. A forced stop (CancelledError) writes
+            # nothing more: unacked, the broker redelivers it.
+            self._status.end(attempt)
         outcome = decide(failure, delivery.attempt, self._retry_policy, self._rng)
         if isinstance(outcome, Acked):
             metrics.processed.inc()
-            if self._status is not None and tracked is not None:
-                self._status.processed(tracked, then=message.ack)  # a redelivery then finds it done
-            else:
-                message.ack()
+            self._status.processed(attempt, then=message.ack)  # a redelivery then finds it done
             return outcome
         metrics.failed.inc()
         error = outcome.error
         if isinstance(outcome, DeadLettered) and outcome.reason == "permanent":
             logger.error("permanent failure, dead-lettered: %r", error, extra=_fields(delivery))
             metrics.permanent.inc()
-            await self._give_up(message, delivery, tracked, error)
+            await self._give_up(message, delivery, attempt, error)
             return outcome
         logger.warning("handler failed: %r", error, exc_info=error, extra=_fields(delivery))
         if isinstance(outcome, Retried):
             metrics.retried.inc()
-            if self._status is not None and tracked is not None:
-                await self._status.retrying(tracked, outcome.delay_seconds, error)
+            await self._status.retrying(attempt, outcome.delay_seconds, error)
             await self._retry(message, lane, delivery.attempt, outcome.delay_seconds)
         else:
             metrics.exhausted.inc()
-            await self._give_up(message, delivery, tracked, error)
+            await self._give_up(message, delivery, attempt, error)
         return outcome
 
     async def _traced_run(
@@ -191,11 +185,8 @@ class AckPolicy:
         if self.handler_times is not None:
             self.handler_times.append(elapsed)
 
-    async def _give_up(
-        self, message: Settleable, delivery: Delivery, tracked: Attempt | None, failure: Exception
-    ) -> None:
-        if self._status is not None and tracked is not None:
-            await self._status.dead_lettered(tracked, failure)
+    async def _give_up(self, message: Settleable, delivery: Delivery, attempt: Attempt, failure: Exception) -> None:
+        await self._status.dead_lettered(attempt, failure)
         await self._dead_letter(message, failure, delivery.attempt)
 
     async def _retry(self, message: Settleable, lane: Lane, failed_attempt: int, delay: float) -> None:

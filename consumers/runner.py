@@ -28,7 +28,7 @@ from consumers.dispatcher import Dispatcher
 from consumers.metrics import ConsumerMetrics
 from consumers.policy import AckPolicy, message_fields, republish_confirmed
 from consumers.received import Received
-from consumers.status import StatusRecorder
+from consumers.status import NullRecorder, StatusRecorder, StoreRecorder
 from consumers.subscription import Subscription
 from consumers.threads import InThreads
 from consumers.tuning import (
@@ -67,7 +67,7 @@ class Consumer:
         prefetch = prefetch or settings.prefetch
         concurrency = concurrency or settings.concurrency
         self.metrics = metrics or ConsumerMetrics()
-        self._status = StatusRecorder(status, self.metrics) if status is not None else None
+        self._status: StatusRecorder = StoreRecorder(status, self.metrics) if status is not None else NullRecorder()
         self._policy = AckPolicy(
             republish_confirmed(broker, settings),
             broker.topology.dead_letter.name,
@@ -119,7 +119,7 @@ class Consumer:
     @property
     def settling(self) -> int:
         """Deliveries whose handler is done and whose ack waits for the status store's answer."""
-        return self._status.settling if self._status is not None else 0
+        return self._status.settling
 
     @property
     def queues(self) -> list[str]:
@@ -203,12 +203,10 @@ class Consumer:
         self._dispatcher.cancel()
         await self._bounded(asyncio.shield(finished), "handlers that ignore their cancellation")
         await self._policy.deadlines.close()
-        if self._status is not None:  # the acks of processed orders wait for the store's answer
-            await self._bounded(self._status.settled(), "the status store's answers")
+        await self._bounded(self._status.settled(), "the status store's answers")  # the acks of processed orders wait
         for subscription in self.subscriptions:
             await subscription.close()  # anything still unacked goes back to the queue now
-        if self._status is not None:
-            await self._bounded(self._status.close(), "the status store")
+        await self._bounded(self._status.close(), "the status store")
 
     async def _bounded(self, step: Awaitable[None], what: str) -> None:
         """A step of the stop that waits on the broker or on handlers: it must not hold the stop for ever (a

@@ -14,6 +14,8 @@ the same order (broker/status.py), so a held-back write never takes a status bac
 What this cannot repair: held-back writes are kept in memory, at most MAX_HELD_BACK of them; a process that dies
 or stops while the store is still away loses those it holds, and those orders' records keep an older state until
 they expire (ORDERLANE_STATUS_TTL). Both are counted and logged.
+
+Without a store (ORDERLANE_STATUS_URL empty) the ack policy talks to NullRecorder, which asks and writes nothing.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import time
 from collections.abc import Callable
 from functools import partial
 from itertools import islice
-from typing import Final
+from typing import Final, Protocol
 
 from broker.errors import StatusUnavailable
 from broker.status import State, Transition, fingerprint
@@ -64,8 +66,69 @@ class Attempt:
         )
 
 
-class StatusRecorder:
-    """Records processing, processed, retrying and dead_lettered for the deliveries of one consumer process."""
+class StatusRecorder(Protocol):
+    """What the ack policy tells about each attempt: StoreRecorder writes it to the status store, NullRecorder (no
+    store configured) drops it."""
+
+    @property
+    def settling(self) -> int:
+        """Processed orders whose ack waits for the store's answer."""
+        ...
+
+    async def begin(self, delivery: Delivery, queue: str, body: bytes, *, check: bool) -> Attempt | None:
+        """An attempt starts; None if the store says the order was processed already (do not run the handler)."""
+        ...
+
+    def end(self, attempt: Attempt) -> None:
+        """The handler stopped running (returned, raised, or was cancelled): `processing` is never shown after."""
+        ...
+
+    def processed(self, attempt: Attempt, then: Callable[[], None]) -> None:
+        """Record it and call `then` (the ack) once recorded: a continuation, not a cleanup; the ack waits for the
+        store's answer without holding a handler slot."""
+        ...
+
+    async def retrying(self, attempt: Attempt, delay_seconds: float, error: BaseException) -> None: ...
+    async def dead_lettered(self, attempt: Attempt, error: BaseException) -> None: ...
+
+    async def settled(self) -> None:
+        """Wait for the store's answers to what was asked so far (the acks of processed orders wait on them)."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+class NullRecorder:
+    """No status store (ORDERLANE_STATUS_URL empty): nothing is asked or written, and a processed order is acked at
+    once."""
+
+    settling: Final = 0
+
+    async def begin(self, delivery: Delivery, queue: str, body: bytes, *, check: bool) -> Attempt | None:
+        return Attempt(delivery, queue, time.time())
+
+    def end(self, attempt: Attempt) -> None:
+        pass
+
+    def processed(self, attempt: Attempt, then: Callable[[], None]) -> None:
+        then()
+
+    async def retrying(self, attempt: Attempt, delay_seconds: float, error: BaseException) -> None:
+        pass
+
+    async def dead_lettered(self, attempt: Attempt, error: BaseException) -> None:
+        pass
+
+    async def settled(self) -> None:
+        pass
+
+    async def close(self) -> None:
+        pass
+
+
+class StoreRecorder:
+    """Records processing, processed, retrying and dead_lettered for the deliveries of one consumer process in the
+    status store."""
 
     def __init__(self, store: StatusStore, metrics: ConsumerMetrics, max_held_back: int = MAX_HELD_BACK) -> None:
         self._store = store
@@ -98,10 +161,13 @@ class StatusRecorder:
             return attempt
         return None if previous == "processed" else attempt
 
+    def end(self, attempt: Attempt) -> None:
+        """Stop showing it: an attempt not shown as `processing` yet never will be (a checked one was already)."""
+        self._unshown.pop(attempt, None)
+
     def processed(self, attempt: Attempt, then: Callable[[], None]) -> None:
         """Record it, and call `then` (the ack) once the store has it, or at once if it is away: the order is not
         held up, and no task waits for the answer."""
-        self._unshown.pop(attempt, None)
         transition = attempt.transition("processed")
         self.settling += 1
         written = partial(self._processed_written, transition, then)  # fewer objects for the collector than a closure
@@ -116,22 +182,15 @@ class StatusRecorder:
             self._hold_back(transition)
         then()
 
-    def abandon(self, attempt: Attempt) -> None:
-        """The attempt was cancelled: nothing more is written for it."""
-        self._unshown.pop(attempt, None)
-
     async def settled(self) -> None:
-        """Wait for the store's answers to what was asked so far (the acks of processed orders wait on them)."""
         await self._store.settled()
 
     async def retrying(self, attempt: Attempt, delay_seconds: float, error: BaseException) -> None:
-        self._unshown.pop(attempt, None)
         transition = attempt.transition("retrying", last_error=describe_error(error))
         transition.fields["next_try_at"] = transition.at + delay_seconds
         await self._record(transition)
 
     async def dead_lettered(self, attempt: Attempt, error: BaseException) -> None:
-        self._unshown.pop(attempt, None)
         await self._record(attempt.transition("dead_lettered", last_error=describe_error(error)))
 
     async def close(self) -> None:

@@ -41,7 +41,7 @@ from consumers.metrics import ConsumerMetrics
 from consumers.policy import AckPolicy
 from consumers.retry import RetryPolicy
 from consumers.runner import enter_handler
-from consumers.status import StatusRecorder
+from consumers.status import NullRecorder, StatusRecorder, StoreRecorder
 from consumers.threads import InThreads, as_handler
 
 __all__ = [
@@ -196,13 +196,13 @@ class OrderlaneHarness:
         settings, memory = self.settings, self._memory
         stack.callback(memory.close)
         metrics = ConsumerMetrics()
-        recorder: StatusRecorder | None = None
+        recorder: StatusRecorder = NullRecorder()
         api_store: StatusStore | None = None
         if settings.status_url is not None:
             server = FakeServer()  # one Redis for both processes, each with its own client as in a deployment
             consumer_store = await self._store(stack, server, metrics.registry)
             api_store = await self._store(stack, server, CollectorRegistry())
-            recorder = StatusRecorder(consumer_store, metrics)
+            recorder = StoreRecorder(consumer_store, metrics)
             stack.push_async_callback(recorder.close)
         concurrency = settings.concurrency if isinstance(settings.concurrency, int) else 1
         handler, _ = as_handler(self._handler, concurrency)

@@ -25,7 +25,7 @@ from consumers.delivery import Delivery
 from consumers.dlq import replay_dead_letters
 from consumers.metrics import ConsumerMetrics
 from consumers.runner import Consumer
-from consumers.status import Attempt, StatusRecorder
+from consumers.status import Attempt, StoreRecorder
 from tests.amqp import delete_queues, depth_is, drain, publish_raw, queue_depth, wait_until
 from tests.consuming import consuming, order_message
 from tests.dying import DIE_AFTER
@@ -194,7 +194,7 @@ async def test_held_back_writes_are_bounded_and_written_when_redis_answers(setti
         local = settings.model_copy(update={"status_url": RedisDsn(redis.url), "status_timeout": 0.2})
         async with open_status_store(local, CollectorRegistry()) as store:
             assert store is not None
-            recorder = StatusRecorder(store, metrics, max_held_back=3)
+            recorder = StoreRecorder(store, metrics, max_held_back=3)
             await redis.stop()
             acked: list[int] = []
             for n in range(5):

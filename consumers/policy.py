@@ -86,7 +86,8 @@ def republish_confirmed(broker: Broker, settings: Settings) -> Republish:
 
 class AckPolicy:
     """Runs the handler on one delivery at a time per calling task, within the handler timeout, and settles it:
-    retries and dead letters are copies handed to `republish`, to a lane's delay queue or to `dead_letter_queue`."""
+    retries and dead letters are copies handed to `republish`, to a lane's delay queue or to `dead_letter_queue`.
+    `on_handler_time`, if given, gets each handler run's time in seconds (the automatic tuning samples them)."""
 
     def __init__(
         self,
@@ -96,7 +97,9 @@ class AckPolicy:
         settings: Settings,
         metrics: ConsumerMetrics,
         status: StatusRecorder,
+        *,
         tracing: Tracing | None = None,
+        on_handler_time: Callable[[float], None] | None = None,
     ) -> None:
         self._republish = republish
         self._dead_letter_queue = dead_letter_queue
@@ -109,8 +112,7 @@ class AckPolicy:
         self.deadlines = Deadlines(settings.handler_timeout)
         self._invoker = Invoker(handler, self.deadlines, self._observe)
         self._rng = random.Random()
-        self.handler_times: list[float] | None = None
-        """When a list, every handler's run time is appended to it (the automatic tuning reads and empties it)."""
+        self._on_handler_time = on_handler_time
 
     async def process(self, message: Settleable, lane: Lane, held_seconds: float) -> Outcome:
         """Process one delivery that waited `held_seconds` in the process for a free slot; return what was decided
@@ -182,8 +184,8 @@ class AckPolicy:
 
     def _observe(self, elapsed: float) -> None:
         self._metrics.handler_seconds.observe(elapsed)
-        if self.handler_times is not None:
-            self.handler_times.append(elapsed)
+        if self._on_handler_time is not None:
+            self._on_handler_time(elapsed)
 
     async def _give_up(self, message: Settleable, delivery: Delivery, attempt: Attempt, failure: Exception) -> None:
         await self._status.dead_lettered(attempt, failure)

@@ -16,6 +16,7 @@ import logging
 import signal
 from collections.abc import Awaitable
 from contextlib import AbstractAsyncContextManager, AsyncExitStack
+from functools import partial
 from typing import TYPE_CHECKING, Final
 
 from prometheus_client import start_http_server
@@ -31,13 +32,7 @@ from consumers.received import Received
 from consumers.status import NullRecorder, StatusRecorder, StoreRecorder
 from consumers.subscription import Subscription
 from consumers.threads import InThreads
-from consumers.tuning import (
-    AUTO_MAX_CONCURRENCY,
-    AUTO_START_CONCURRENCY,
-    AutoTuner,
-    ConcurrencyController,
-    DepthController,
-)
+from consumers.tuning import TuningPlan
 
 if TYPE_CHECKING:
     from broker.tracing import Tracing
@@ -46,7 +41,8 @@ logger = logging.getLogger(__name__)
 
 STOP_STEP_SECONDS: Final = 5.0
 
-Held = tuple[Received, Subscription]
+Held = tuple[Received, int]
+"""A delivery and the index of its lane."""
 
 
 class Consumer:
@@ -68,6 +64,14 @@ class Consumer:
         concurrency = concurrency or settings.concurrency
         self.metrics = metrics or ConsumerMetrics()
         self._status: StatusRecorder = StoreRecorder(status, self.metrics) if status is not None else NullRecorder()
+        lanes = broker.topology.lanes
+        self._plan = TuningPlan.of(lanes, prefetch, concurrency)
+        self._dispatcher: Dispatcher[Held] = Dispatcher(self._process, self._plan.slots)
+        self.subscriptions = [
+            Subscription(settings, lane, planned.depth, partial(self._hold, index))
+            for index, (lane, planned) in enumerate(zip(lanes, self._plan.lanes, strict=True))
+        ]
+        self._tuner = self._plan.tuner(self, self._dispatcher, self.subscriptions)
         self._policy = AckPolicy(
             republish_confirmed(broker, settings),
             broker.topology.dead_letter.name,
@@ -75,30 +79,9 @@ class Consumer:
             settings,
             self.metrics,
             self._status,
-            tracing,
+            tracing=tracing,
+            on_handler_time=self._tuner.handler_time if self._tuner is not None else None,
         )
-        lanes = broker.topology.lanes
-        fixed_depths = [lane.prefetch or (prefetch if prefetch != "auto" else None) for lane in lanes]
-        fixed_total = None if None in fixed_depths else sum(depth or 0 for depth in fixed_depths)
-        """With every depth fixed, more slots than deliveries held could never be busy."""
-        slots = (
-            concurrency if concurrency != "auto" else min(AUTO_START_CONCURRENCY, fixed_total or AUTO_START_CONCURRENCY)
-        )
-        self._dispatcher: Dispatcher[Held] = Dispatcher(self._process, slots)
-        depth_controllers = [DepthController(slots) if depth is None else None for depth in fixed_depths]
-        self.subscriptions = [
-            Subscription(settings, lane, depth or (controller.depth if controller else 0), self._hold)
-            for lane, depth, controller in zip(lanes, fixed_depths, depth_controllers, strict=True)
-        ]
-        self._tuner: AutoTuner | None = None
-        if concurrency == "auto" or fixed_total is None:
-            self._tuner = AutoTuner(
-                self,
-                ConcurrencyController(slots, fixed_total or AUTO_MAX_CONCURRENCY) if concurrency == "auto" else None,
-                depth_controllers,
-                fixed_concurrency=slots,
-            )
-            self._policy.handler_times = []
         self._forced = asyncio.Event()
         self.metrics.track(self)
 
@@ -136,49 +119,28 @@ class Consumer:
             await subscription.start()
         if self._tuner is not None:
             self._tuner.start()
-        tuned_depths = self._tuner.depths if self._tuner else [None] * len(self.subscriptions)
-        for subscription, tuned in zip(self.subscriptions, tuned_depths, strict=True):
-            shown = "auto" if tuned else subscription.depth
-            logger.info("consuming queue %r, prefetch %s", subscription.lane.work.name, shown)
-        auto_concurrency = self._tuner is not None and self._tuner.concurrency is not None
-        logger.info("concurrency %s", "auto" if auto_concurrency else self.concurrency)
+        for subscription, planned in zip(self.subscriptions, self._plan.lanes, strict=True):
+            logger.info("consuming queue %r, prefetch %s", subscription.lane.work.name, planned.prefetch)
+        logger.info("concurrency %s", self._plan.concurrency)
 
-    def _hold(self, message: Received, subscription: Subscription) -> None:
-        self._dispatcher.hold((message, subscription), message.priority or 0)
+    def _hold(self, lane: int, message: Received) -> None:
+        self._plan.lanes[lane].counters.received()
+        self._dispatcher.hold((message, lane), message.priority or 0)
 
     async def _process(self, held: Held, held_seconds: float) -> None:
-        message, subscription = held
+        message, lane = held
+        counters = self._plan.lanes[lane].counters
         if message.channel_is_closed:
             # Delivered on a connection lost since: its tag is void and the broker has redelivered the order.
-            subscription.discard()
+            counters.dropped()
             return
-        subscription.started()
+        counters.started()
         try:
-            await self._policy.process(message, subscription.lane, held_seconds)
+            await self._policy.process(message, self.subscriptions[lane].lane, held_seconds)
         except Exception:  # the ack policy settles every outcome; anything else is a bug, which must not lose it
             logger.exception("unexpected error while processing; requeueing it", extra=message_fields(message))
             if not message.settled:
                 message.requeue()
-        finally:
-            subscription.finished()
-
-    # What the tuner reads and sets (consumers.tuning.TunedProcess).
-
-    def take_handler_times(self) -> list[float]:
-        taken, self._policy.handler_times = self._policy.handler_times or [], []
-        return taken
-
-    def take_low_waters(self) -> list[int]:
-        return [subscription.take_low_water() for subscription in self.subscriptions]
-
-    async def ready_at_broker(self, lane: int) -> int:
-        return await self.subscriptions[lane].ready_at_broker()
-
-    def set_concurrency(self, concurrency: int) -> None:
-        self._dispatcher.set_concurrency(concurrency)
-
-    async def set_depth(self, lane: int, depth: int) -> None:
-        await self.subscriptions[lane].set_depth(depth)
 
     async def stop(self, grace_seconds: float) -> None:
         """Stop taking messages and give back what is held but unstarted; let running handlers finish and settle
@@ -188,8 +150,8 @@ class Consumer:
         for subscription in self.subscriptions:
             await self._bounded(subscription.stop(), f"the subscription to {subscription.lane.work.name!r}")
         released = self._dispatcher.release()
-        for message, subscription in released:
-            subscription.give_back(message)
+        for message, _ in released:
+            message.requeue()  # held but unstarted: back to the broker, at its priority
         logger.info("stopping: gave %d held orders back to the broker", len(released))
         logger.info("stopping: waiting up to %.0fs for %d in-flight orders", grace_seconds, self.in_flight)
         finished = asyncio.create_task(self._dispatcher.wait_finished())

@@ -32,26 +32,18 @@ logger = logging.getLogger(__name__)
 
 RESUBSCRIBE_INTERVAL: Final = 1.0
 
-Deliver = Callable[[Received, "Subscription"], None]
+Deliver = Callable[[Received], None]
 
 
 class Subscription:
-    """Takes the lane's work queue with at most `depth` unsettled deliveries and passes each to `deliver`.
-
-    `outstanding` counts the deliveries received and not yet settled (held or running), `running` those whose
-    handler started; the process calls `started()` when a slot takes one and `finished()` after it. Once `stop()`
-    began, a delivery still arriving goes straight back to the broker.
-    """
+    """Takes the lane's work queue with at most `depth` unsettled deliveries and passes each to `deliver`. Once
+    `stop()` began, a delivery still arriving goes straight back to the broker."""
 
     def __init__(self, settings: Settings, lane: Lane, depth: int, deliver: Deliver) -> None:
         self._settings = settings
         self.lane = lane
         self.depth = depth
         self._deliver = deliver
-        self.outstanding = 0
-        self.running = 0
-        self.low_water = 0
-        """The fewest deliveries of this lane held unstarted when a slot took one (since `take_low_water()`)."""
         self._connection: AbstractRobustConnection | None = None
         self._channel: AbstractRobustChannel | None = None
         self._queue: AbstractQueue | None = None
@@ -93,8 +85,7 @@ class Subscription:
         if self._stopping:
             received.requeue()
             return
-        self.outstanding += 1
-        self._deliver(received, self)
+        self._deliver(received)
 
     def _on_reopen(self, _: object) -> None:
         """The robust channel is back after a reconnect, with its QoS and the queue; the subscription is not."""
@@ -129,24 +120,6 @@ class Subscription:
                 delay = RESUBSCRIBE_INTERVAL
         finally:
             self._recovery = None
-
-    def started(self) -> None:
-        held_after = self.outstanding - self.running - 1
-        if held_after < self.low_water:
-            self.low_water = held_after
-        self.running += 1
-
-    def finished(self) -> None:
-        self.running -= 1
-        self.outstanding -= 1
-
-    def discard(self) -> None:
-        """A held delivery of a lost channel, dropped unstarted."""
-        self.outstanding -= 1
-
-    def take_low_water(self) -> int:
-        low_water, self.low_water = self.low_water, self.outstanding - self.running
-        return low_water
 
     async def ready_at_broker(self) -> int:
         """Orders ready in the lane's queue at the broker: a declare with the same arguments, which changes
@@ -192,11 +165,6 @@ class Subscription:
                 await channel.basic_cancel(tag)
             except BROKER_ERRORS as exc:
                 logger.warning("could not cancel the consumer of %r cleanly: %s", self.lane.work.name, exc)
-
-    def give_back(self, message: Received) -> None:
-        """Return a held, unstarted delivery to the broker (requeued at its priority)."""
-        message.requeue()
-        self.outstanding -= 1
 
     async def close(self) -> None:
         if self._acks is not None:

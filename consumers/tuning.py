@@ -17,6 +17,9 @@ Depth (the lane's prefetch: deliveries the broker may have sent): just enough to
 rate. A slot that found nothing held while the broker had orders ready means the refill (an ack out, the next
 delivery in) outlasted the buffer: grow. A buffer that never ran below some margin holds orders that another
 consumer process could be running: shrink by what was never needed.
+
+The consumer process (consumers/runner.py) starts from a TuningPlan (its slots, each lane's depth, the controllers)
+and wires the plan's tuner: the tuner keeps the handler times and reads the lanes' counters; nothing else does.
 """
 
 from __future__ import annotations
@@ -27,7 +30,10 @@ import math
 import statistics
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Final, Protocol
+from typing import Final, Literal, Protocol
+
+from broker.settings import Concurrency, Prefetch
+from broker.topology import Lane
 
 logger = logging.getLogger(__name__)
 
@@ -179,8 +185,91 @@ def _low_percentile(values: Iterable[float]) -> float:
     return ordered[len(ordered) // 10]
 
 
-class TunedProcess(Protocol):
-    """What the tuner reads from the consumer process and how it applies its decisions."""
+class LaneCounters:
+    """One lane's deliveries held unstarted, and the fewest held when a slot took one (the low-water mark) since the
+    tuner last took it. The consumer tells each change with one call; only the tuner reads them."""
+
+    __slots__ = ("_held", "_low_water")
+
+    def __init__(self) -> None:
+        self._held = 0
+        self._low_water = 0
+
+    def received(self) -> None:
+        self._held += 1
+
+    def started(self) -> None:
+        self._held -= 1
+        if self._held < self._low_water:
+            self._low_water = self._held
+
+    def dropped(self) -> None:
+        """A held delivery left unstarted (its channel was lost)."""
+        self._held -= 1
+
+    def take_low_water(self) -> int:
+        low_water, self._low_water = self._low_water, self._held
+        return low_water
+
+
+@dataclass(frozen=True, slots=True)
+class LanePlan:
+    depth: int
+    """The lane's depth at the start."""
+    controller: DepthController | None
+    """None: the depth is fixed."""
+    counters: LaneCounters
+
+    @property
+    def prefetch(self) -> int | Literal["auto"]:
+        """The lane's prefetch as set: its depth, or `auto`."""
+        return "auto" if self.controller is not None else self.depth
+
+
+@dataclass(frozen=True, slots=True)
+class TuningPlan:
+    """How a consumer process starts: its handler slots, each lane's depth, and the controllers of what is `auto`."""
+
+    slots: int
+    concurrency_controller: ConcurrencyController | None
+    """None: the concurrency is fixed."""
+    lanes: tuple[LanePlan, ...]
+
+    @classmethod
+    def of(cls, lanes: Sequence[Lane], prefetch: Prefetch, concurrency: Concurrency) -> TuningPlan:
+        """`prefetch` applies to the lanes that do not set their own. With every depth fixed, more slots than
+        deliveries held could never be busy: `auto` concurrency starts, and stays, at most at their sum."""
+        fixed_depths = [lane.prefetch or (prefetch if prefetch != "auto" else None) for lane in lanes]
+        fixed_total = None if None in fixed_depths else sum(depth or 0 for depth in fixed_depths)
+        if concurrency == "auto":
+            slots = min(AUTO_START_CONCURRENCY, fixed_total or AUTO_START_CONCURRENCY)
+            controller = ConcurrencyController(slots, fixed_total or AUTO_MAX_CONCURRENCY)
+        else:
+            slots, controller = concurrency, None
+        planned = []
+        for depth in fixed_depths:
+            depth_controller = DepthController(slots) if depth is None else None
+            start = depth or (depth_controller.depth if depth_controller else 0)
+            planned.append(LanePlan(start, depth_controller, LaneCounters()))
+        return cls(slots, controller, tuple(planned))
+
+    @property
+    def concurrency(self) -> int | Literal["auto"]:
+        """The concurrency as set: the number of slots, or `auto`."""
+        return "auto" if self.concurrency_controller is not None else self.slots
+
+    @property
+    def tuned(self) -> bool:
+        """Whether anything is `auto`: a tuner runs."""
+        return self.concurrency_controller is not None or any(lane.controller is not None for lane in self.lanes)
+
+    def tuner(self, process: SampledProcess, slots: Resizable, lanes: Sequence[TunedLane]) -> AutoTuner | None:
+        """The tuner that carries out this plan on `process`, its `slots` and its `lanes`; None unless `tuned`."""
+        return AutoTuner(self, process, slots, lanes) if self.tuned else None
+
+
+class SampledProcess(Protocol):
+    """What the tuner samples of the consumer process."""
 
     @property
     def in_flight(self) -> int: ...
@@ -188,34 +277,41 @@ class TunedProcess(Protocol):
     def held(self) -> int: ...
     @property
     def settling(self) -> int: ...
-    def take_handler_times(self) -> list[float]: ...
-    def take_low_waters(self) -> list[int]: ...
-    async def ready_at_broker(self, lane: int) -> int: ...
+
+
+class Resizable(Protocol):
+    """The handler slots (consumers.dispatcher.Dispatcher)."""
+
     def set_concurrency(self, concurrency: int) -> None: ...
-    async def set_depth(self, lane: int, depth: int) -> None: ...
+
+
+class TunedLane(Protocol):
+    """A lane's subscription (consumers.subscription.Subscription)."""
+
+    async def ready_at_broker(self) -> int: ...
+    async def set_depth(self, depth: int) -> None: ...
 
 
 class AutoTuner:
-    """Samples the process, asks the controllers once a window, and applies their answers. `concurrency` is None
-    when it is fixed; `depths[i]` is None for a lane whose depth is fixed."""
+    """Samples the process, asks the plan's controllers once a window, and applies their answers to the slots and
+    the lanes. It keeps the handler times (`handler_time`, the ack policy's observer) and reads the lanes' counters."""
 
-    def __init__(
-        self,
-        process: TunedProcess,
-        concurrency: ConcurrencyController | None,
-        depths: Sequence[DepthController | None],
-        fixed_concurrency: int,
-    ) -> None:
+    def __init__(self, plan: TuningPlan, process: SampledProcess, slots: Resizable, lanes: Sequence[TunedLane]) -> None:
+        self._plan = plan
         self._process = process
-        self.concurrency = concurrency
-        self.depths = depths
-        self._fixed_concurrency = fixed_concurrency
+        self._slots = slots
+        self._lanes = lanes
+        self._handler_times: list[float] = []
         self._task: asyncio.Task[None] | None = None
         self._tuning: asyncio.Task[None] | None = None
 
     @property
     def slots(self) -> int:
-        return self.concurrency.concurrency if self.concurrency else self._fixed_concurrency
+        controller = self._plan.concurrency_controller
+        return controller.concurrency if controller else self._plan.slots
+
+    def handler_time(self, seconds: float) -> None:
+        self._handler_times.append(seconds)
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run())
@@ -241,7 +337,7 @@ class AutoTuner:
                 busy.append(self._process.in_flight / self.slots)
                 held.append(self._process.held)
                 settling.append(self._process.settling)
-            times = self._process.take_handler_times()
+            times, self._handler_times = self._handler_times, []
             window = Window(
                 elapsed,
                 len(times),
@@ -259,20 +355,20 @@ class AutoTuner:
     async def _tune(self, window: Window, settling: int) -> None:
         """`settling`: the most deliveries seen done but not yet acked (their ack waits for the status store);
         the window must hold them besides the slots, or they starve the slots."""
-        if self.concurrency is not None:
-            before = self.concurrency.concurrency
-            after = self.concurrency.decide(window)
+        if (concurrency := self._plan.concurrency_controller) is not None:
+            before = concurrency.concurrency
+            after = concurrency.decide(window)
             if after != before:
                 logger.info("concurrency %d -> %d (%.0f orders/s)", before, after, window.throughput)
-                self._process.set_concurrency(after)
-        low_waters = self._process.take_low_waters()
-        for lane, controller in enumerate(self.depths):
-            if controller is None:
+                self._slots.set_concurrency(after)
+        low_waters = [lane.counters.take_low_water() for lane in self._plan.lanes]
+        for index, (lane, planned) in enumerate(zip(self._lanes, self._plan.lanes, strict=True)):
+            if (controller := planned.controller) is None:
                 continue
-            starved = window.busy < FULL and low_waters[lane] <= 0 and await self._process.ready_at_broker(lane) > 0
+            starved = window.busy < FULL and low_waters[index] <= 0 and await lane.ready_at_broker() > 0
             before = controller.depth
             window_slots = self.slots + settling
-            after = controller.decide(LaneWindow(low_waters[lane], starved), window_slots, window.throughput)
+            after = controller.decide(LaneWindow(low_waters[index], starved), window_slots, window.throughput)
             if after != before:
-                logger.debug("lane %d: prefetch %d -> %d", lane, before, after)
-                await self._process.set_depth(lane, after)
+                logger.debug("lane %d: prefetch %d -> %d", index, before, after)
+                await lane.set_depth(after)

@@ -7,6 +7,7 @@ import asyncio
 from broker.connection import Broker
 from broker.messages import Order
 from broker.settings import Settings
+from broker.topology import Lane, build_topology
 from consumers.runner import Consumer
 from consumers.tuning import (
     AUTO_MAX_CONCURRENCY,
@@ -15,7 +16,9 @@ from consumers.tuning import (
     MARGIN,
     ConcurrencyController,
     DepthController,
+    LaneCounters,
     LaneWindow,
+    TuningPlan,
     Window,
 )
 from tests.amqp import consumers_are, publish_raw, wait_until
@@ -82,6 +85,35 @@ def test_depth_is_the_slots_plus_a_headroom_grown_only_while_it_pays() -> None:
     assert controller.decide(LaneWindow(low_water=10, starved=False), slots=16, throughput=3000) == 16 + 20 - 6
     # the depth follows the slots
     assert controller.decide(LaneWindow(low_water=MARGIN, starved=False), slots=64, throughput=3000) == 64 + 14
+
+
+def two_lanes(high_prefetch: int) -> tuple[Lane, ...]:
+    return build_topology(Settings(lanes=f"high:0-2:{high_prefetch},default:3-9")).lanes
+
+
+def test_the_plan_starts_auto_concurrency_within_fixed_depths_and_controls_only_what_is_auto() -> None:
+    fixed = TuningPlan.of(two_lanes(3), prefetch=5, concurrency="auto")
+    assert (fixed.slots, fixed.concurrency, [lane.prefetch for lane in fixed.lanes]) == (8, "auto", [3, 5])
+    assert fixed.concurrency_controller is not None and fixed.concurrency_controller.ceiling == 8
+    auto = TuningPlan.of(two_lanes(3), prefetch="auto", concurrency=4)
+    assert (auto.slots, auto.concurrency, [lane.prefetch for lane in auto.lanes]) == (4, 4, [3, "auto"])
+    assert [lane.depth for lane in auto.lanes] == [3, 4 + 2 * MARGIN]
+    assert fixed.tuned and auto.tuned
+    assert not TuningPlan.of(two_lanes(3), prefetch=5, concurrency=7).tuned
+
+
+def test_lane_counters_keep_the_fewest_held_when_a_slot_took_one() -> None:
+    counters = LaneCounters()
+    for _ in range(3):
+        counters.received()
+    counters.take_low_water()
+    counters.started()
+    counters.started()
+    counters.received()
+    assert counters.take_low_water() == 1
+    counters.dropped()
+    assert counters.take_low_water() == 2, "a delivery dropped unstarted is no slot taking one"
+    assert counters.take_low_water() == 1
 
 
 async def test_auto_moves_both_knobs_and_the_broker_sends_up_to_the_new_depth(

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import threading
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -136,11 +136,40 @@ async def test_python_m_consumers_runs_a_plain_function_as_its_handler(
     assert recorded(record_file) == {f"s-{n}": 1 for n in range(20)}
 
 
+class NotingWaits(InThreads):
+    """InThreads that notes each delivery that asks for a thread, and each given up on while it waited for one."""
+
+    def __init__(self, function: Callable[[Order], None], threads: int) -> None:
+        super().__init__(function, threads)
+        self.asked: list[tuple[str, int]] = []
+        self.given_up_waiting: list[tuple[str, int]] = []
+
+    async def free_thread(self) -> None:
+        delivery = current_delivery()
+        self.asked.append((delivery.order_id, delivery.attempt))
+        try:
+            await super().free_thread()
+        except asyncio.CancelledError:
+            self.given_up_waiting.append((delivery.order_id, delivery.attempt))
+            raise
+
+
+async def a_deadline_armed_now_fires(consumer: Consumer) -> None:
+    """Arm a deadline of the consumer's own watchdog now and wait until it fires: by then every deadline armed before
+    it has fired too (a sweep cancels every task past its deadline). The consumer has no public seam for it."""
+    deadlines = consumer._policy.deadlines
+    probe = asyncio.create_task(asyncio.Event().wait())
+    deadlines.arm(probe)
+    await asyncio.wait([probe], timeout=30)
+    probe.cancel()
+    assert deadlines.disarm(probe), "the consumer's watchdog fired the probe's deadline"
+
+
 async def test_orders_waiting_behind_a_thread_that_overran_are_not_failed_for_the_wait(
     broker: Broker, settings: Settings
 ) -> None:
-    """One thread, held by a call that overran: the next order waits for it outside its own deadline, and runs,
-    on its first attempt, once the thread is free. Its wait is not the handler's time."""
+    """One thread, held by a call that overran: the orders that come next wait for it past their own deadline,
+    and run, on their first attempt, once the thread is free. Their wait is not the handler's time."""
     quick = settings.model_copy(update={"handler_timeout": 0.3})
     release = threading.Event()
     calls: list[tuple[str, int]] = []
@@ -150,15 +179,18 @@ async def test_orders_waiting_behind_a_thread_that_overran_are_not_failed_for_th
         if order.order_id == "stuck" and current_delivery().attempt == 1:
             release.wait()
 
-    handler = InThreads(stuck_first, threads=1)
+    handler = NotingWaits(stuck_first, threads=1)
     await publish_raw(settings.queue, order_message("stuck"))
-    consumer = Consumer(broker, handler, quick, prefetch=1, concurrency=1)
+    # Two slots: the healthy order is taken in whether or not the stuck one's retry is back first.
+    consumer = Consumer(broker, handler, quick, prefetch=2, concurrency=2)
     await consumer.start()
     try:
         await wait_until(lambda: handler.overrunning == 1, what="the first call past its deadline")
         await publish_raw(settings.queue, order_message("healthy"))
-        await asyncio.sleep(3 * quick.handler_timeout)  # three of its deadlines, spent waiting for the thread
+        await wait_until(lambda: ("healthy", 1) in handler.asked, what="the next order waiting for the held thread")
+        await a_deadline_armed_now_fires(consumer)  # and so would the healthy order's, were its wait counted
         assert calls == [("stuck", 1)], "nothing ran while the only thread was held"
+        assert handler.given_up_waiting == [], "no order was given up on while it waited for the thread"
         assert await depth_is(f"{settings.queue}.dlq", 0)
         release.set()
         await wait_until(lambda: len(calls) == 3, what="the waiting orders run once the thread is free")

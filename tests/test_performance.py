@@ -2,6 +2,13 @@
 
 The bounds are loose on purpose: the machine is small and shared with the broker, so only a regression of the
 kind that halves throughput or defeats priority should fail here. `python -m bench` measures properly.
+
+Marked `perf`, which the default run leaves out (pyproject's addopts `-m "not perf"`): on a busy machine a
+throughput ratio or a VIP's overtakers measure the neighbours too. Run them on a quiet machine with
+`pytest -m perf tests/test_performance.py`. A `-m` given replaces the default one: `pytest -m "not cluster"`
+runs them too, `pytest -m "not cluster and not perf"` does not. That the benchmark code itself runs is checked
+in the default run, untimed, by tests/test_bench_runs.py; priority as behaviour by tests/test_holding.py,
+tests/test_pipeline.py and tests/test_dispatcher.py.
 """
 
 from __future__ import annotations
@@ -14,6 +21,8 @@ from bench.drain import measure_drain
 from bench.intake import measure_intake
 from bench.priority import System, measure_priority, orderlane_consumer
 from tests.processes import free_port
+
+pytestmark = pytest.mark.perf
 
 
 async def test_drain_keeps_up_with_raw_aio_pika() -> None:

@@ -18,6 +18,7 @@ from aiormq import spec
 
 from broker.connection import BROKER_ERRORS, Broker
 from broker.errors import PublishBlocked, PublishError
+from broker.headers import published_headers
 from broker.messages import CONTENT_TYPE, OrderBase, encode_order
 from broker.priority import Priority, prioritize
 from broker.settings import Settings
@@ -26,15 +27,6 @@ if TYPE_CHECKING:
     from broker.tracing import Tracing
 
 logger = logging.getLogger(__name__)
-
-PRIORITY_HEADER = "x-orderlane-priority"
-ATTEMPT_HEADER = "x-orderlane-attempt"
-PUBLISHED_AT_HEADER = "x-orderlane-published-at"
-"""Microseconds since the epoch, an int: the AMQP timestamp property has whole seconds only, and a float header
-travels as a 32-bit float (pamqp), which is two minutes coarse at today's times."""
-CHECK_PROCESSED_HEADER = "x-orderlane-check-processed"
-"""Set (true) on a message of which another copy may have been stored: the consumer asks the status store whether the
-order was processed before it runs the handler, as it does for a redelivery."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,21 +51,17 @@ class Publisher(Protocol):
 
     async def publish(self, order: OrderBase, *, check_processed: bool = False) -> Receipt:
         """Return only once the broker confirmed the persistent message; raise PublishError otherwise.
-        `check_processed`: another copy of it may have been stored (CHECK_PROCESSED_HEADER)."""
+        `check_processed`: another copy of it may have been stored (broker.headers.CHECK_PROCESSED_HEADER)."""
         ...
 
 
 def message_properties(
     order: OrderBase, priority: Priority, *, check_processed: bool = False, trace: Mapping[str, str] | None = None
 ) -> spec.Basic.Properties:
-    """The AMQP properties of an order's message: persistent, its broker priority, its id, when it was published;
-    with `trace`, the headers that carry its trace (broker/tracing.py)."""
+    """The AMQP properties of an order's message: persistent, its broker priority, its id, when it was published,
+    and its headers (broker/headers.py); with `trace`, the headers that carry its trace (broker/tracing.py)."""
     now_us = time.time_ns() // 1_000
-    headers: dict[str, int | bool | str] = {PRIORITY_HEADER: priority.effective, PUBLISHED_AT_HEADER: now_us}
-    if check_processed:
-        headers[CHECK_PROCESSED_HEADER] = True
-    if trace:
-        headers.update(trace)
+    headers = published_headers(priority.effective, now_us, check_processed=check_processed, trace=trace)
     return spec.Basic.Properties(
         content_type=CONTENT_TYPE,
         delivery_mode=aio_pika.DeliveryMode.PERSISTENT.value,

@@ -11,9 +11,9 @@ from typing import Any, Protocol
 from pydantic import ValidationError
 
 from broker.errors import InvalidMessage
+from broker.headers import PRIORITY_HEADER, attempt_of, int_header, published_at_of
 from broker.messages import OrderBase, decode_order, is_json_media_type
 from broker.priority import PRIORITIES
-from broker.publisher import ATTEMPT_HEADER, PRIORITY_HEADER, PUBLISHED_AT_HEADER
 from consumers.received import Headed
 
 Handler = Callable[[Any], Awaitable[None]]
@@ -34,7 +34,7 @@ class Delivery:
     """True when the broker delivered this message before (to this or another consumer) without an ack."""
     published_at: float | None = field(default=None, compare=False)
     """When the API published it (seconds since the epoch, from its header): `time.time() - published_at` is how
-    long the order has waited so far. None without a precise header (see `published_at_of`)."""
+    long the order has waited so far. None without a precise header (broker.headers.PUBLISHED_AT_HEADER)."""
     received_at: float | None = field(default=None, compare=False)
     """When this process received it (seconds since the epoch): the wait from there is the consumer's own.
     Neither time takes part in comparing two deliveries."""
@@ -73,35 +73,19 @@ def parse_order(message: Body, model: type[OrderBase], *, max_body_bytes: int) -
         raise InvalidMessage(f"not a valid order: {exc.error_count()} errors, first: {exc.errors()[0]['msg']}") from exc
 
 
-def int_header(message: Headed, name: str, default: int) -> int:
-    value = message.headers.get(name)
-    return value if isinstance(value, int) and not isinstance(value, bool) else default
-
-
-def attempt_of(message: Headed) -> int:
-    """The attempt this delivery is (1 when the header is absent); headers are untrusted, so never below 1."""
-    return max(1, int_header(message, ATTEMPT_HEADER, 1))
-
-
 def describe(message: Incoming, order: OrderBase, received_at: float | None = None) -> Delivery:
     """The delivery as a handler sees it. The effective priority comes from the API's header when it holds one
     of 0..9 (anything else is not ours to trust), else from the order itself."""
-    priority = int_header(message, PRIORITY_HEADER, order.priority)
+    headers = message.headers
+    priority = int_header(headers, PRIORITY_HEADER, order.priority)
     return Delivery(
         order_id=order.order_id,
         priority=priority if priority in PRIORITIES else order.priority,
-        attempt=attempt_of(message),
+        attempt=attempt_of(headers),
         redelivered=message.redelivered,
-        published_at=published_at_of(message),
+        published_at=published_at_of(headers),
         received_at=received_at,
     )
-
-
-def published_at_of(message: Headed) -> float | None:
-    """The publish time in seconds since the epoch, from a header holding whole microseconds (an int). A float
-    header is ignored: AMQP tables carry a Python float as a 32-bit float (pamqp), 128 s apart at today's times."""
-    value = message.headers.get(PUBLISHED_AT_HEADER)
-    return value / 1_000_000 if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 _current_delivery: ContextVar[Delivery] = ContextVar("orderlane_delivery")

@@ -16,13 +16,20 @@ from aio_pika.abc import AbstractIncomingMessage, AbstractQueue
 
 from broker.connection import Broker
 from broker.errors import PublishError, StatusUnavailable
+from broker.headers import (
+    ATTEMPTS_HEADER,
+    DEAD_LETTERED_AT_HEADER,
+    ERROR_HEADER,
+    ERROR_TYPE_HEADER,
+    PRIORITY_HEADER,
+    int_header,
+)
 from broker.priority import PRIORITIES
-from broker.publisher import PRIORITY_HEADER, publish_confirmed
+from broker.publisher import publish_confirmed
 from broker.settings import Settings
 from broker.status import Transition
 from broker.status_store import StatusStore
-from consumers.delivery import int_header
-from consumers.retry import ATTEMPTS_HEADER, DEAD_LETTERED_AT_HEADER, ERROR_HEADER, ERROR_TYPE_HEADER, replay_message
+from consumers.retry import replay_message
 
 logger = logging.getLogger(__name__)
 
@@ -39,14 +46,16 @@ class DeadLetter:
 
     @classmethod
     def of(cls, message: AbstractIncomingMessage) -> DeadLetter:
+        headers = message.headers
+
         def text(name: str) -> str:
-            value = message.headers.get(name)
+            value = headers.get(name)
             return value.decode(errors="replace") if isinstance(value, bytes) else str(value or "-")
 
         return cls(
             message_id=message.message_id or "-",
-            priority=int_header(message, PRIORITY_HEADER, -1) if PRIORITY_HEADER in message.headers else None,
-            attempts=int_header(message, ATTEMPTS_HEADER, -1) if ATTEMPTS_HEADER in message.headers else None,
+            priority=int_header(headers, PRIORITY_HEADER, -1) if PRIORITY_HEADER in headers else None,
+            attempts=int_header(headers, ATTEMPTS_HEADER, -1) if ATTEMPTS_HEADER in headers else None,
             error_type=text(ERROR_TYPE_HEADER),
             error=text(ERROR_HEADER),
             dead_lettered_at=text(DEAD_LETTERED_AT_HEADER),
@@ -142,7 +151,7 @@ async def _replay(
     is `replayed` there first, so that what a consumer records of the new round comes after it; if the publish
     fails, its record is dead-lettered again (best effort both: the order moves, or stays, whether or not the
     store answers)."""
-    priority = int_header(message, PRIORITY_HEADER, -1)
+    priority = int_header(message.headers, PRIORITY_HEADER, -1)
     lane = broker.topology.lane_for_header(priority)
     order_id = message.message_id if status is not None else None
     if status is not None and order_id:

@@ -11,9 +11,9 @@ from typing import Final, Protocol
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from broker.connection import Broker
+from broker.headers import published_at_of
 from broker.priority import PRIORITIES
 from broker.queues import queue_stats
-from consumers.delivery import published_at_of
 from consumers.received import Headed
 
 logger = logging.getLogger(__name__)
@@ -145,7 +145,7 @@ class ConsumerMetrics:
         return found if found is not None else PriorityMetrics(self, str(priority))
 
     def observe_wait(self, message: Headed, metrics: PriorityMetrics) -> None:
-        published_at = published_at_of(message)
+        published_at = published_at_of(message.headers)
         if published_at is not None:
             metrics.wait_seconds.observe(max(0.0, time.time() - published_at))
 

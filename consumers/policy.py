@@ -32,9 +32,10 @@ from aiormq import spec
 
 from broker.connection import Broker
 from broker.errors import InvalidMessage, PublishError
+from broker.headers import CHECK_PROCESSED_HEADER, PRIORITY_HEADER, attempt_of, int_header
 from broker.messages import OrderBase
 from broker.priority import PRIORITIES
-from broker.publisher import CHECK_PROCESSED_HEADER, PRIORITY_HEADER, publish_confirmed
+from broker.publisher import publish_confirmed
 from broker.settings import Settings
 from broker.topology import Lane
 from consumers.deadlines import Deadlines
@@ -43,9 +44,7 @@ from consumers.delivery import (
     Delivery,
     Handler,
     Incoming,
-    attempt_of,
     describe,
-    int_header,
     log_fields,
     parse_order,
 )
@@ -121,7 +120,7 @@ class AckPolicy:
         try:
             order = parse_order(message, self._order_model, max_body_bytes=self._settings.max_body_bytes)
         except InvalidMessage as exc:
-            number = attempt_of(message)
+            number = attempt_of(message.headers)
             logger.error("invalid message dead-lettered: %s", exc, extra=message_fields(message))
             refused = decide(exc, number, self._retry_policy, self._rng, invalid=True)
             assert isinstance(refused, DeadLettered)
@@ -217,8 +216,9 @@ class AckPolicy:
 
 def message_fields(message: Settleable) -> dict[str, object]:
     """Log fields for a message whose body may not be an order: what its properties and headers say."""
-    priority = int_header(message, PRIORITY_HEADER, -1)
-    return log_fields(message.message_id, priority if priority in PRIORITIES else None, attempt_of(message))
+    headers = message.headers
+    priority = int_header(headers, PRIORITY_HEADER, -1)
+    return log_fields(message.message_id, priority if priority in PRIORITIES else None, attempt_of(headers))
 
 
 def _fields(delivery: Delivery) -> dict[str, object]:

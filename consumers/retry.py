@@ -1,29 +1,24 @@
-"""Where a message goes when it was not processed: back later through a delay queue, or to the dead-letter queue.
+"""Where a message goes when it was not processed: back later through a delay queue (after the backoff of the
+retry policy), or to the dead-letter queue.
 
 Both are a republish (persistent, same priority and properties, confirmed) followed by an ack of the original,
-so the broker holds the message at every moment: a crash between the two gives a duplicate, never a loss.
+so the broker holds the message at every moment: a crash between the two gives a duplicate, never a loss. What each
+copy's headers add and strip is broker/headers.py's.
 """
 
 from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Final, Protocol
 
 import aio_pika
 from aio_pika.abc import HeadersType
 
-from broker.publisher import ATTEMPT_HEADER, CHECK_PROCESSED_HEADER
+from broker.headers import dead_letter_headers, replay_headers, retry_headers
 from broker.settings import Settings
 
-ERROR_TYPE_HEADER: Final = "x-orderlane-error-type"
-ERROR_HEADER: Final = "x-orderlane-error"
-ATTEMPTS_HEADER: Final = "x-orderlane-attempts"
-DEAD_LETTERED_AT_HEADER: Final = "x-orderlane-dead-lettered-at"
-ORDERLANE_FAILURE_HEADERS: Final = (ERROR_TYPE_HEADER, ERROR_HEADER, ATTEMPTS_HEADER, DEAD_LETTERED_AT_HEADER)
-BROKER_HEADERS: Final = ("x-death", "x-first-death-exchange", "x-first-death-queue", "x-first-death-reason")
-MAX_ERROR_LENGTH: Final = 1000
 JITTER: Final = 0.2
 
 
@@ -90,30 +85,17 @@ def _copy(message: Copyable, headers: HeadersType, expiration: float | None = No
     )
 
 
-def _own_headers(message: Copyable) -> HeadersType:
-    """The message's headers without the ones the broker adds when it dead-letters (it adds them again)."""
-    return {key: value for key, value in message.headers.items() if key not in BROKER_HEADERS}
-
-
 def retry_message(message: Copyable, *, next_attempt: int, delay_seconds: float) -> aio_pika.Message:
-    # Marked: if the ack of this attempt is lost, the broker redelivers it besides this copy; whichever runs
-    # second finds the order processed and skips it.
-    headers = {**_own_headers(message), ATTEMPT_HEADER: next_attempt, CHECK_PROCESSED_HEADER: True}
-    return _copy(message, headers, expiration=delay_seconds)
+    """The copy that comes back as attempt `next_attempt` once its per-message TTL sends it to the work queue."""
+    return _copy(message, retry_headers(message.headers, next_attempt), expiration=delay_seconds)
 
 
 def dead_letter_message(message: Copyable, *, error_type: str, error: str, attempts: int) -> aio_pika.Message:
-    headers: HeadersType = {
-        **_own_headers(message),
-        ERROR_TYPE_HEADER: error_type,
-        ERROR_HEADER: error[:MAX_ERROR_LENGTH],
-        ATTEMPTS_HEADER: attempts,
-        DEAD_LETTERED_AT_HEADER: datetime.now(UTC).isoformat(timespec="milliseconds"),
-    }
+    """The copy for the dead-letter queue, saying why it failed."""
+    headers = dead_letter_headers(message.headers, error_type=error_type, error=error, attempts=attempts)
     return _copy(message, headers)
 
 
 def replay_message(message: Copyable) -> aio_pika.Message:
     """A dead letter made new: same body and priority, the failure headers gone, the attempt count reset."""
-    excluded = {ATTEMPT_HEADER, *ORDERLANE_FAILURE_HEADERS}
-    return _copy(message, {key: value for key, value in _own_headers(message).items() if key not in excluded})
+    return _copy(message, replay_headers(message.headers))

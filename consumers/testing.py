@@ -27,6 +27,7 @@ from pydantic_core import to_json
 
 from api.app import create_app  # the composition root's privilege (tests/test_layout.py)
 from broker.errors import InvalidMessage
+from broker.headers import attempt_of
 from broker.memory import MemoryBroker, MemoryMessage
 from broker.messages import CONTENT_TYPE, OrderBase, decode_order, encode_order
 from broker.priority import prioritize
@@ -35,7 +36,7 @@ from broker.status_store import StatusStore, StoreMetrics
 from broker.topology import Lane
 from consumers.deadlines import Deadlines
 from consumers.decisions import Acked, DeadLettered, DeadLetterReason, Outcome, Retried, decide
-from consumers.delivery import Delivery, attempt_of, parse_order
+from consumers.delivery import Delivery, parse_order
 from consumers.invoker import Invoker
 from consumers.metrics import ConsumerMetrics
 from consumers.policy import AckPolicy
@@ -244,7 +245,7 @@ class OrderlaneHarness:
 
     def _dead_letter(self, message: MemoryMessage, outcome: DeadLettered) -> DeadLetter:
         order = None if outcome.reason == "invalid" else decode_order(message.body, self.settings.order_type)
-        return DeadLetter(order, outcome.reason, outcome.error, attempt_of(message))
+        return DeadLetter(order, outcome.reason, outcome.error, attempt_of(message.headers))
 
     async def _stop_workers(self) -> None:
         for worker in self._workers:

@@ -34,7 +34,7 @@ from broker import (
     Settings,
     StatusUnavailable,
 )
-from broker.publisher import PRIORITY_HEADER, PUBLISHED_AT_HEADER
+from broker.headers import PRIORITY_HEADER, PUBLISHED_AT_HEADER
 from broker.settings import LaneConfig
 from tests.amqp import delete_topology, drain, queue_depth
 from tests.http import app_client

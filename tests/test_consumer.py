@@ -11,10 +11,10 @@ import orjson
 import pytest
 
 from broker.connection import Broker
+from broker.headers import ERROR_HEADER, ERROR_TYPE_HEADER
 from broker.messages import Order
 from broker.settings import Settings
 from consumers.delivery import Delivery, current_delivery
-from consumers.retry import ERROR_HEADER, ERROR_TYPE_HEADER
 from tests.amqp import (
     consumers_are,
     delete_queues,

@@ -10,7 +10,7 @@ import aio_pika
 from prometheus_client import CollectorRegistry
 
 from broker.connection import Broker, open_broker
-from broker.publisher import ATTEMPT_HEADER, PRIORITY_HEADER
+from broker.headers import ATTEMPT_HEADER, PRIORITY_HEADER
 from broker.settings import LaneConfig, Settings
 from broker.status import Transition
 from broker.status_store import open_status_store

@@ -15,10 +15,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from api.app import create_app
 from api.openapi import openapi_document
 from broker.connection import Broker
+from broker.headers import ERROR_TYPE_HEADER
 from broker.messages import OrderBase, encode_order
 from broker.publisher import OrderPublisher
 from broker.settings import Settings
-from consumers.retry import ERROR_TYPE_HEADER
 from tests.amqp import depth_is, drain, publish_raw, queue_depth, wait_until
 from tests.consuming import consuming
 from tests.fakes import RecordingPublisher

@@ -11,12 +11,12 @@ import pytest
 from api.app import create_app
 from broker.connection import Broker
 from broker.errors import PublishError
+from broker.headers import PRIORITY_HEADER, published_at_of
 from broker.messages import Order, encode_order
 from broker.priority import Priority
-from broker.publisher import PRIORITY_HEADER, OrderPublisher, message_properties, publish_confirmed
+from broker.publisher import OrderPublisher, message_properties, publish_confirmed
 from broker.queues import queue_stats
 from broker.settings import Settings
-from consumers.delivery import published_at_of
 from tests.amqp import delete_queues, drain, operator_channel, queue_depth
 from tests.http import app_client
 
@@ -116,6 +116,6 @@ async def test_the_publish_time_travels_to_the_microsecond(settings: Settings, b
     await OrderPublisher(broker, settings).publish(Order(order_id="timed", items=["a"]))
     after = time.time()
     [message] = await drain(settings.queue)
-    published_at = published_at_of(message)
+    published_at = published_at_of(message.headers)
     assert published_at is not None
     assert before - 0.001 <= published_at <= after + 0.001

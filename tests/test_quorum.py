@@ -13,12 +13,12 @@ import pytest
 
 from broker.connection import open_broker
 from broker.errors import ConfigurationError, PermanentFailure
+from broker.headers import ATTEMPTS_HEADER, ERROR_TYPE_HEADER
 from broker.messages import Order
 from broker.publisher import OrderPublisher
 from broker.settings import Settings
 from broker.topology import build_topology, check_queue_type
 from consumers.delivery import current_delivery
-from consumers.retry import ATTEMPTS_HEADER, ERROR_TYPE_HEADER
 from tests.amqp import amqp_url, depth_is, drain, publish_raw, wait_until
 from tests.consuming import consuming, order_message
 

@@ -10,20 +10,12 @@ import aio_pika
 
 from broker.connection import Broker
 from broker.errors import PermanentFailure
+from broker.headers import ATTEMPT_HEADER, ATTEMPTS_HEADER, ERROR_HEADER, ERROR_TYPE_HEADER
 from broker.messages import Order
-from broker.publisher import ATTEMPT_HEADER
 from broker.settings import Settings
 from broker.topology import build_topology
 from consumers.delivery import current_delivery
-from consumers.retry import (
-    ATTEMPTS_HEADER,
-    ERROR_HEADER,
-    ERROR_TYPE_HEADER,
-    RetryPolicy,
-    dead_letter_message,
-    replay_message,
-    retry_message,
-)
+from consumers.retry import RetryPolicy, dead_letter_message, replay_message, retry_message
 from tests.amqp import depth_is, drain, publish_raw, queue_depth, wait_until
 from tests.consuming import consuming, order_message
 

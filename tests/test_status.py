@@ -15,8 +15,8 @@ from redis.asyncio import Redis
 from api.app import create_app
 from broker.connection import Broker, open_broker
 from broker.errors import PermanentFailure, StatusUnavailable
+from broker.headers import CHECK_PROCESSED_HEADER
 from broker.messages import Order, encode_order
-from broker.publisher import CHECK_PROCESSED_HEADER
 from broker.settings import Settings
 from broker.status import FINAL_RANK, Transition, fingerprint, rank_of
 from broker.status_store import Reserved, StatusStore, Taken, open_status_store

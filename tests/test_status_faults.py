@@ -17,8 +17,8 @@ from pydantic import RedisDsn
 from api.app import create_app
 from broker.connection import Broker, open_broker
 from broker.errors import PermanentFailure
+from broker.headers import CHECK_PROCESSED_HEADER
 from broker.messages import Order
-from broker.publisher import CHECK_PROCESSED_HEADER
 from broker.settings import Settings
 from broker.status_store import PAUSE_SECONDS, open_status_store
 from consumers.delivery import Delivery

@@ -21,6 +21,7 @@ from api.openapi import openapi_document
 from api.routes import get_order, healthz, metrics, openapi, post_order, queues, readyz
 from api.state import BacklogSource, Services
 from broker.connection import open_broker
+from broker.estimates import WaitEstimates, estimating
 from broker.intake import Intake
 from broker.publisher import OrderPublisher, Publisher
 from broker.queues import queue_stats
@@ -53,11 +54,14 @@ def create_app(
     document = openapi_document(version("orderlane"), order_model)
 
     def services(
-        publisher: Publisher, backlog: BacklogSource | None, status: StatusStore | None
+        publisher: Publisher,
+        backlog: BacklogSource | None,
+        status: StatusStore | None,
+        estimates: WaitEstimates | None = None,
     ) -> dict[str, Services]:
-        intake = Intake(publisher, status, api_metrics.intake, settings)
+        intake = Intake(publisher, status, api_metrics.intake, settings, estimates)
         api_metrics.broker_blocked.read_from(lambda: publisher.is_blocked)
-        found = Services(settings, order_model, publisher, intake, status, api_metrics, backlog, document)
+        found = Services(settings, order_model, publisher, intake, status, api_metrics, backlog, document, estimates)
         return {"services": found}
 
     @asynccontextmanager
@@ -70,9 +74,9 @@ def create_app(
                 if publisher is not None:
                     yield services(publisher, backlog, opened)
                     return
-                async with open_broker(settings) as broker:
+                async with open_broker(settings) as broker, estimating(broker, opened) as estimates:
                     stats = partial(queue_stats, broker.connection, broker.topology)
-                    yield services(OrderPublisher(broker, settings, tracing), stats, opened)
+                    yield services(OrderPublisher(broker, settings, tracing), stats, opened, estimates)
             finally:
                 if tracing is not None:
                     tracing.flush()

@@ -15,6 +15,7 @@ An `overloaded` answer also closes its connection.
 | not application/json                            | 415    | `unsupported_media_type`   |              |
 | the order model refuses it (pydantic)           | 422    | pydantic's errors          |              |
 | the API key is over its rate (api/auth.py)      | 429    | `rate_limited`             | Retry-After  |
+| BacklogOverBudget: admission refused the order  | 429    | `backlog_over_budget`      | Retry-After  |
 | PublishError: the broker did not confirm        | 503    | `broker_unavailable`       | Retry-After  |
 | PublishBlocked: a memory or disk alarm          | 503    | `broker_blocked`           | Retry-After  |
 | BrokerUnavailable: the connection is down       | 503    | `broker_unavailable`       | Retry-After  |
@@ -30,7 +31,6 @@ answer before a route runs (limits, keys) take their answers from here too.
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Awaitable, Callable, Mapping
 
 from pydantic import ValidationError
@@ -40,12 +40,14 @@ from starlette.responses import Response
 
 from api.responses import JSONResponse, error_response, problem, validation_error_response
 from broker.errors import (
+    BacklogOverBudget,
     BrokerUnavailable,
     OrderIdConflict,
     OrderInProgress,
     PublishBlocked,
     PublishError,
     StatusUnavailable,
+    retry_after_seconds,
 )
 
 logger = logging.getLogger(__name__)
@@ -88,6 +90,11 @@ def exception_handlers(retry_after_seconds: int) -> dict[type[Exception], Except
         assert isinstance(exc, OrderIdConflict)
         return error_response(409, [problem("order_id_conflict", str(exc))])
 
+    async def over_budget(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, BacklogOverBudget)
+        headers = {"Retry-After": str(exc.retry_after_seconds)}
+        return error_response(429, [problem("backlog_over_budget", str(exc))], headers)
+
     async def in_progress(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, OrderInProgress)
         return unavailable("order_in_progress", str(exc), {"Retry-After": str(exc.retry_after_seconds)})
@@ -119,6 +126,7 @@ def exception_handlers(retry_after_seconds: int) -> dict[type[Exception], Except
         ValidationError: invalid,
         OrderIdConflict: conflict,
         OrderInProgress: in_progress,
+        BacklogOverBudget: over_budget,
         PublishError: unconfirmed,
         PublishBlocked: blocked,
         BrokerUnavailable: broker_down,
@@ -144,9 +152,5 @@ def unauthorized() -> JSONResponse:
 
 def rate_limited(wait: float) -> JSONResponse:
     message = f"this API key sends more than ORDERLANE_RATE_LIMIT_PER_KEY allows; retry in {wait:.2f}s"
-    return error_response(429, [problem("rate_limited", message)], {"Retry-After": retry_after(wait)})
+    return error_response(429, [problem("rate_limited", message)], {"Retry-After": str(retry_after_seconds(wait))})
 
-
-def retry_after(wait: float) -> str:
-    """A Retry-After header's whole seconds, never 0: a client told 0 would come straight back."""
-    return str(max(1, math.ceil(wait)))

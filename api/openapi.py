@@ -38,8 +38,22 @@ class QueueDepth(BaseModel):
     consumers: int | None
 
 
+class LaneEstimate(BaseModel):
+    """What an order entering this lane now is expected to wait for (broker/estimates.py): an estimate."""
+
+    queue: str
+    ahead: int
+    """Ready orders in this lane and in the lanes more urgent than it."""
+    drain_per_second: float | None
+    """Orders the consumers finish per second, all lanes together; null until measured."""
+    expected_wait_seconds: float | None
+    """`ahead` at that rate; null when not known, or when orders wait and nothing drains them."""
+
+
 class Backlog(BaseModel):
     queues: list[QueueDepth]
+    lanes: list[LaneEstimate] = []
+    """Most urgent first; empty without a status store (the drain rate is read there)."""
 
 
 def _json(description: str, schema: dict[str, Any]) -> dict[str, Any]:

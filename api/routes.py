@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import math
 
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from api.errors import RequestRejected
-from api.openapi import Accepted, Backlog, QueueDepth
+from api.openapi import Accepted, Backlog, LaneEstimate, QueueDepth
 from api.responses import JSONResponse
 from api.state import services
 from broker.connection import BROKER_ERRORS
 from broker.errors import BrokerUnavailable, PublishBlocked, StatusUnavailable
+from broker.estimates import LaneWait
 from broker.messages import ORDER_ID, is_json_media_type
 from broker.status import OrderStatus
 
@@ -109,7 +111,18 @@ async def queues(request: Request) -> Response:
     except (*BROKER_ERRORS, RuntimeError) as exc:  # RuntimeError: aio-pika while it reconnects
         raise BrokerUnavailable(f"the broker did not answer: {exc!r}") from exc
     depths = [QueueDepth(queue=s.queue, messages=s.messages, consumers=s.consumers) for s in stats]
-    return JSONResponse(Backlog(queues=depths).model_dump())
+    lanes = [] if state.estimates is None else [lane_estimate(wait) for wait in state.estimates.lanes]
+    return JSONResponse(Backlog(queues=depths, lanes=lanes).model_dump())
+
+
+def lane_estimate(wait: LaneWait) -> LaneEstimate:
+    seconds = wait.seconds
+    return LaneEstimate(
+        queue=wait.queue,
+        ahead=wait.ahead,
+        drain_per_second=wait.per_second,
+        expected_wait_seconds=seconds if seconds is not None and math.isfinite(seconds) else None,
+    )
 
 
 async def metrics(request: Request) -> Response:

@@ -9,6 +9,7 @@ from typing import Any
 from starlette.requests import Request
 
 from api.metrics import ApiMetrics
+from broker.estimates import WaitEstimates
 from broker.intake import Intake
 from broker.messages import OrderBase
 from broker.publisher import Publisher
@@ -31,6 +32,8 @@ class Services:
     metrics: ApiMetrics
     backlog: BacklogSource | None
     openapi: dict[str, Any]
+    estimates: WaitEstimates | None = None
+    """The lanes' expected waits (broker/estimates.py), when the API has its broker and a status store."""
 
 
 def services(request: Request) -> Services:

@@ -96,16 +96,17 @@ async def delete_queues(settings: Settings) -> None:
 
 
 async def status_records(settings: Settings, *, delete: bool = False) -> int:
-    """How many status records are kept under the settings' queue (none with the store off); with `delete`, they
-    are deleted too."""
+    """How many order records are kept under the settings' queue (none with the store off); with `delete`, they
+    are deleted too, with the rest of the deployment's keys (its departure counter)."""
     if settings.status_url is None:
         return 0
+    namespace = f"orderlane:{settings.queue}:"
     async with Redis.from_url(str(settings.status_url)) as client:
-        keys = [key async for key in client.scan_iter(match=f"orderlane:{settings.queue}:*", count=1000)]
+        keys = [key async for key in client.scan_iter(match=f"{namespace}*", count=1000)]
         if delete:
             for start in range(0, len(keys), 1000):
                 await client.unlink(*keys[start : start + 1000])
-    return len(keys)
+    return sum(key.startswith(f"{namespace}order:".encode()) for key in keys)
 
 
 async def metric_totals(client: httpx.AsyncClient, port: int, names: Sequence[str]) -> dict[str, float]:

@@ -4,6 +4,7 @@ order status store; and the Python clients that submit orders as the API takes t
 from broker.client import AsyncOrderClient, OrderClient
 from broker.connection import Broker, open_broker
 from broker.errors import (
+    BacklogOverBudget,
     BrokerRefused,
     BrokerUnavailable,
     ClientClosed,
@@ -27,6 +28,7 @@ from broker.status_store import StatusStore, open_status_store
 
 __all__ = [
     "AsyncOrderClient",
+    "BacklogOverBudget",
     "Broker",
     "BrokerRefused",
     "BrokerUnavailable",

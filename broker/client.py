@@ -19,6 +19,7 @@ from pydantic_core import to_json
 
 from broker.connection import open_broker
 from broker.errors import ClientClosed, ConfigurationError
+from broker.estimates import estimating
 from broker.intake import Intake, IntakeMetrics
 from broker.messages import ORDER_ID, OrderBase
 from broker.publisher import OrderPublisher, Receipt
@@ -63,8 +64,11 @@ class AsyncOrderClient:
             async with AsyncExitStack() as resources:
                 store = await resources.enter_async_context(open_status_store(self._settings, self._registry))
                 broker = await resources.enter_async_context(open_broker(self._settings))
+                estimates = None
+                if self._settings.admission_max_wait is not None:  # sampled only for admission: a client shows none
+                    estimates = await resources.enter_async_context(estimating(broker, store))
                 publisher = OrderPublisher(broker, self._settings)
-                intake = Intake(publisher, store, IntakeMetrics(self._registry), self._settings)
+                intake = Intake(publisher, store, IntakeMetrics(self._registry), self._settings, estimates)
                 self._opened = _Opened(intake, store, resources.pop_all())
         except BaseException:
             self._state = "closed"
@@ -88,7 +92,8 @@ class AsyncOrderClient:
 
     async def submit(self, order: Submitted) -> Receipt | OrderStatus:
         """Publish the order, confirmed by the broker: a Receipt. If the status store knows it already, its
-        OrderStatus, and nothing is published. Raises OrderIdConflict, OrderInProgress, PublishError (PublishBlocked),
+        OrderStatus, and nothing is published. Raises OrderIdConflict, OrderInProgress, BacklogOverBudget
+        (admission; its `retry_after_seconds` says when to try again), PublishError (PublishBlocked),
         StatusUnavailable (with ORDERLANE_STATUS_REQUIRED), pydantic's ValidationError for an invalid mapping, and
         TypeError for an instance of another class than the order model."""
         validated = self._validated(order)

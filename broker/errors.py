@@ -9,6 +9,7 @@
     │   └── PublishBlocked  not even tried: the broker blocks publishing (a memory or disk alarm)
     ├── OrderIdConflict     an order submitted with an order_id that a different order holds
     ├── OrderInProgress     the same order is being published by another request right now: retry shortly
+    ├── BacklogOverBudget   admission: an order of its priority would wait longer than ORDERLANE_ADMISSION_MAX_WAIT
     ├── InvalidMessage      a delivery whose body is not a valid order (never retried)
     ├── ClientClosed        an order client used before it was opened or after it was closed (broker/client.py)
     ├── PermanentFailure    raised by a handler: this order can never succeed, dead-letter it now
@@ -22,6 +23,8 @@ Library exceptions (aio-pika, aiormq, pydantic) are translated into these where 
 """
 
 from __future__ import annotations
+
+import math
 
 
 class OrderlaneError(Exception):
@@ -78,6 +81,30 @@ class OrderInProgress(OrderlaneError):
     def __init__(self, order_id: str) -> None:
         self.order_id = order_id
         super().__init__(f"order {order_id!r} is being published by another request; retry")
+
+
+class BacklogOverBudget(OrderlaneError):
+    """Admission refused the order (nothing was published): orders of its priority are expected to wait
+    `expected_wait` seconds, more than ORDERLANE_ADMISSION_MAX_WAIT allows. Submit it again after
+    `retry_after_seconds`, when the backlog ahead of it is expected to have drained to the budget."""
+
+    def __init__(self, order_id: str, priority: int, expected_wait: float, max_wait: float) -> None:
+        self.order_id = order_id
+        self.priority = priority
+        self.expected_wait = expected_wait
+        self.retry_after_seconds = retry_after_seconds(
+            expected_wait - max_wait if expected_wait < math.inf else max_wait
+        )
+        shown = f"{expected_wait:.1f}s" if expected_wait < math.inf else "without end (nothing drains the queues)"
+        super().__init__(
+            f"order {order_id!r}: orders of priority {priority} are expected to wait {shown}, more than the "
+            f"{max_wait:g}s ORDERLANE_ADMISSION_MAX_WAIT allows; retry in {self.retry_after_seconds}s"
+        )
+
+
+def retry_after_seconds(wait: float) -> int:
+    """Whole seconds to wait before retrying, never 0: a client told 0 would come straight back."""
+    return max(1, math.ceil(wait))
 
 
 class InvalidMessage(OrderlaneError):

@@ -10,6 +10,9 @@ HTTP (`POST /orders`) or from Python (broker.client). Both take orders here; eac
 | another order holds the order_id                       | OrderIdConflict                                      |
 | it is `unconfirmed` (PublishError), or `pending` past  | reserved again and published, marked to be checked   |
 | its hold                                               |                                                      |
+| ORDERLANE_ADMISSION_MAX_WAIT is set, its order_id is   | BacklogOverBudget; nothing published                 |
+| new, and orders of its priority are expected to wait   |                                                      |
+| longer (broker/estimates.py)                           |                                                      |
 | the status store is away                               | published without the check, marked to be checked    |
 |                                                        | (counted); or StatusUnavailable when                 |
 |                                                        | ORDERLANE_STATUS_REQUIRED                            |
@@ -33,9 +36,10 @@ from typing import Final
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
-from broker.errors import OrderIdConflict, OrderInProgress, PublishError, StatusUnavailable
+from broker.errors import BacklogOverBudget, OrderIdConflict, OrderInProgress, PublishError, StatusUnavailable
+from broker.estimates import WaitEstimates
 from broker.messages import OrderBase, encode_order
-from broker.priority import PRIORITIES
+from broker.priority import PRIORITIES, effective_priority
 from broker.publisher import Publisher, Receipt
 from broker.settings import Settings
 from broker.status import OrderStatus, Transition, fingerprint
@@ -74,6 +78,13 @@ class IntakeMetrics:
             "Orders published without the duplicate check, because the status store was away",
             registry=registry,
         )
+        self.refused = Counter(
+            "orderlane_orders_refused",
+            "Orders admission refused (429): orders of their effective priority were expected to wait longer than "
+            "ORDERLANE_ADMISSION_MAX_WAIT",
+            ["priority"],
+            registry=registry,
+        )
         self.broker_errors = Counter(
             "orderlane_broker_errors",
             "Orders the broker did not take: not confirmed, or refused while it blocks publishing",
@@ -85,10 +96,17 @@ class Intake:
     """Publishes orders, through the status store when there is one."""
 
     def __init__(
-        self, publisher: Publisher, store: StatusStore | None, metrics: IntakeMetrics, settings: Settings
+        self,
+        publisher: Publisher,
+        store: StatusStore | None,
+        metrics: IntakeMetrics,
+        settings: Settings,
+        estimates: WaitEstimates | None = None,
     ) -> None:
         self._publisher = publisher
         self._store = store
+        self._estimates = estimates
+        """Admission's, when ORDERLANE_ADMISSION_MAX_WAIT is set."""
         self._metrics = metrics
         self._settings = settings
         self._publishing: dict[str, _Taking] = {}
@@ -98,6 +116,8 @@ class Intake:
 
     async def take(self, order: OrderBase) -> Receipt | OrderStatus:
         """A Receipt when this call published the order; the order's status when it was known already."""
+        if self._estimates is not None and self._settings.admission_max_wait is not None:
+            await self._admit(order, self._estimates, self._settings.admission_max_wait)
         if self._store is None:
             return await self._publish(order)
         digest = fingerprint(encode_order(order))
@@ -152,6 +172,20 @@ class Intake:
         with contextlib.suppress(StatusUnavailable):  # counted by the store; the reservation expires by itself
             store.accept(accepted, token)
         return receipt
+
+    async def _admit(self, order: OrderBase, estimates: WaitEstimates, max_wait: float) -> None:
+        """Refuse a new order whose priority's expected wait is over `max_wait`. An order_id the store knows goes on:
+        it is answered from its status, or published again if its first publish was never confirmed."""
+        priority = effective_priority(order, vip_priority=self._settings.vip_priority)
+        expected = estimates.current(priority)
+        if expected is None or expected <= max_wait:
+            return
+        if self._store is not None:
+            with contextlib.suppress(StatusUnavailable):  # not known to be known: refused
+                if await self._store.get(order.order_id) is not None:
+                    return
+        self._metrics.refused.labels(priority=str(priority)).inc()
+        raise BacklogOverBudget(order.order_id, priority, expected, max_wait)
 
     async def _follow(self, order_id: str, digest: str, taking: _Taking) -> OrderStatus:
         """The same order_id is being taken by this process: the same order gets that request's outcome (its

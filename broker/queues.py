@@ -18,13 +18,17 @@ class QueueStats:
     consumers: int | None
 
 
-async def queue_stats(connection: AbstractRobustConnection, topology: Topology) -> list[QueueStats]:
-    """Passive declares on a short-lived channel of their own: a missing queue makes the broker close the
-    channel it was asked on, which must not be the one that publishes or consumes."""
+async def queue_stats(
+    connection: AbstractRobustConnection, topology: Topology, *, work_only: bool = False
+) -> list[QueueStats]:
+    """Every queue of the topology, or its lanes' work queues only. Passive declares on a short-lived channel of
+    their own: a missing queue makes the broker close the channel it was asked on, which must not be the one that
+    publishes or consumes."""
     stats = []
     channel: AbstractChannel = await connection.channel(publisher_confirms=False)
     try:
-        for name in (spec.name for spec in topology.queues):
+        specs = [lane.work for lane in topology.lanes] if work_only else topology.queues
+        for name in (spec.name for spec in specs):
             try:
                 declared = await channel.declare_queue(name, passive=True)
             except aiormq.exceptions.ChannelNotFoundEntity:

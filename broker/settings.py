@@ -128,6 +128,9 @@ class Settings(BaseSettings):
     status_timeout: Annotated[float, Field(gt=0)] = 0.5
     status_required: bool = False
     """True: intake answers 503 while the status store is away, rather than accepting without deduplication."""
+    admission_max_wait: Annotated[float, Field(gt=0)] | None = None
+    """Seconds an order may be expected to wait before its handler starts; an order over it is refused (429) and
+    nothing is published, the least urgent lanes first (broker/estimates.py). Empty: every order is admitted."""
 
     queue_type: Literal["classic", "quorum"] = "classic"
     """quorum: replicated Raft queues (RabbitMQ 3.8+), the high availability of 4.x; priorities come from the lanes
@@ -172,7 +175,15 @@ class Settings(BaseSettings):
             return items
         return value
 
-    @field_validator("status_url", "management_url", "rate_limit_per_key", "rate_limit_burst", "handler", mode="before")
+    @field_validator(
+        "status_url",
+        "management_url",
+        "rate_limit_per_key",
+        "rate_limit_burst",
+        "handler",
+        "admission_max_wait",
+        mode="before",
+    )
     @classmethod
     def _empty_means_off(cls, value: object) -> object:
         return None if value == "" else value
@@ -194,6 +205,8 @@ class Settings(BaseSettings):
             raise ValueError("ORDERLANE_RATE_LIMIT_PER_KEY needs ORDERLANE_API_KEYS: the limit is per key")
         if self.rate_limit_burst is not None and self.rate_limit_per_key is None:
             raise ValueError("ORDERLANE_RATE_LIMIT_BURST needs ORDERLANE_RATE_LIMIT_PER_KEY")
+        if self.admission_max_wait is not None and self.status_url is None:
+            raise ValueError("ORDERLANE_ADMISSION_MAX_WAIT needs ORDERLANE_STATUS_URL: the drain rate is read there")
         if self.http_max_incomplete_bodies >= self.http_max_concurrency:
             # A request still receiving its body holds a request slot; bounded below the limit, slow senders can
             # never take every slot from the complete requests.

@@ -4,7 +4,9 @@
 --   [op, rank, [field, value, ...], token, fingerprint]   (token and fingerprint only where the op reads them)
 -- ARGV[2] is the records' time to live, ARGV[3] the seconds a pending reservation holds the order_id against
 -- other requests: the same for every operation, so sent once per call (one JSON argument for the whole batch: the
--- client packs one string, not some twenty per operation).
+-- client packs one string, not some twenty per operation). ARGV[4] is the deployment's departure counter: every
+-- attempt that left a work queue (processed, retrying, dead_lettered) adds one, so the rate at which the consumers
+-- drain the queues is read from one key, whoever they are (broker/estimates.py); op 'departed' reads it.
 -- Returns one answer per operation: a record (get, reserve) as an array, the state the record had before (the
 -- other ops) as a string, '' for none (see broker/status_store.py).
 --
@@ -17,6 +19,7 @@ local ttl = tonumber(ARGV[2])
 local hold = tonumber(ARGV[3])
 local results = {}
 local now -- read by the first reservation of the call: most calls have none
+local departed = 0
 
 local FINAL_RANK = 1000000 -- processed, dead_lettered: above every other state, so written without a look
 
@@ -33,8 +36,12 @@ for i, key in ipairs(KEYS) do
 
   if op == 'transition' and rank >= FINAL_RANK then -- a consumer's processed: the most frequent
     write(key, fields)
+    departed = departed + 1
     results[i] = ''
   elseif op == 'transition' then
+    if rank >= 3 and rank % 2 == 1 then -- retrying: the attempt left the work queue for a delay queue
+      departed = departed + 1
+    end
     local held = redis.call('HMGET', key, 'state', 'rank')
     if rank >= (tonumber(held[2]) or -1) then
       write(key, fields)
@@ -71,6 +78,8 @@ for i, key in ipairs(KEYS) do
     end
   elseif op == 'get' then
     results[i] = redis.call('HGETALL', key)
+  elseif op == 'departed' then
+    results[i] = redis.call('GET', key) or '0' -- key is ARGV[4]
   elseif op == 'replay' then
     -- A consumer may take the replayed message before this write arrives: then only the time is noted.
     local held = redis.call('HGET', key, 'state')
@@ -87,5 +96,8 @@ for i, key in ipairs(KEYS) do
   else
     return redis.error_reply('unknown status operation ' .. tostring(op))
   end
+end
+if departed > 0 then
+  redis.call('INCRBY', ARGV[4], departed)
 end
 return results

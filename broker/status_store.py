@@ -35,7 +35,7 @@ from broker.status import OrderStatus, State, Transition, rank_of
 
 logger = logging.getLogger(__name__)
 
-Operation = Literal["get", "reserve", "accept", "release", "transition", "replay"]
+Operation = Literal["get", "reserve", "accept", "release", "transition", "replay", "departed"]
 READINESS_KEY: Final = "\x00readiness"
 """An order_id no order can have (the order_id rule excludes it): what `answers()` reads."""
 PAUSE_SECONDS: Final = 1.0
@@ -127,6 +127,7 @@ class StatusStore:
         self._client = client
         self._sha = hashlib.sha1(SCRIPT.encode()).hexdigest()
         self._prefix = f"orderlane:{namespace}:order:"
+        self._departed_key = f"orderlane:{namespace}:departed"
         self._ttl = ttl
         self._pending_ttl = pending_ttl
         self._metrics = metrics
@@ -143,6 +144,13 @@ class StatusStore:
         record = await self._run("get", order_id)
         assert isinstance(record, list)
         return _status(order_id, record)
+
+    async def departed(self) -> int:
+        """How many attempts have left the work queues so far (processed, retrying or dead-lettered), counted by the
+        store as the consumers record them: the same count for every process that asks."""
+        count = await self._run("departed", "", key=self._departed_key)
+        assert isinstance(count, str)
+        return int(count)
 
     async def answers(self) -> bool:
         """Whether the store answers now: a real call (unless one failed less than PAUSE_SECONDS ago)."""
@@ -218,10 +226,11 @@ class StatusStore:
         token: str = "",
         fingerprint: str = "",
         fields: Sequence[str | int | float] = (),
+        key: str = "",
     ) -> Answer:
         """Ask, and wait for the answer."""
         result: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
-        self._ask(operation, order_id, result, rank=rank, token=token, fingerprint=fingerprint, fields=fields)
+        self._ask(operation, order_id, result, rank=rank, token=token, fingerprint=fingerprint, fields=fields, key=key)
         return await result
 
     def _ask(
@@ -234,8 +243,10 @@ class StatusStore:
         token: str = "",
         fingerprint: str = "",
         fields: Sequence[str | int | float] = (),
+        key: str = "",
     ) -> None:
-        """Queue an operation for the next call: at once if somebody waits for its answer (a future)."""
+        """Queue an operation for the next call: at once if somebody waits for its answer (a future). Its key is the
+        order's record, unless `key` names another."""
         if not self._is_up:
             self._metrics.errors.labels(operation=operation).inc()
             raise StatusUnavailable("the status store is away")
@@ -243,7 +254,7 @@ class StatusStore:
         if token or fingerprint:  # only the reads that need them: a consumer's entry stays short
             entry += (token, fingerprint)
         waiting = self._waiting
-        waiting.keys.append(self._prefix + order_id)
+        waiting.keys.append(key or self._prefix + order_id)
         waiting.entries.append(entry)
         waiting.answered.append(answered)
         if isinstance(answered, asyncio.Future):
@@ -327,7 +338,8 @@ class StatusStore:
         if self._connection is None:
             self._connection = await self._client.connection_pool.get_connection()  # type: ignore[no-untyped-call]
         try:
-            command = ("EVALSHA", self._sha, len(keys), *keys, operations, self._ttl, self._pending_ttl)
+            arguments = (operations, self._ttl, self._pending_ttl, self._departed_key)
+            command = ("EVALSHA", self._sha, len(keys), *keys, *arguments)
             packed = pack_command(command)  # type: ignore[arg-type]  # its stub allows one argument only
             await self._connection.send_packed_command(packed, check_health=False)
             response: list[Answer] = await self._connection.read_response()

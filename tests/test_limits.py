@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from api.errors import retry_after
 from api.limits import TokenBuckets
+from broker.errors import retry_after_seconds
 
 
 class Clock:
@@ -43,4 +43,4 @@ def test_after_a_pause_no_more_than_the_burst_is_saved_up() -> None:
 
 @pytest.mark.parametrize(("wait", "header"), [(0.01, "1"), (1.0, "1"), (1.2, "2"), (99.5, "100")])
 def test_retry_after_is_whole_seconds_never_zero(wait: float, header: str) -> None:
-    assert retry_after(wait) == header
+    assert str(retry_after_seconds(wait)) == header

@@ -1,0 +1,162 @@
+"""How long an order entering each lane now is expected to wait before its handler starts: the ready messages of
+that lane and of the lanes more urgent than it (a consumer takes those first), divided by the rate at which the
+consumers drain the queues. The rate is the status store's departure counter (broker/status.lua) read every
+SAMPLE_SECONDS, over the last RATE_WINDOW_SECONDS; the depths are the broker's, read as often.
+
+An estimate, not a promise: orders more urgent than it that arrive meanwhile go first, and within a lane a more
+urgent priority goes first too (the broker keeps no count per priority). Without a status store there is no rate,
+hence no estimate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from functools import partial
+from typing import Final
+
+from broker.connection import BROKER_ERRORS, Broker
+from broker.errors import OrderlaneError
+from broker.queues import QueueStats, queue_stats
+from broker.status_store import StatusStore
+from broker.topology import Topology
+
+logger = logging.getLogger(__name__)
+
+SAMPLE_SECONDS: Final = 1.0
+STALE_SECONDS: Final = 5.0
+"""Estimates not refreshed for this long (the broker or the store did not answer) are not used: admission admits."""
+RATE_WINDOW_SECONDS: Final = 10.0
+"""The drain rate is the departures of the last this many seconds: long enough to smooth a burst of acks, short
+enough to follow consumers that were added or stopped."""
+
+Depths = Callable[[], Awaitable[list[QueueStats]]]
+"""The broker's ready messages and consumers of every queue (broker/queues.py)."""
+
+
+@dataclass(frozen=True, slots=True)
+class LaneWait:
+    """What an order entering `queue` now waits for."""
+
+    queue: str
+    ahead: int
+    """Ready messages in this lane and the lanes more urgent than it."""
+    per_second: float | None
+    """The consumers' drain rate, all lanes together; None until two samples were taken."""
+
+    @property
+    def seconds(self) -> float | None:
+        """The expected wait: `ahead` at the drain rate; infinite when something waits and nothing drains; None
+        while the rate is not known yet."""
+        if self.per_second is None:
+            return None
+        if self.ahead == 0:
+            return 0.0
+        return self.ahead / self.per_second if self.per_second > 0 else math.inf
+
+
+def lane_waits(queues: Sequence[str], ready: Sequence[int], per_second: float | None) -> list[LaneWait]:
+    """One LaneWait per lane, most urgent first: each counts what waits in its lane and in every lane before it."""
+    ahead = 0
+    waits = []
+    for queue, depth in zip(queues, ready, strict=True):
+        ahead += depth
+        waits.append(LaneWait(queue, ahead, per_second))
+    return waits
+
+
+class DrainRate:
+    """Departures per second over the last `window` seconds, from the counter's samples."""
+
+    def __init__(self, window: float = RATE_WINDOW_SECONDS) -> None:
+        self._window = window
+        self._samples: deque[tuple[float, int]] = deque()
+
+    def add(self, at: float, departed: int) -> None:
+        samples = self._samples
+        if samples and departed < samples[-1][1]:
+            samples.clear()  # the counter was reset (a new Redis): start again
+        samples.append((at, departed))
+        while len(samples) > 2 and at - samples[1][0] >= self._window:
+            samples.popleft()
+
+    @property
+    def per_second(self) -> float | None:
+        if len(self._samples) < 2:
+            return None
+        (first_at, first), (last_at, last) = self._samples[0], self._samples[-1]
+        return (last - first) / (last_at - first_at) if last_at > first_at else None
+
+
+class WaitEstimates:
+    """Every lane's expected wait, refreshed every SAMPLE_SECONDS by `sampling()`; read by intake (admission, the
+    202's expected start), `/queues` and the API's metrics."""
+
+    def __init__(self, topology: Topology, depths: Depths, store: StatusStore) -> None:
+        self._topology = topology
+        self._depths = depths
+        self._store = store
+        self._rate = DrainRate()
+        self._queues = [lane.work.name for lane in topology.lanes]
+        self.lanes: list[LaneWait] = lane_waits(self._queues, [0] * len(self._queues), None)
+        self.sampled_at: float | None = None
+        """time.time() of the last sample that succeeded; None before the first."""
+
+    def for_priority(self, effective_priority: int) -> LaneWait:
+        lane = self._topology.lane_for(effective_priority)
+        return self.lanes[self._queues.index(lane.work.name)]
+
+    def current(self, effective_priority: int) -> float | None:
+        """The expected wait in seconds of an order of this priority entering now; None when it is not known (no
+        rate yet, or no sample for STALE_SECONDS)."""
+        if self.sampled_at is None or time.time() - self.sampled_at > STALE_SECONDS:
+            return None
+        return self.for_priority(effective_priority).seconds
+
+    async def sample(self) -> None:
+        """Read the depths and the departure counter once; raises what the broker or the store raised."""
+        stats = {stat.queue: stat.messages or 0 for stat in await self._depths()}
+        departed = await self._store.departed()
+        now = time.time()
+        self._rate.add(time.monotonic(), departed)
+        self.lanes = lane_waits(self._queues, [stats.get(queue, 0) for queue in self._queues], self._rate.per_second)
+        self.sampled_at = now
+
+    @contextlib.asynccontextmanager
+    async def sampling(self) -> AsyncIterator[None]:
+        """Sample every SAMPLE_SECONDS while the context is open; a failed sample keeps the last estimates."""
+        task = asyncio.get_running_loop().create_task(self._keep_sampling())
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _keep_sampling(self) -> None:
+        while True:
+            try:
+                await self.sample()
+            except (*BROKER_ERRORS, OrderlaneError, RuntimeError) as exc:  # RuntimeError: aio-pika reconnecting
+                logger.debug("wait estimates not refreshed: %r", exc)
+            await asyncio.sleep(SAMPLE_SECONDS)
+
+
+@contextlib.asynccontextmanager
+async def estimating(broker: Broker, store: StatusStore | None) -> AsyncIterator[WaitEstimates | None]:
+    """The wait estimates of the lanes `broker` declared, sampled while the context is open; None without a status
+    store (no drain rate)."""
+    if store is None:
+        yield None
+        return
+    estimates = WaitEstimates(
+        broker.topology, partial(queue_stats, broker.connection, broker.topology, work_only=True), store
+    )
+    async with estimates.sampling():
+        yield estimates

@@ -130,22 +130,26 @@ class WaitEstimates:
 
     @contextlib.asynccontextmanager
     async def sampling(self) -> AsyncIterator[None]:
-        """Sample every SAMPLE_SECONDS while the context is open; a failed sample keeps the last estimates."""
-        task = asyncio.get_running_loop().create_task(self._keep_sampling())
+        """Sample every SAMPLE_SECONDS while the context is open; a failed sample keeps the last estimates. On exit
+        the sample under way finishes first: a broker call cancelled halfway (a channel being opened) would leave
+        the connection in a state its close has to wait out."""
+        stopping = asyncio.Event()
+        task = asyncio.get_running_loop().create_task(self._keep_sampling(stopping))
         try:
             yield
         finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            stopping.set()
+            await task
 
-    async def _keep_sampling(self) -> None:
-        while True:
+    async def _keep_sampling(self, stopping: asyncio.Event) -> None:
+        while not stopping.is_set():
             try:
-                await self.sample()
+                async with asyncio.timeout(STALE_SECONDS):  # a broker that does not answer must not hold the exit
+                    await self.sample()
             except (*BROKER_ERRORS, OrderlaneError, RuntimeError) as exc:  # RuntimeError: aio-pika reconnecting
                 logger.debug("wait estimates not refreshed: %r", exc)
-            await asyncio.sleep(SAMPLE_SECONDS)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stopping.wait(), SAMPLE_SECONDS)
 
 
 @contextlib.asynccontextmanager

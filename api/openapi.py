@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel
@@ -23,6 +24,9 @@ class Accepted(BaseModel):
     """The effective priority, 0 (most urgent) to 9."""
     broker_priority: int
     queue: str
+    expected_start: datetime | None = None
+    """An estimate of when its handler starts (the backlog ahead of it at the consumers' drain rate); null when
+    there is none (no status store, or the rate is not measured yet)."""
 
 
 class ErrorBody(BaseModel):

@@ -60,6 +60,7 @@ async def post_order(request: Request) -> Response:
         priority=taken.priority.effective,
         broker_priority=taken.priority.broker,
         queue=taken.queue,
+        expected_start=taken.expected_start,
     )
     location = {"Location": status_path(taken.order_id)} if state.status is not None else None
     return JSONResponse(accepted.model_dump(), status_code=202, headers=location)

@@ -28,10 +28,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import math
 import os
 import time
 from collections.abc import Awaitable
-from datetime import UTC, datetime
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from typing import Final
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -116,17 +118,20 @@ class Intake:
 
     async def take(self, order: OrderBase) -> Receipt | OrderStatus:
         """A Receipt when this call published the order; the order's status when it was known already."""
-        if self._estimates is not None and self._settings.admission_max_wait is not None:
-            await self._admit(order, self._estimates, self._settings.admission_max_wait)
+        expected_wait = None
+        if self._estimates is not None:
+            expected_wait = self._estimates.current(effective_priority(order, vip_priority=self._settings.vip_priority))
+            if self._settings.admission_max_wait is not None:
+                await self._admit(order, expected_wait, self._settings.admission_max_wait)
         if self._store is None:
-            return await self._publish(order)
+            return await self._publish(order, expected_wait)
         digest = fingerprint(encode_order(order))
         under_way = self._publishing.get(order.order_id)
         if under_way is not None:
             return await self._follow(order.order_id, digest, under_way)
         taking = self._publishing[order.order_id] = _Taking(digest)
         try:
-            taken = await self._take(self._store, order, digest)
+            taken = await self._take(self._store, order, digest, expected_wait)
         except BaseException as exc:  # its error, for the followers; None if cancelled: they try for themselves
             taking.settle(exc if isinstance(exc, Exception) else None)
             raise
@@ -138,7 +143,9 @@ class Intake:
             del self._publishing[order.order_id]
         return taken
 
-    async def _take(self, store: StatusStore, order: OrderBase, digest: str) -> Receipt | OrderStatus:
+    async def _take(
+        self, store: StatusStore, order: OrderBase, digest: str, expected_wait: float | None
+    ) -> Receipt | OrderStatus:
         """Reserve, publish, and send `accepted` without waiting for it."""
         token = f"{self._token_prefix}{next(self._tokens):x}"  # unique enough, without a system call per order
         try:
@@ -147,7 +154,7 @@ class Intake:
             if self._settings.status_required:
                 raise
             self._metrics.without_dedup.inc()
-            return await self._publish(order, check_processed=True)  # a copy may exist: nothing could tell
+            return await self._publish(order, expected_wait, check_processed=True)  # a copy may exist: unknown
         if isinstance(reservation, Taken):
             if reservation.fingerprint not in (None, digest):
                 raise self._conflict(order.order_id)
@@ -157,7 +164,7 @@ class Intake:
             self._metrics.deduplicated.labels(outcome="known").inc()
             return reservation.status
         try:
-            receipt = await self._publish(order, check_processed=reservation.retaken)
+            receipt = await self._publish(order, expected_wait, check_processed=reservation.retaken)
         except PublishError:
             unconfirmed = Transition(order.order_id, "unconfirmed", attempt=0, at=time.time(), fields={})
             await _unless_away(store.release(unconfirmed, token))
@@ -169,23 +176,24 @@ class Intake:
             at=time.time(),
             fields={"priority": receipt.priority.effective, "queue": receipt.queue},
         )
+        if receipt.expected_start is not None:
+            accepted.fields["expected_start"] = receipt.expected_start.timestamp()
         with contextlib.suppress(StatusUnavailable):  # counted by the store; the reservation expires by itself
             store.accept(accepted, token)
         return receipt
 
-    async def _admit(self, order: OrderBase, estimates: WaitEstimates, max_wait: float) -> None:
+    async def _admit(self, order: OrderBase, expected_wait: float | None, max_wait: float) -> None:
         """Refuse a new order whose priority's expected wait is over `max_wait`. An order_id the store knows goes on:
         it is answered from its status, or published again if its first publish was never confirmed."""
-        priority = effective_priority(order, vip_priority=self._settings.vip_priority)
-        expected = estimates.current(priority)
-        if expected is None or expected <= max_wait:
+        if expected_wait is None or expected_wait <= max_wait:
             return
         if self._store is not None:
             with contextlib.suppress(StatusUnavailable):  # not known to be known: refused
                 if await self._store.get(order.order_id) is not None:
                     return
+        priority = effective_priority(order, vip_priority=self._settings.vip_priority)
         self._metrics.refused.labels(priority=str(priority)).inc()
-        raise BacklogOverBudget(order.order_id, priority, expected, max_wait)
+        raise BacklogOverBudget(order.order_id, priority, expected_wait, max_wait)
 
     async def _follow(self, order_id: str, digest: str, taking: _Taking) -> OrderStatus:
         """The same order_id is being taken by this process: the same order gets that request's outcome (its
@@ -200,7 +208,10 @@ class Intake:
         self._metrics.deduplicated.labels(outcome="known").inc()
         return outcome if isinstance(outcome, OrderStatus) else _accepted(outcome, taking.settled_at)
 
-    async def _publish(self, order: OrderBase, *, check_processed: bool = False) -> Receipt:
+    async def _publish(
+        self, order: OrderBase, expected_wait: float | None, *, check_processed: bool = False
+    ) -> Receipt:
+        """Publish, confirmed; the receipt says when the order is expected to start, if that is known."""
         try:
             with self._metrics.publish_seconds.time():
                 receipt = await self._publisher.publish(order, check_processed=check_processed)
@@ -208,7 +219,9 @@ class Intake:
             self._metrics.broker_errors.inc()
             raise
         self._metrics.accepted_by_priority[receipt.priority.effective].inc()
-        return receipt
+        if expected_wait is None or not math.isfinite(expected_wait):
+            return receipt
+        return replace(receipt, expected_start=datetime.now(UTC) + timedelta(seconds=expected_wait))
 
     def _conflict(self, order_id: str) -> OrderIdConflict:
         self._metrics.deduplicated.labels(outcome="conflict").inc()

@@ -36,6 +36,9 @@ class Receipt:
     order_id: str
     priority: Priority
     queue: str
+    expected_start: datetime | None = None
+    """When its handler is expected to start, estimated at intake from the backlog ahead of it and the consumers'
+    drain rate (broker/estimates.py); None when there is no estimate (no status store, or not measured yet)."""
 
 
 class Publisher(Protocol):

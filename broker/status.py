@@ -64,6 +64,8 @@ class OrderStatus(BaseModel):
     next_try_at: datetime | None = None
     last_error: str | None = None
     """retrying: why the last attempt failed. dead_lettered: why the order was given up."""
+    expected_start: datetime | None = None
+    """When its handler was expected to start, estimated when it was accepted (broker/estimates.py)."""
     at: dict[State, datetime] = {}
 
     @classmethod
@@ -78,6 +80,7 @@ class OrderStatus(BaseModel):
                 "attempt": _int(record.get("attempt")),
                 "next_try_at": _time(record.get("next_try_at")),
                 "last_error": record.get("last_error") or None,
+                "expected_start": _time(record.get("expected_start")),
                 "at": dict(sorted(_times(record), key=lambda item: item[1])),
             }
         )

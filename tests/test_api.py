@@ -40,6 +40,7 @@ async def test_accepts_an_order_with_its_effective_and_broker_priority(
         "priority": 0,
         "broker_priority": 10,
         "queue": "orders",
+        "expected_start": None,
     }
     assert [order.order_id for order in publisher.published] == ["A-1"]
 

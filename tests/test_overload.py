@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import math
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -188,15 +189,15 @@ async def test_the_python_client_raises_the_refusal_with_its_retry_time(admittin
     assert await queue_depth(regular_lane) == 20 + len(admitted), "the refused order was not published"
 
 
-async def test_the_estimate_follows_the_consumers_drain(
-    client: httpx.AsyncClient, admitting: Settings, broker: Broker, store: StatusStore
-) -> None:
+async def test_the_estimate_follows_the_consumers_drain(settings: Settings, broker: Broker, store: StatusStore) -> None:
+    """Without admission too: the estimates are there whenever the status store is."""
+
     async def slow(order: Order) -> None:
         await asyncio.sleep(0.01)
 
-    regular_lane = lane_queue(admitting, 5)
+    regular_lane = lane_queue(settings, 5)
     await publish_raw(regular_lane, *(order_message(f"drain-{n}") for n in range(400)))
-    async with consuming(broker, slow, admitting, store):
+    async with app_client(create_app(settings)) as client, consuming(broker, slow, settings, store):
 
         async def drained_and_estimated() -> bool:
             lane = next(lane for lane in await lanes(client) if lane["queue"] == regular_lane)
@@ -204,3 +205,9 @@ async def test_the_estimate_follows_the_consumers_drain(
             return bool(rate) and lane["ahead"] > 0 and wait == pytest.approx(lane["ahead"] / rate)
 
         await wait_until(drained_and_estimated, what="a drain rate and a finite wait while the backlog drains")
+        posted = await client.post("/orders", json=order("estimated"))
+        assert posted.status_code == 202
+        expected_start = datetime.fromisoformat(posted.json()["expected_start"])
+        assert expected_start > datetime.now(UTC), "behind a backlog, it starts later"
+        status = (await client.get("/orders/estimated")).json()
+        assert datetime.fromisoformat(status["expected_start"]) == expected_start

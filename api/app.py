@@ -61,6 +61,8 @@ def create_app(
     ) -> dict[str, Services]:
         intake = Intake(publisher, status, api_metrics.intake, settings, estimates)
         api_metrics.broker_blocked.read_from(lambda: publisher.is_blocked)
+        if estimates is not None:
+            api_metrics.watch(estimates)
         found = Services(settings, order_model, publisher, intake, status, api_metrics, backlog, document, estimates)
         return {"services": found}
 

@@ -15,6 +15,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.multiprocess import registry_to_scrape, sharing
+from broker.estimates import WaitEstimates
 from broker.intake import IntakeMetrics
 
 UNMATCHED: Final = "unmatched"
@@ -89,10 +90,28 @@ class ApiMetrics:
             registry=self.registry,
         )
         self.sampled = (self.requests_in_flight, self.waiting_connections, self.incomplete_bodies, self.broker_blocked)
+        self.expected_wait = Gauge(
+            "orderlane_expected_wait_seconds",
+            "How long an order entering this lane now is expected to wait before its handler starts (an estimate: the "
+            "backlog ahead of it at the consumers' drain rate; +Inf while orders wait and nothing drains them)",
+            ["queue"],
+            multiprocess_mode="livemax",
+            registry=self.registry,
+        )
+        self._estimates: WaitEstimates | None = None
+
+    def watch(self, estimates: WaitEstimates) -> None:
+        """Show these estimates as `orderlane_expected_wait_seconds`."""
+        self._estimates = estimates
 
     def sample(self) -> None:
         for gauge in self.sampled:
             gauge.sample()
+        if self._estimates is not None:
+            for lane in self._estimates.lanes:
+                seconds = lane.seconds
+                if seconds is not None:  # not known yet: no sample rather than a guess
+                    self.expected_wait.labels(queue=lane.queue).set(seconds)
 
     def exposition(self) -> bytes:
         """What `/metrics` answers: this process's metrics, or, with several processes, all of theirs."""

@@ -144,6 +144,8 @@ async def test_over_budget_the_least_urgent_are_refused_and_a_vip_still_gets_in(
     assert refused.headers["Retry-After"] == str(math.ceil(MAX_WAIT)), "nothing drains: try again after the budget"
     assert await queue_depth(regular_lane) == 51, "a refused order is not published"
     assert await refused_count(client, 5) == 1
+    shown = f'orderlane_expected_wait_seconds{{queue="{regular_lane}"}} +Inf'
+    assert shown in (await client.get("/metrics")).text.splitlines(), "the metric shows a wait without end"
 
     vip = await client.post("/orders", json=order("vip", user_type="vip"))
     assert vip.status_code == 202 and vip.json()["queue"] == urgent_lane, vip.text

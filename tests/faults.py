@@ -6,7 +6,7 @@ import asyncio
 import os
 import shutil
 import subprocess
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
 import pytest
@@ -38,11 +38,15 @@ async def rabbitmqctl(path: str, *args: str) -> None:
     assert process.returncode == 0, f"rabbitmqctl {' '.join(args)}: {stderr.decode()}"
 
 
-async def restart_broker_app(path: str, *, down_seconds: float) -> None:
-    """Stop the RabbitMQ application (connections drop, the node stays), wait, start it again."""
+async def restart_broker_app(
+    path: str, *, down_seconds: float, while_down: Callable[[], Awaitable[None]] | None = None
+) -> None:
+    """Stop the RabbitMQ application (connections drop, the node stays), wait, start it again. `while_down` runs
+    once it is stopped, and the broker stays down until it has returned too."""
     await rabbitmqctl(path, "stop_app")
     try:
-        await asyncio.sleep(down_seconds)
+        outage = asyncio.sleep(down_seconds)
+        await (outage if while_down is None else asyncio.gather(outage, while_down()))
     finally:
         await ensure_broker_app_running(path)
 

@@ -37,7 +37,7 @@ services-run: install-run
 apt-install = apt-get install -y -q $(1) >/dev/null 2>&1 \
 	  || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q $(1) >/dev/null 2>&1; }
 
-# Debian's packages of wrk, the HTTP load generator of the intake benchmark and of the quick performance check; of
+# Debian's packages of wrk, the HTTP load generator of the intake benchmark and of its check in the suite; of
 # jq, with which scripts/cluster reads rabbitmqctl's JSON; of iptables, with which scripts/netns-cluster cuts a node
 # off from its peers inside its network namespace (tests/test_partition.py); and of nginx, the proxy of deploy/nginx.conf that
 # tests/test_proxy.py runs as a child process of its own. Only nginx's binary is wanted: apt starts the system's nginx on port 80 after installing it (unless policy-rc.d forbids it, as

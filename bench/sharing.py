@@ -24,7 +24,7 @@ from bench.workload import bench_settings, delete_queues, environment, fill, met
 from broker.connection import open_broker
 from broker.settings import Settings
 
-SAMPLE_SECONDS = 0.05
+SCRAPE_SECONDS = 0.05
 FIRST_METRICS_PORT = 9310
 
 
@@ -104,13 +104,13 @@ async def measure_sharing(processes: int, backlog: int, handler_ms: float) -> Sh
                 try:
                     samples = await asyncio.gather(*(scrape(client, port) for port in ports))
                 except httpx.TransportError:  # not serving metrics yet
-                    await asyncio.sleep(SAMPLE_SECONDS)
+                    await asyncio.sleep(SCRAPE_SECONDS)
                     continue
                 for timeline, sample in zip(timelines, samples, strict=True):
                     timeline.append(sample)
                 if sum(sample.processed for sample in samples) >= backlog:
                     break
-                await asyncio.sleep(SAMPLE_SECONDS)
+                await asyncio.sleep(SCRAPE_SECONDS)
             seconds = time.perf_counter() - started
     finally:
         await delete_queues(settings)
@@ -131,5 +131,5 @@ def idle_while_others_held(timelines: list[list[Sample]], process: int) -> float
     for moment, sample in enumerate(timelines[process]):
         others_held = any(timeline[moment].held > 0 for n, timeline in enumerate(timelines) if n != process)
         if sample.running == 0 and sample.held == 0 and others_held:
-            idle += SAMPLE_SECONDS
+            idle += SCRAPE_SECONDS
     return idle

@@ -1,7 +1,7 @@
 """How long an order entering each lane now is expected to wait before its handler starts: the ready messages of
 that lane and of the lanes more urgent than it (a consumer takes those first), divided by the rate at which the
 consumers drain the queues. The rate is the status store's departure counter (broker/status.lua) read every
-SAMPLE_SECONDS, over the last RATE_WINDOW_SECONDS; the depths are the broker's, read as often.
+ESTIMATE_SAMPLE_SECONDS, over the last RATE_WINDOW_SECONDS; the depths are the broker's, read as often.
 
 An estimate, not a promise: orders more urgent than it that arrive meanwhile go first, and within a lane a more
 urgent priority goes first too (the broker keeps no count per priority). Without a status store there is no rate,
@@ -29,7 +29,7 @@ from broker.topology import Topology
 
 logger = logging.getLogger(__name__)
 
-SAMPLE_SECONDS: Final = 1.0
+ESTIMATE_SAMPLE_SECONDS: Final = 1.0
 STALE_SECONDS: Final = 5.0
 """Estimates not refreshed for this long (the broker or the store did not answer) are not used: admission admits."""
 RATE_WINDOW_SECONDS: Final = 10.0
@@ -95,8 +95,8 @@ class DrainRate:
 
 
 class WaitEstimates:
-    """Every lane's expected wait, refreshed every SAMPLE_SECONDS by `sampling()`; read by intake (admission, the
-    202's expected start), `/queues` and the API's metrics."""
+    """Every lane's expected wait, refreshed every ESTIMATE_SAMPLE_SECONDS by `sampling()`; read by intake
+    (admission, the 202's expected start), `/queues` and the API's metrics."""
 
     def __init__(self, topology: Topology, depths: Depths, store: StatusStore) -> None:
         self._topology = topology
@@ -130,9 +130,9 @@ class WaitEstimates:
 
     @contextlib.asynccontextmanager
     async def sampling(self) -> AsyncIterator[None]:
-        """Sample every SAMPLE_SECONDS while the context is open; a failed sample keeps the last estimates. On exit
-        the sample under way finishes first: a broker call cancelled halfway (a channel being opened) would leave
-        the connection in a state its close has to wait out."""
+        """Sample every ESTIMATE_SAMPLE_SECONDS while the context is open; a failed sample keeps the last estimates.
+        On exit the sample under way finishes first: a broker call cancelled halfway (a channel being opened) would
+        leave the connection in a state its close has to wait out."""
         stopping = asyncio.Event()
         task = asyncio.get_running_loop().create_task(self._keep_sampling(stopping))
         try:
@@ -149,7 +149,7 @@ class WaitEstimates:
             except (*BROKER_ERRORS, OrderlaneError, RuntimeError) as exc:  # RuntimeError: aio-pika reconnecting
                 logger.debug("wait estimates not refreshed: %r", exc)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stopping.wait(), SAMPLE_SECONDS)
+                await asyncio.wait_for(stopping.wait(), ESTIMATE_SAMPLE_SECONDS)
 
 
 @contextlib.asynccontextmanager

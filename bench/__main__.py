@@ -1,9 +1,10 @@
 """`python -m bench SCENARIO... [--quick]`: run a benchmark beside raw aio-pika, print its table, and write its JSON
 and PNG to bench/results/. SCENARIO is intake, drain, priority, peers, endtoend, memory, sharing, status (the status
 store off against on), flood (intake beside 1,100 half-open connections), intake-peers (the API beside the HTTP
-intakes users would pick instead), scale (1, 2 and 4 consumer processes, 1 and 2 API processes, against one) or all
-(every one but three: peers and intake-peers, which need the `peers` extra, FastStream, Taskiq, FastAPI, Celery;
-and scale, which takes about half a minute even with --quick: run it by name)."""
+intakes users would pick instead), scale (1, 2 and 4 consumer processes, 1 and 2 API processes, against one),
+overload (a flash sale at 3x the drain rate, admission off and on; --seconds, --budget) or all (every one but
+four: peers and intake-peers, which need the `peers` extra, FastStream, Taskiq, FastAPI, Celery; scale, which takes
+about half a minute even with --quick; and overload, over two minutes at its defaults: run them by name)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import asyncio
 import logging
 import sys
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Final, TypeVar
 
 from tqdm import tqdm
@@ -22,6 +23,7 @@ from bench.endtoend import EndToEndResult, measure_end_to_end
 from bench.flood import FloodResult, measure_flood, servers
 from bench.intake import IntakeResult, measure_intake
 from bench.memory import MemoryResult, measure_memory
+from bench.overload import OverloadResult, Sale, measure_overload, plot_overload, show_overload
 from bench.peer_intake import INTAKES, PeerIntakeResult, measure_peer_intake
 from bench.priority import SYSTEMS, PriorityResult, System, measure_priority, median_result
 from bench.report import plot_drain, plot_end_to_end, plot_intake, plot_priority, plot_status, save_json
@@ -72,6 +74,7 @@ class Plan:
     scale_processes: Sequence[int]
     scale_seconds: float
     scale_rounds: int
+    overload: Sale
 
 
 FULL = Plan(
@@ -99,6 +102,7 @@ FULL = Plan(
     scale_processes=(1, 2, 4),
     scale_seconds=10,
     scale_rounds=3,
+    overload=Sale(),
 )
 QUICK = Plan(
     intake_clients=(1, 32),
@@ -125,6 +129,7 @@ QUICK = Plan(
     scale_processes=(1, 2, 4),
     scale_seconds=3,
     scale_rounds=1,
+    overload=Sale(seconds=10),
 )
 
 
@@ -229,6 +234,10 @@ async def scale(plan: Plan, progress: tqdm[Any]) -> list[ScaleResult]:
     return [await measure_scale(plan.scale_processes, plan.scale_seconds, plan.scale_rounds, progress.update)]
 
 
+async def overload(plan: Plan, progress: tqdm[Any]) -> list[OverloadResult]:
+    return [await measure_overload(plan.overload, progress.update)]
+
+
 @dataclass(frozen=True, slots=True)
 class Scenario:
     run: Callable[[Plan, tqdm[Any]], Any]
@@ -269,10 +278,12 @@ SCENARIOS = {
         show_scale,
         lambda results: "no plot",
     ),
+    "overload": Scenario(overload, lambda p: 2, show_overload, plot_overload),
 }
 
-NOT_IN_ALL: Final = ("peers", "intake-peers", "scale")
-"""The peers need the `peers` extra; scale takes about half a minute even with --quick (28-36 s here)."""
+NOT_IN_ALL: Final = ("peers", "intake-peers", "scale", "overload")
+"""The peers need the `peers` extra; scale takes about half a minute even with --quick (28-36 s here); overload
+runs its sale twice, with a warm-up each: over two minutes at its defaults."""
 
 
 async def run(names: list[str], plan: Plan, command: str) -> None:
@@ -288,11 +299,23 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("scenario", nargs="+", choices=[*SCENARIOS, "all"])
     parser.add_argument("--quick", action="store_true", help="a short run of each (make bench)")
+    parser.add_argument("--seconds", type=float, help="overload: the sale's length (default 60; 10 with --quick)")
+    parser.add_argument("--budget", type=float, help="overload: ORDERLANE_ADMISSION_MAX_WAIT of its run with admission")
     args = parser.parse_args()
     names = [name for name in SCENARIOS if name not in NOT_IN_ALL] if "all" in args.scenario else args.scenario
     command = "python -m bench " + " ".join(sys.argv[1:])
     logging.basicConfig(level=logging.ERROR)  # the progress bar and the tables are the output
-    asyncio.run(run(names, QUICK if args.quick else FULL, command))
+    asyncio.run(run(names, with_options(QUICK if args.quick else FULL, args), command))
+
+
+def with_options(plan: Plan, args: argparse.Namespace) -> Plan:
+    """The plan with the overload options given on the command line."""
+    sale = plan.overload
+    if args.seconds is not None:
+        sale = replace(sale, seconds=args.seconds)
+    if args.budget is not None:
+        sale = replace(sale, budget=args.budget)
+    return replace(plan, overload=sale)
 
 
 if __name__ == "__main__":

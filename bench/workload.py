@@ -37,11 +37,12 @@ def environment(settings: Settings) -> dict[str, str]:
     return {**os.environ, "ORDERLANE_QUEUE": settings.queue, "ORDERLANE_STATUS_URL": str(settings.status_url or "")}
 
 
+def order(number: int, *, priority: int = 5, user_type: str = "regular", prefix: str = "b") -> Order:
+    return Order(order_id=f"{prefix}-{number:07d}", priority=priority, items=["widget"], user_type=user_type)  # type: ignore[arg-type]
+
+
 def orders(count: int, *, priority: int = 5, user_type: str = "regular", prefix: str = "b") -> list[Order]:
-    return [
-        Order(order_id=f"{prefix}-{n:07d}", priority=priority, items=["widget"], user_type=user_type)  # type: ignore[arg-type]
-        for n in range(count)
-    ]
+    return [order(n, priority=priority, user_type=user_type, prefix=prefix) for n in range(count)]
 
 
 @asynccontextmanager

@@ -1,15 +1,19 @@
 """The benchmarks' own code runs end to end, on tiny workloads, in the default test run: each scenario that
 tests/test_performance.py times (drain, intake, priority with VIPs published and posted over HTTP) completes and
-gives a whole, well-formed result. Nothing here is timed or compared: the speed is test_performance's (`-m perf`)."""
+gives a whole, well-formed result, and so does the overload scenario's flash sale, admission off and on. Nothing here
+is timed or compared: the speed is test_performance's (`-m perf`)."""
 
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
+from xml.etree import ElementTree
 
 import pytest
 
 from bench.drain import measure_drain
 from bench.intake import measure_intake
+from bench.overload import OverloadRun, Sale, measure_overload, plot_overload
 from bench.priority import PriorityResult, System, measure_priority, orderlane_consumer
 from tests.processes import free_port
 
@@ -54,3 +58,31 @@ async def test_the_priority_benchmark_finds_every_vip_posted_over_http() -> None
     system = System("orderlane, VIPs over HTTP", orderlane_consumer, over_http=True)
     result = await measure_priority(system, handler_ms=1, backlog=BACKLOG, vips=VIPS, vip_interval=0.01, warmup=0)
     assert_every_vip_found(result, posted=True)
+
+
+def assert_whole(run: OverloadRun) -> None:
+    """Every order posted is told apart by how it fared, every accepted one is found processed or queued, and every
+    accepted VIP's wait is known."""
+    for kind in (run.vips, run.regular):
+        assert kind.first_try + kind.after_retries + kind.never == kind.posted
+    settled = run.settled
+    assert settled.accepted == sum(k.posted - k.never for k in (run.vips, run.regular))
+    assert settled.lost == 0 and settled.processed + settled.queued == settled.accepted, "nothing accepted is lost"
+    assert settled.queued == settled.ready_in_lanes, "what the store says waits is what the lanes hold"
+    assert run.vips_not_started == 0 and len(run.vip_waits) == run.vips.posted - run.vips.never
+    assert run.quiet_vip_wait is not None, "the VIPs posted before the sale started"
+    assert run.samples and run.backlog_max >= run.backlog_final == run.samples[-1].backlog
+    assert run.retries >= 0 and (run.retry_late_ms is None or run.retry_late_ms.p50_ms >= 0), "never before Retry-After"
+
+
+async def test_the_overload_benchmark_runs_a_sale_without_and_with_admission(tmp_path: Path) -> None:
+    sale = Sale(seconds=2, budget=1, handler_ms=20, concurrency=1, warmup_seconds=1)  # 150 orders/s, 1 in 100 VIP
+    runs: list[None] = []
+    result = await measure_overload(sale, lambda: runs.append(None))
+    assert len(runs) == 2
+    assert (result.off.admission_max_wait, result.on.admission_max_wait) == (None, 1)
+    for run in (result.off, result.on):
+        assert run.vips.posted > 0 and run.drain_per_second > 0
+        assert_whole(run)
+    lines = ElementTree.parse(plot_overload([result], tmp_path / "overload.svg")).getroot()
+    assert len(lines.findall("{http://www.w3.org/2000/svg}polyline")) == 5, "backlog off, on, the budget; VIP waits"

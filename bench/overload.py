@@ -70,6 +70,7 @@ VIP_START_SECONDS: Final = 30.0
 STATUS_CHUNK: Final = 500
 """Status lookups sent at once (the store pipelines them)."""
 PROCESSED: Final = "orderlane_orders_processed_total"
+GREY: Final = "#777"
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +102,9 @@ class Sample:
     """Ready messages in the lanes."""
     accepted: int
     refused: int
+    expected_wait_s: float | None
+    """The API's estimate for a regular order (its lane, the least urgent): what admission compares with the budget;
+    None while it is not known, or infinite."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +116,7 @@ class Tally:
     """Accepted on their first POST."""
     after_retries: int
     never: int
+    """Not accepted when the sale ended: most wait out a Retry-After then."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,11 +218,20 @@ async def backlog(broker: Broker) -> int:
     return sum(stat.messages or 0 for stat in await queue_stats(broker.connection, broker.topology, work_only=True))
 
 
-async def selling(sale: FlashSale, port: int, broker: Broker) -> list[Sample]:
-    """Run the sale, sampling the lanes and the tallies every SAMPLE_SECONDS and once more at its end."""
+async def regular_wait(client: httpx.AsyncClient, port: int) -> float | None:
+    """The expected wait the API on `port` shows for the least urgent lane (GET /queues)."""
+    lanes = (await client.get(f"http://127.0.0.1:{port}/queues")).json()["lanes"]
+    wait: float | None = lanes[-1]["expected_wait_seconds"]
+    return wait
+
+
+async def selling(sale: FlashSale, port: int, broker: Broker, client: httpx.AsyncClient) -> list[Sample]:
+    """Run the sale, sampling the lanes, the API's estimate and the tallies every SAMPLE_SECONDS and once more at
+    its end."""
 
     async def sample() -> Sample:
-        return Sample(time.time() - began, await backlog(broker), sale.accepted, sale.refused)
+        at, ready, wait = time.time() - began, await backlog(broker), await regular_wait(client, port)
+        return Sample(at, ready, sale.accepted, sale.refused, wait)
 
     began = time.time()
     running = asyncio.create_task(sale.run(port))
@@ -276,7 +290,7 @@ async def run_sale(sale: Sale, admission_max_wait: float | None) -> OverloadRun:
                 await quiet.run(api_port)
                 quiet_started = await vip_starts(store, quiet.stories)
                 drain = await warm_up(settings, sale, client, metrics_port)
-                samples = await selling(flash, api_port, broker)
+                samples = await selling(flash, api_port, broker, client)
                 started = await vip_starts(store, flash.stories)
             settled = await settle(store, broker, flash.stories)  # the consumer has stopped
     finally:
@@ -376,7 +390,7 @@ def _refusals(run: OverloadRun) -> str:
 
 
 def plot_overload(results: Sequence[OverloadResult], path: Path = RESULTS / "overload.svg") -> Path:
-    """The backlog and each VIP's wait over the sale, admission off and on."""
+    """The backlog, the API's estimate and each VIP's wait over the sale, admission off and on."""
     result = results[0]
     runs = (
         ("admission off", result.off, "#c0392b"),
@@ -384,8 +398,13 @@ def plot_overload(results: Sequence[OverloadResult], path: Path = RESULTS / "ove
     )
     budget = result.sale.budget * result.on.drain_per_second
     backlog_lines = [Line(label, [(s.at, s.backlog) for s in run.samples], color) for label, run, color in runs]
-    backlog_lines.append(
-        Line("budget at the measured drain", [(0, budget), (result.sale.seconds, budget)], "#777", True)
+    backlog_lines.append(Line("budget at the measured drain", [(0, budget), (result.sale.seconds, budget)], GREY, True))
+    estimate_lines = [
+        Line(label, [(s.at, s.expected_wait_s) for s in run.samples if s.expected_wait_s is not None], color)
+        for label, run, color in runs
+    ]
+    estimate_lines.append(
+        Line("budget", [(0, result.sale.budget), (result.sale.seconds, result.sale.budget)], GREY, True)
     )
     wait_lines = [Line(label, run.vip_waits, color, dots=True) for label, run, color in runs]
     title = f"Flash sale: {result.sale.overload:g}x the drain rate for {result.sale.seconds:g} s, 1 % VIP"
@@ -395,6 +414,7 @@ def plot_overload(results: Sequence[OverloadResult], path: Path = RESULTS / "ove
         "seconds since the sale began",
         [
             Panel("Backlog: ready orders in the lanes", "orders", backlog_lines),
+            Panel("The API's expected wait for a regular order (admission's measure)", "s", estimate_lines),
             Panel("Each VIP's wait, POST to handler start", "ms", wait_lines),
         ],
     )

@@ -85,4 +85,5 @@ async def test_the_overload_benchmark_runs_a_sale_without_and_with_admission(tmp
         assert run.vips.posted > 0 and run.drain_per_second > 0
         assert_whole(run)
     lines = ElementTree.parse(plot_overload([result], tmp_path / "overload.svg")).getroot()
-    assert len(lines.findall("{http://www.w3.org/2000/svg}polyline")) == 5, "backlog off, on, the budget; VIP waits"
+    polylines = lines.findall("{http://www.w3.org/2000/svg}polyline")
+    assert len(polylines) == 8, "backlog and estimate, each off, on and the budget; VIP waits off and on"

@@ -11,7 +11,7 @@ fixed, so it drains at most `concurrency / handler_ms` orders a second: modest, 
    the sale, the estimates' drain rate would lag behind for their first RATE_WINDOW_SECONDS);
 3. the sale: orders posted at `overload` times the ceiling for `seconds`, one in VIP_EVERY of them VIP, each
    refused one posted again after its Retry-After (bench/flashsale.py). Every SAMPLE_SECONDS: the ready messages in
-   the lanes (the broker's count) and the orders accepted and refused so far.
+   the lanes (the broker's count), the API's expected wait for a regular order, the orders accepted and refused.
 
 Once every accepted VIP has started, the consumer stops (its handlers finish) and every accepted order is looked up
 in the status store: processed, or still waiting in its lane (the lanes' ready messages are counted too); what is

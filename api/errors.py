@@ -14,6 +14,7 @@ An `overloaded` answer also closes its connection.
 | the body is too large                           | 413    | `body_too_large`           |              |
 | not application/json                            | 415    | `unsupported_media_type`   |              |
 | the order model refuses it (pydantic)           | 422    | pydantic's errors          |              |
+| DeadlinePassed: the order's deadline has passed | 422    | `deadline_passed`          |              |
 | the API key is over its rate (api/auth.py)      | 429    | `rate_limited`             | Retry-After  |
 | BacklogOverBudget: admission refused the order  | 429    | `backlog_over_budget`      | Retry-After  |
 | PublishError: the broker did not confirm        | 503    | `broker_unavailable`       | Retry-After  |
@@ -42,6 +43,7 @@ from api.responses import JSONResponse, error_response, problem, validation_erro
 from broker.errors import (
     BacklogOverBudget,
     BrokerUnavailable,
+    DeadlinePassed,
     OrderIdConflict,
     OrderInProgress,
     PublishBlocked,
@@ -126,6 +128,7 @@ def exception_handlers(retry_after_seconds: int) -> dict[type[Exception], Except
         ValidationError: invalid,
         OrderIdConflict: conflict,
         OrderInProgress: in_progress,
+        DeadlinePassed: deadline_passed,
         BacklogOverBudget: over_budget,
         PublishError: unconfirmed,
         PublishBlocked: blocked,
@@ -133,6 +136,12 @@ def exception_handlers(retry_after_seconds: int) -> dict[type[Exception], Except
         StatusUnavailable: status_away,
         HTTPException: http_error,
     }
+
+
+async def deadline_passed(request: Request, exc: Exception) -> Response:
+    """The order came too late to be of use: posting it again will not help, so a 422, not a 429 or 503."""
+    assert isinstance(exc, DeadlinePassed)
+    return error_response(422, [problem("deadline_passed", f"{exc}; nothing was published")])
 
 
 def overloaded(limit: int) -> JSONResponse:
@@ -153,4 +162,3 @@ def unauthorized() -> JSONResponse:
 def rate_limited(wait: float) -> JSONResponse:
     message = f"this API key sends more than ORDERLANE_RATE_LIMIT_PER_KEY allows; retry in {wait:.2f}s"
     return error_response(429, [problem("rate_limited", message)], {"Retry-After": str(retry_after_seconds(wait))})
-

@@ -117,7 +117,10 @@ def openapi_document(version: str, order_model: type[OrderBase]) -> dict[str, An
                         "415": _error("The content type is not application/json"),
                         "408": _error("The body did not arrive within ORDERLANE_HTTP_BODY_TIMEOUT"),
                         "409": _error("The order_id is taken by a different order"),
-                        "422": _error("The JSON is not a valid order; details are pydantic's errors"),
+                        "422": _error(
+                            "The JSON is not a valid order (details are pydantic's errors), or its deadline has "
+                            "passed (`deadline_passed`); nothing was published"
+                        ),
                         "429": rate_limited,
                         "503": unavailable,
                     },
@@ -126,7 +129,8 @@ def openapi_document(version: str, order_model: type[OrderBase]) -> dict[str, An
             },
             "/orders/{order_id}": {
                 "get": {
-                    "summary": "Where an order is: accepted, processing, retrying, processed, dead_lettered, ...",
+                    "summary": "Where an order is: accepted, processing, retrying, processed, dead_lettered, "
+                    "expired, ...",
                     "parameters": [
                         {"name": "order_id", "in": "path", "required": True, "schema": ORDER_ID_SCHEMA},
                     ],

@@ -10,6 +10,7 @@
     ├── OrderIdConflict     an order submitted with an order_id that a different order holds
     ├── OrderInProgress     the same order is being published by another request right now: retry shortly
     ├── BacklogOverBudget   admission: an order of its priority would wait longer than ORDERLANE_ADMISSION_MAX_WAIT
+    ├── DeadlinePassed      an order past its deadline: refused at intake, or expired by a consumer (never processed)
     ├── InvalidMessage      a delivery whose body is not a valid order (never retried)
     ├── ClientClosed        an order client used before it was opened or after it was closed (broker/client.py)
     ├── PermanentFailure    raised by a handler: this order can never succeed, dead-letter it now
@@ -25,6 +26,7 @@ Library exceptions (aio-pika, aiormq, pydantic) are translated into these where 
 from __future__ import annotations
 
 import math
+from datetime import datetime
 
 
 class OrderlaneError(Exception):
@@ -105,6 +107,17 @@ class BacklogOverBudget(OrderlaneError):
 def retry_after_seconds(wait: float) -> int:
     """Whole seconds to wait before retrying, never 0: a client told 0 would come straight back."""
     return max(1, math.ceil(wait))
+
+
+class DeadlinePassed(OrderlaneError):
+    """The order's deadline has passed, or passes before its handler could start: at intake nothing is published;
+    in a consumer the order expires (dead-lettered, status `expired`) instead of being processed. `when` says which
+    moment the deadline came before."""
+
+    def __init__(self, order_id: str, deadline: datetime, when: str = "has passed") -> None:
+        self.order_id = order_id
+        self.deadline = deadline
+        super().__init__(f"order {order_id!r}: its deadline {deadline.isoformat()} {when}")
 
 
 class InvalidMessage(OrderlaneError):

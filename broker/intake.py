@@ -10,6 +10,7 @@ HTTP (`POST /orders`) or from Python (broker.client). Both take orders here; eac
 | another order holds the order_id                       | OrderIdConflict                                      |
 | it is `unconfirmed` (PublishError), or `pending` past  | reserved again and published, marked to be checked   |
 | its hold                                               |                                                      |
+| its deadline has passed, and its order_id is new       | DeadlinePassed; nothing published                    |
 | ORDERLANE_ADMISSION_MAX_WAIT is set, its order_id is   | BacklogOverBudget; nothing published                 |
 | new, and orders of its priority are expected to wait   |                                                      |
 | longer (broker/estimates.py)                           |                                                      |
@@ -38,7 +39,14 @@ from typing import Final
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
-from broker.errors import BacklogOverBudget, OrderIdConflict, OrderInProgress, PublishError, StatusUnavailable
+from broker.errors import (
+    BacklogOverBudget,
+    DeadlinePassed,
+    OrderIdConflict,
+    OrderInProgress,
+    PublishError,
+    StatusUnavailable,
+)
 from broker.estimates import WaitEstimates
 from broker.messages import OrderBase, encode_order
 from broker.priority import PRIORITIES, effective_priority
@@ -118,6 +126,11 @@ class Intake:
 
     async def take(self, order: OrderBase) -> Receipt | OrderStatus:
         """A Receipt when this call published the order; the order's status when it was known already."""
+        deadline = order.deadline
+        if deadline is not None and deadline.timestamp() <= time.time() and not await self._known(order.order_id):
+            # A known order_id goes on, as through admission: a repost of an order taken in time (its answer lost)
+            # is answered from its status, not refused.
+            raise DeadlinePassed(order.order_id, deadline)
         expected_wait = None
         if self._estimates is not None:
             expected_wait = self._estimates.current(effective_priority(order, vip_priority=self._settings.vip_priority))
@@ -187,13 +200,19 @@ class Intake:
         it is answered from its status, or published again if its first publish was never confirmed."""
         if expected_wait is None or expected_wait <= max_wait:
             return
-        if self._store is not None:
-            with contextlib.suppress(StatusUnavailable):  # not known to be known: refused
-                if await self._store.get(order.order_id) is not None:
-                    return
+        if await self._known(order.order_id):
+            return
         priority = effective_priority(order, vip_priority=self._settings.vip_priority)
         self._metrics.refused.labels(priority=str(priority)).inc()
         raise BacklogOverBudget(order.order_id, priority, expected_wait, max_wait)
+
+    async def _known(self, order_id: str) -> bool:
+        """Whether the status store holds a record of `order_id`; False without a store, or while it is away (not
+        known to be known)."""
+        if self._store is not None:
+            with contextlib.suppress(StatusUnavailable):
+                return await self._store.get(order_id) is not None
+        return False
 
     async def _follow(self, order_id: str, digest: str, taking: _Taking) -> OrderStatus:
         """The same order_id is being taken by this process: the same order gets that request's outcome (its

@@ -1,14 +1,15 @@
 """The wire contract: the order a client posts and a consumer receives.
 
-`OrderBase` holds what orderlane itself reads (order_id, priority, user_type); `Order` adds `items` (as the FastAPI +
-Celery service it replaces had them) and is the model used unless ORDERLANE_ORDER_MODEL names a subclass of its own
-(docs/your-order.md)."""
+`OrderBase` holds what orderlane itself reads (order_id, priority, user_type, deadline); `Order` adds `items` (as the
+FastAPI + Celery service it replaces had them) and is the model used unless ORDERLANE_ORDER_MODEL names a subclass of
+its own (docs/your-order.md)."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, TypeAdapter
+from pydantic import AfterValidator, AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field, TypeAdapter
 
 from broker.errors import ConfigurationError
 from broker.references import load_reference
@@ -29,10 +30,20 @@ def _integral_number(value: Any) -> Any:
     return int(value) if isinstance(value, float) and value.is_integer() else value
 
 
+def _in_utc(value: datetime) -> datetime:
+    """One spelling per instant: the same deadline written with another offset is the same order (same body)."""
+    return value.astimezone(UTC)
+
+
+def _is_none(value: object) -> bool:
+    return value is None
+
+
 class OrderBase(BaseModel):
     """What every order has: `priority` 0 is the most urgent, 9 the least (the convention of the FastAPI + Celery
-    service orderlane replaces). Subclass it (or `Order`) for an order of your own: fields may be added; these three are
-    what orderlane routes by."""
+    service orderlane replaces); `deadline`, if any, the time after which its handler must not start
+    (docs/deadlines.md). Subclass it (or `Order`) for an order of your own: fields may be added; these are what
+    orderlane reads."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
@@ -41,6 +52,14 @@ class OrderBase(BaseModel):
     user_type: Annotated[UserType, BeforeValidator(_null_means_regular, json_schema_input_type=UserType | None)] = (
         "regular"
     )
+    deadline: Annotated[AwareDatetime, AfterValidator(_in_utc)] | None = Field(
+        default=None,
+        exclude_if=_is_none,
+        description="The time by which its handler must have started, RFC 3339 with an offset: past it the order is "
+        "not processed but expires (posted after it: 422 `deadline_passed`)",
+    )
+    """Kept in UTC; left out of the body when None, so that an order without one has the body (and the fingerprint)
+    it had before deadlines existed."""
 
 
 class Order(OrderBase):

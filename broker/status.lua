@@ -5,7 +5,7 @@
 -- ARGV[2] is the records' time to live, ARGV[3] the seconds a pending reservation holds the order_id against
 -- other requests: the same for every operation, so sent once per call (one JSON argument for the whole batch: the
 -- client packs one string, not some twenty per operation). ARGV[4] is the deployment's departure counter: every
--- attempt that left a work queue (processed, retrying, dead_lettered) adds one, so the rate at which the consumers
+-- attempt that left a work queue (processed, retrying, dead_lettered, expired) adds one, so the rate at which the consumers
 -- drain the queues is read from one key, whoever they are (broker/estimates.py); op 'departed' reads it.
 -- Returns one answer per operation: a record (get, reserve) as an array, the state the record had before (the
 -- other ops) as a string, '' for none (see broker/status_store.py).
@@ -21,7 +21,7 @@ local results = {}
 local now -- read by the first reservation of the call: most calls have none
 local departed = 0
 
-local FINAL_RANK = 1000000 -- processed, dead_lettered: above every other state, so written without a look
+local FINAL_RANK = 1000000 -- processed, dead_lettered, expired: above every other state
 
 -- Write the operation's fields to the record and (re)start its time to live.
 local function write(key, fields)
@@ -34,10 +34,20 @@ end
 for i, key in ipairs(KEYS) do
   local op, rank, fields, token, fingerprint = unpack(operations[i])
 
-  if op == 'transition' and rank >= FINAL_RANK then -- a consumer's processed: the most frequent
+  -- fields[2] is the transition's state (it writes 'state' first). Every final state but 'expired' is written
+  -- without a look: expired never overwrites processed (a copy of an order processed in time, its ack lost, that
+  -- came back after its deadline), so it is the one final state that reads the record first.
+  if op == 'transition' and rank >= FINAL_RANK and fields[2] ~= 'expired' then -- processed: the most frequent
     write(key, fields)
     departed = departed + 1
     results[i] = ''
+  elseif op == 'transition' and rank >= FINAL_RANK then
+    local held = redis.call('HGET', key, 'state')
+    if held ~= 'processed' then
+      write(key, fields)
+      departed = departed + 1
+    end
+    results[i] = held or ''
   elseif op == 'transition' then
     if rank >= 3 and rank % 2 == 1 then -- retrying: the attempt left the work queue for a delay queue
       departed = departed + 1
@@ -83,7 +93,7 @@ for i, key in ipairs(KEYS) do
   elseif op == 'replay' then
     -- A consumer may take the replayed message before this write arrives: then only the time is noted.
     local held = redis.call('HGET', key, 'state')
-    if not held or held == 'dead_lettered' then
+    if not held or held == 'dead_lettered' or held == 'expired' then
       write(key, fields)
     else
       for f = 1, #fields, 2 do

@@ -4,9 +4,15 @@
       ↓ ↑ a retry of the POST         ↓ ↑
     unconfirmed             retrying (attempt n, next try at, last error) → dead_lettered → replayed → ...
 
+    accepted, replayed, retrying, processing ──→ expired (its deadline came first) → replayed → ...
+
 `pending` is the API's reservation while it publishes: the broker has not confirmed the order yet, so the order is
 not accepted. `unconfirmed`: the broker did not confirm it (a 503), so it may or may not be stored; a retry of the
 same order may publish it again, marked for the consumer to check.
+
+`expired`: a consumer took the order after its deadline (from a work queue, or back from a delay queue), or an
+attempt failed and its retry would start after it (docs/deadlines.md); the order is dead-lettered, never processed
+late.
 
 Each transition carries a rank; a write whose rank is below the record's is ignored, so statuses only move forward
 (a retry's `processing` of attempt 2 is never overwritten by attempt 1's `retrying` arriving late).
@@ -22,11 +28,12 @@ from typing import Final, Literal
 from pydantic import BaseModel
 
 State = Literal[
-    "pending", "unconfirmed", "accepted", "processing", "retrying", "processed", "dead_lettered", "replayed"
+    "pending", "unconfirmed", "accepted", "processing", "retrying", "processed", "dead_lettered", "expired", "replayed"
 ]
 
 FINAL_RANK: Final = 1_000_000
-"""processed and dead_lettered: nothing but a replay comes after them."""
+"""processed, dead_lettered and expired: nothing but a replay comes after them (and `expired` never overwrites
+`processed`: broker/status.lua)."""
 RANK_ACCEPTED: Final = 1
 """accepted and replayed: waiting in a work queue."""
 
@@ -63,7 +70,7 @@ class OrderStatus(BaseModel):
     """The attempt being processed, retried or that was last (1 is the first)."""
     next_try_at: datetime | None = None
     last_error: str | None = None
-    """retrying: why the last attempt failed. dead_lettered: why the order was given up."""
+    """retrying: why the last attempt failed. dead_lettered, expired: why the order was given up."""
     expected_start: datetime | None = None
     """When its handler was expected to start, estimated when it was accepted (broker/estimates.py)."""
     at: dict[State, datetime] = {}

@@ -46,6 +46,8 @@ class PriorityMetrics:
         self.held_seconds = metrics.held_seconds.labels(priority=priority)
         self.exhausted = metrics.dead_lettered.labels(priority=priority, reason="exhausted")
         self.permanent = metrics.dead_lettered.labels(priority=priority, reason="permanent")
+        self.expired = metrics.expired.labels(priority=priority)
+        self.expired_dead_letters = metrics.dead_lettered.labels(priority=priority, reason="expired")
 
 
 class ConsumerMetrics:
@@ -66,8 +68,15 @@ class ConsumerMetrics:
         )
         self.dead_lettered = Counter(
             "orderlane_orders_dead_lettered",
-            "Messages moved to the dead-letter queue (reason: invalid, permanent, exhausted)",
+            "Messages moved to the dead-letter queue (reason: invalid, permanent, exhausted, expired)",
             ["priority", "reason"],
+            registry=self.registry,
+        )
+        self.expired = Counter(
+            "orderlane_orders_expired",
+            "Orders not processed because their deadline came before their handler could start (taken too late, or "
+            "a retry due after it): dead-lettered, status expired",
+            by_priority,
             registry=self.registry,
         )
         self.already_processed = Counter(

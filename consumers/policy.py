@@ -10,6 +10,11 @@
 | the handler raised or overran its timeout | attempt < max: republished to `<queue>.retry.<attempt>` with a    |
 |                                           | per-message TTL that sends it back to the work queue, then acked; |
 |                                           | last attempt: republished to `<queue>.dlq`, then acked            |
+| the order's deadline has passed (before   | `expired` written to the status store, republished to             |
+| its handler starts)                       | `<queue>.dlq` with DeadlinePassed, then acked; a copy of an order |
+|                                           | the store says was processed is acked as above instead            |
+| the handler raised, and its retry would   | `expired`, republished to `<queue>.dlq` with DeadlinePassed, then |
+| start after the order's deadline          | acked: it does not wait in a delay queue for nothing              |
 | the task was cancelled (forced stop)      | nothing: unacked, the broker redelivers it                        |
 | the delivering channel is gone            | nothing: its delivery tags are void, the broker redelivers it     |
 
@@ -39,7 +44,7 @@ from broker.publisher import publish_confirmed
 from broker.settings import Settings
 from broker.topology import Lane
 from consumers.deadlines import Deadlines
-from consumers.decisions import ACKED, Acked, DeadLettered, Outcome, Retried, decide
+from consumers.decisions import ACKED, Acked, DeadLettered, Outcome, Retried, decide, expiry
 from consumers.delivery import (
     Delivery,
     Handler,
@@ -129,6 +134,8 @@ class AckPolicy:
             return refused
         delivery = describe(message, order, received_at)
         queue = lane.work.name
+        if order.deadline is not None and (late := expiry(order, time.time())) is not None:
+            return await self._expire(message, delivery, queue, late)
         check = delivery.redelivered or message.headers.get(CHECK_PROCESSED_HEADER) is True
         attempt = await self._status.begin(delivery, queue, message.body, check=check)
         if attempt is None:
@@ -148,13 +155,15 @@ class AckPolicy:
             # The handler stopped: never shown as processing from here. A forced stop (CancelledError) writes
             # nothing more: unacked, the broker redelivers it.
             self._status.end(attempt)
-        outcome = decide(failure, delivery.attempt, self._retry_policy, self._rng)
+        outcome = decide(failure, delivery.attempt, self._retry_policy, self._rng, order=order, now=time.time())
         if isinstance(outcome, Acked):
             metrics.processed.inc()
             self._status.processed(attempt, then=message.ack)  # a redelivery then finds it done
             return outcome
         metrics.failed.inc()
         error = outcome.error
+        if isinstance(outcome, DeadLettered) and outcome.reason == "expired":
+            return await self._expire(message, delivery, queue, outcome, attempt)
         if isinstance(outcome, DeadLettered) and outcome.reason == "permanent":
             logger.error("permanent failure, dead-lettered: %r", error, extra=_fields(delivery))
             metrics.permanent.inc()
@@ -185,6 +194,26 @@ class AckPolicy:
         self._metrics.handler_seconds.observe(elapsed)
         if self._on_handler_time is not None:
             self._on_handler_time(elapsed)
+
+    async def _expire(
+        self, message: Settleable, delivery: Delivery, queue: str, outcome: DeadLettered, attempt: Attempt | None = None
+    ) -> Outcome:
+        """Dead-letter an order whose deadline came before its handler could start (`attempt`: the one that failed
+        and whose retry would start too late), recorded `expired`; unless the store says the order was processed: a
+        copy of an order processed in time (a redelivery whose ack was lost) is acked as done."""
+        previous = await self._status.expired(delivery, queue, outcome.error, attempt)
+        if previous == "processed":
+            logger.info("already processed: acked without running the handler again", extra=_fields(delivery))
+            self._metrics.already_processed.inc()
+            message.ack()
+            return ACKED
+        logger.warning("expired, dead-lettered: %s", outcome.error, extra=_fields(delivery))
+        metrics = self._metrics.of(delivery.priority)
+        metrics.expired.inc()
+        metrics.expired_dead_letters.inc()
+        attempts = delivery.attempt if attempt is not None else delivery.attempt - 1  # this one never started
+        await self._dead_letter(message, outcome.error, attempts)
+        return outcome
 
     async def _give_up(self, message: Settleable, delivery: Delivery, attempt: Attempt, failure: Exception) -> None:
         await self._status.dead_lettered(attempt, failure)

@@ -3,7 +3,7 @@
 Orders wait for the store only where a duplicate is possible: a redelivery, or a message the API marked
 (CHECK_PROCESSED_HEADER) because another copy of it may have been stored; then the store is asked whether the
 order was processed before the handler runs. Otherwise an attempt costs the store one write, sent without
-waiting: `processed` (or retrying, dead_lettered), and `processing` only for a handler that runs long enough
+waiting: `processed` (or retrying, dead_lettered, expired), and `processing` only for a handler that runs long enough
 for anyone to see it.
 
 Orders are never held up by a store that is away: a transition that cannot be written is held back (the latest
@@ -91,6 +91,13 @@ class StatusRecorder(Protocol):
     async def retrying(self, attempt: Attempt, delay_seconds: float, error: BaseException) -> None: ...
     async def dead_lettered(self, attempt: Attempt, error: BaseException) -> None: ...
 
+    async def expired(
+        self, delivery: Delivery, queue: str, error: BaseException, attempt: Attempt | None = None
+    ) -> State | None:
+        """The order's deadline came before its handler could start (`attempt`: the failed one whose retry would
+        start too late); the state its record had before, if the store said (`processed`: it was not expired)."""
+        ...
+
     async def settled(self) -> None:
         """Wait for the store's answers to what was asked so far (the acks of processed orders wait on them)."""
         ...
@@ -119,6 +126,11 @@ class NullRecorder:
     async def dead_lettered(self, attempt: Attempt, error: BaseException) -> None:
         pass
 
+    async def expired(
+        self, delivery: Delivery, queue: str, error: BaseException, attempt: Attempt | None = None
+    ) -> State | None:
+        return None
+
     async def settled(self) -> None:
         pass
 
@@ -127,8 +139,8 @@ class NullRecorder:
 
 
 class StoreRecorder:
-    """Records processing, processed, retrying and dead_lettered for the deliveries of one consumer process in the
-    status store."""
+    """Records processing, processed, retrying, dead_lettered and expired for the deliveries of one consumer process
+    in the status store."""
 
     def __init__(self, store: StatusStore, metrics: ConsumerMetrics, max_held_back: int = MAX_HELD_BACK) -> None:
         self._store = store
@@ -193,6 +205,21 @@ class StoreRecorder:
     async def dead_lettered(self, attempt: Attempt, error: BaseException) -> None:
         await self._record(attempt.transition("dead_lettered", last_error=describe_error(error)))
 
+    async def expired(
+        self, delivery: Delivery, queue: str, error: BaseException, attempt: Attempt | None = None
+    ) -> State | None:
+        """Record `expired`, waiting for the store's answer: a record already `processed` keeps its state (the
+        store's script), and the state it had is returned, so that a late copy of a processed order is acked, not
+        dead-lettered. While the store is away the write is held back and None returned."""
+        last_error = describe_error(error)
+        if attempt is not None:
+            transition = attempt.transition("expired", last_error=last_error)
+        else:  # never started: the last attempt made is the one before (none for a first delivery)
+            fields: dict[str, str | int | float] = {"priority": delivery.priority, "queue": queue}
+            fields["last_error"] = last_error
+            transition = Transition(delivery.order_id, "expired", delivery.attempt - 1, time.time(), fields)
+        return await self._record(transition)
+
     async def close(self) -> None:
         """Write back what is held, if the store answers within a pause; say what is left."""
         for task in (self._writing_back, self._showing):
@@ -235,13 +262,15 @@ class StoreRecorder:
         except StatusUnavailable:
             written(False)
 
-    async def _record(self, transition: Transition) -> None:
+    async def _record(self, transition: Transition) -> State | None:
+        """Write it, or hold it back while the store is away; the state the record had before, if the store said."""
         try:
-            await self._store.record(transition)
+            previous = await self._store.record(transition)
         except StatusUnavailable:
             self._hold_back(transition)
-        else:
-            self._held_back.pop(transition.order_id, None)
+            return None
+        self._held_back.pop(transition.order_id, None)
+        return previous
 
     def _hold_back(self, transition: Transition) -> None:
         self._held_back.pop(transition.order_id, None)  # re-inserted last: the dict stays oldest first

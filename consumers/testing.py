@@ -1,7 +1,8 @@
 """The test kit for handlers, for a user's own tests (docs/testing.md). Neither needs RabbitMQ or Redis.
 
 - `run_handler(handler, order)`: one handler run on one order, as the consumer makes it, and what the consumer would
-  do next (Acked, Retried, DeadLettered), decided by the consumer's own code (consumers/decisions.py, invoker.py).
+  do next (Acked, Retried, DeadLettered), decided by the consumer's own code (consumers/decisions.py, invoker.py),
+  deadlines included.
 - `OrderlaneHarness(handler)`: the real API and a consumer loop with the real ack policy in one process, over an
   in-memory broker (broker/memory.py) and the real status store on fakeredis (the `test` extra).
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 from collections.abc import Callable, Mapping
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
@@ -35,7 +37,7 @@ from broker.settings import Settings
 from broker.status_store import StatusStore, StoreMetrics
 from broker.topology import Lane
 from consumers.deadlines import Deadlines
-from consumers.decisions import Acked, DeadLettered, DeadLetterReason, Outcome, Retried, decide
+from consumers.decisions import Acked, DeadLettered, DeadLetterReason, Outcome, Retried, decide, expiry
 from consumers.delivery import Delivery, parse_order
 from consumers.invoker import Invoker
 from consumers.metrics import ConsumerMetrics
@@ -82,8 +84,10 @@ async def run_handler(
     ORDERLANE_HANDLER_TIMEOUT applies (an overrun is a TimeoutError failure); a plain function runs in a thread; the
     handler gets the order decoded from its JSON body. `order` is an order instance (decoded with its own class) or
     a mapping, JSON bytes or text (validated with `settings.order_type`: an invalid one is DeadLettered("invalid"),
-    and the handler does not run). A handler that is an async context manager is not entered here: enter it in the
-    test (`async with handler:`), as the consumer does before its first delivery.
+    and the handler does not run). An order whose deadline has passed is DeadLettered("expired") and the handler does
+    not run; a failure whose retry would start after the deadline is DeadLettered("expired") too. A handler that is
+    an async context manager is not entered here: enter it in the test (`async with handler:`), as the consumer does
+    before its first delivery.
     """
     if attempt < 1:
         raise ValueError(f"attempt counts from 1, not {attempt}")
@@ -95,6 +99,9 @@ async def run_handler(
         parsed = parse_order(_Body(_body_of(order)), model, max_body_bytes=settings.max_body_bytes)
     except InvalidMessage as exc:
         return decide(exc, attempt, retry_policy, rng, invalid=True)
+    late = expiry(parsed, time.time())
+    if late is not None:
+        return late
     priority = prioritize(parsed, vip_priority=settings.vip_priority, max_priority=settings.max_priority)
     delivery = Delivery(parsed.order_id, priority.effective, attempt, redelivered)
     runnable, _ = as_handler(handler, 1)
@@ -106,7 +113,7 @@ async def run_handler(
         await deadlines.close()
         if isinstance(runnable, InThreads):
             runnable.close()
-    return decide(failure, attempt, retry_policy, rng)
+    return decide(failure, attempt, retry_policy, rng, order=parsed, now=time.time())
 
 
 def _body_of(order: OrderBase | Mapping[str, Any] | bytes | str) -> bytes:

@@ -23,6 +23,7 @@ from typing import Final
 
 from broker.connection import BROKER_ERRORS, Broker
 from broker.errors import OrderlaneError
+from broker.priority import PRIORITIES
 from broker.queues import QueueStats, queue_stats
 from broker.status_store import StatusStore
 from broker.topology import Topology
@@ -61,13 +62,16 @@ class LaneWait:
         return self.ahead / self.per_second if self.per_second > 0 else math.inf
 
 
-def lane_waits(queues: Sequence[str], ready: Sequence[int], per_second: float | None) -> list[LaneWait]:
-    """One LaneWait per lane, most urgent first: each counts what waits in its lane and in every lane before it."""
+def lane_waits(
+    queues: Sequence[str], ready: Sequence[int], per_second: float | None, drained: float = 0.0
+) -> list[LaneWait]:
+    """One LaneWait per lane, most urgent first: each counts what waits in its lane and in every lane before it, less
+    the `drained` orders taken since `ready` was counted (the consumers take the most urgent first)."""
     ahead = 0
     waits = []
     for queue, depth in zip(queues, ready, strict=True):
         ahead += depth
-        waits.append(LaneWait(queue, ahead, per_second))
+        waits.append(LaneWait(queue, max(0, math.ceil(ahead - drained)), per_second))
     return waits
 
 
@@ -99,34 +103,44 @@ class WaitEstimates:
     (admission, the 202's expected start), `/queues` and the API's metrics."""
 
     def __init__(self, topology: Topology, depths: Depths, store: StatusStore) -> None:
-        self._topology = topology
         self._depths = depths
         self._store = store
         self._rate = DrainRate()
         self._queues = [lane.work.name for lane in topology.lanes]
-        self.lanes: list[LaneWait] = lane_waits(self._queues, [0] * len(self._queues), None)
-        self.sampled_at: float | None = None
-        """time.time() of the last sample that succeeded; None before the first."""
+        self._lane_of = {priority: self._queues.index(topology.lane_for(priority).work.name) for priority in PRIORITIES}
+        self._ready = [0] * len(self._queues)
+        """Each lane's ready messages at the last sample, plus what this process published into it since."""
+        self._sampled_at: float | None = None
+        """time.monotonic() of the last sample that succeeded; None before the first."""
 
-    def for_priority(self, effective_priority: int) -> LaneWait:
-        lane = self._topology.lane_for(effective_priority)
-        return self.lanes[self._queues.index(lane.work.name)]
+    @property
+    def lanes(self) -> list[LaneWait]:
+        """Every lane's wait now: the last sample, what this process added since, what the consumers drained since
+        at the measured rate."""
+        per_second = self._rate.per_second
+        elapsed = 0.0 if self._sampled_at is None else time.monotonic() - self._sampled_at
+        return lane_waits(self._queues, self._ready, per_second, (per_second or 0.0) * elapsed)
 
     def current(self, effective_priority: int) -> float | None:
         """The expected wait in seconds of an order of this priority entering now; None when it is not known (no
         rate yet, or no sample for STALE_SECONDS)."""
-        if self.sampled_at is None or time.time() - self.sampled_at > STALE_SECONDS:
+        if self._sampled_at is None or time.monotonic() - self._sampled_at > STALE_SECONDS:
             return None
-        return self.for_priority(effective_priority).seconds
+        return self.lanes[self._lane_of[effective_priority]].seconds
+
+    def published(self, effective_priority: int) -> None:
+        """This process published an order: it waits in its lane until the next sample counts it there. Between two
+        samples a busy API takes many orders; without this, a second under the budget would admit them all."""
+        self._ready[self._lane_of[effective_priority]] += 1
 
     async def sample(self) -> None:
         """Read the depths and the departure counter once; raises what the broker or the store raised."""
         stats = {stat.queue: stat.messages or 0 for stat in await self._depths()}
         departed = await self._store.departed()
-        now = time.time()
-        self._rate.add(time.monotonic(), departed)
-        self.lanes = lane_waits(self._queues, [stats.get(queue, 0) for queue in self._queues], self._rate.per_second)
-        self.sampled_at = now
+        now = time.monotonic()
+        self._rate.add(now, departed)
+        self._ready = [stats.get(queue, 0) for queue in self._queues]
+        self._sampled_at = now
 
     @contextlib.asynccontextmanager
     async def sampling(self) -> AsyncIterator[None]:

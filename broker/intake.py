@@ -238,6 +238,8 @@ class Intake:
             self._metrics.broker_errors.inc()
             raise
         self._metrics.accepted_by_priority[receipt.priority.effective].inc()
+        if self._estimates is not None:
+            self._estimates.published(receipt.priority.effective)
         if expected_wait is None or not math.isfinite(expected_wait):
             return receipt
         return replace(receipt, expected_start=datetime.now(UTC) + timedelta(seconds=expected_wait))

@@ -17,11 +17,13 @@ from api.app import create_app
 from broker.client import AsyncOrderClient
 from broker.connection import Broker
 from broker.errors import BacklogOverBudget
-from broker.estimates import DrainRate, LaneWait, lane_waits
+from broker.estimates import DrainRate, LaneWait, WaitEstimates, lane_waits
 from broker.messages import Order
+from broker.queues import QueueStats
 from broker.settings import Settings
 from broker.status import Transition
 from broker.status_store import StatusStore, open_status_store
+from broker.topology import build_topology
 from tests.amqp import lane_queue, operator_channel, publish_raw, queue_depth, wait_until
 from tests.consuming import consuming, order_message
 from tests.http import app_client
@@ -40,6 +42,37 @@ def test_a_lane_waits_behind_its_own_backlog_and_every_more_urgent_one() -> None
     waits = lane_waits(["q.high", "q.mid", "q"], [10, 0, 30], per_second=20.0)
     assert [wait.ahead for wait in waits] == [10, 10, 40]
     assert [wait.seconds for wait in waits] == [0.5, 0.5, 2.0]
+
+
+def test_what_was_drained_since_the_count_leaves_the_most_urgent_lanes_first() -> None:
+    waits = lane_waits(["q.high", "q"], [10, 30], per_second=20.0, drained=15.5)
+    assert [wait.ahead for wait in waits] == [0, 25]
+
+
+async def test_orders_published_since_the_last_sample_count_in_their_lane(settings: Settings) -> None:
+    """Between two samples the estimate counts what this process published: a second under the budget must not
+    admit a second's worth of a flash sale."""
+
+    class Counter:
+        async def departed(self) -> int:
+            return 0  # nothing drains
+
+    async def depths() -> list[QueueStats]:
+        return [QueueStats(queue=queue, messages=10, consumers=1) for queue in (regular, urgent)]
+
+    topology = build_topology(settings)
+    regular, urgent = lane_queue(settings, 5), lane_queue(settings, 0)
+    estimates = WaitEstimates(topology, depths, Counter())  # type: ignore[arg-type]
+    await estimates.sample()
+    await estimates.sample()
+    before = {wait.queue: wait.ahead for wait in estimates.lanes}
+    for _ in range(3):
+        estimates.published(5)
+    estimates.published(0)
+    after = {wait.queue: wait.ahead for wait in estimates.lanes}
+    assert after == {urgent: before[urgent] + 1, regular: before[regular] + 4}
+    await estimates.sample()
+    assert {wait.queue: wait.ahead for wait in estimates.lanes} == before, "a new sample counts them at the broker"
 
 
 def test_an_estimate_is_unknown_without_a_rate_and_endless_without_a_drain() -> None:

@@ -92,8 +92,9 @@ class AsyncOrderClient:
 
     async def submit(self, order: Submitted) -> Receipt | OrderStatus:
         """Publish the order, confirmed by the broker: a Receipt. If the status store knows it already, its
-        OrderStatus, and nothing is published. Raises OrderIdConflict, OrderInProgress, BacklogOverBudget
-        (admission; its `retry_after_seconds` says when to try again), PublishError (PublishBlocked),
+        OrderStatus, and nothing is published. Raises OrderIdConflict, OrderInProgress, DeadlinePassed (its deadline
+        passed already), BacklogOverBudget (admission; its `retry_after_seconds` says when to try again),
+        PublishError (PublishBlocked),
         StatusUnavailable (with ORDERLANE_STATUS_REQUIRED), pydantic's ValidationError for an invalid mapping, and
         TypeError for an instance of another class than the order model."""
         validated = self._validated(order)

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from aio_pika.abc import AbstractIncomingMessage, AbstractQueue
 
 from broker.connection import Broker
-from broker.errors import PublishError, StatusUnavailable
+from broker.errors import DeadlinePassed, PublishError, StatusUnavailable
 from broker.headers import (
     ATTEMPTS_HEADER,
     DEAD_LETTERED_AT_HEADER,
@@ -27,7 +27,7 @@ from broker.headers import (
 from broker.priority import PRIORITIES
 from broker.publisher import publish_confirmed
 from broker.settings import Settings
-from broker.status import Transition
+from broker.status import State, Transition
 from broker.status_store import StatusStore
 from consumers.retry import replay_message
 
@@ -170,7 +170,8 @@ async def _replay(
         if status is not None and order_id:
             letter = DeadLetter.of(message)
             again: dict[str, str | int | float] = {"last_error": f"{letter.error_type}: {letter.error}"}
-            dead = Transition(order_id, "dead_lettered", letter.attempts or 0, time.time(), again)
+            state: State = "expired" if letter.error_type == DeadlinePassed.__name__ else "dead_lettered"
+            dead = Transition(order_id, state, letter.attempts or 0, time.time(), again)  # back as it was
             await _best_effort(status.record(dead), order_id)
         raise
     await message.ack()

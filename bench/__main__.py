@@ -2,9 +2,10 @@
 and PNG to bench/results/. SCENARIO is intake, drain, priority, peers, endtoend, memory, sharing, status (the status
 store off against on), flood (intake beside 1,100 half-open connections), intake-peers (the API beside the HTTP
 intakes users would pick instead), scale (1, 2 and 4 consumer processes, 1 and 2 API processes, against one),
-overload (a flash sale at 3x the drain rate, admission off and on; --seconds, --budget) or all (every one but
-four: peers and intake-peers, which need the `peers` extra, FastStream, Taskiq, FastAPI, Celery; scale, which takes
-about half a minute even with --quick; and overload, over two minutes at its defaults: run them by name)."""
+overload (a flash sale at 3x the drain rate, admission off and on; --seconds, --budget), deadlines (orders with a
+2 s deadline and a long one behind a 30 s backlog) or all (every one but five: peers and intake-peers, which need the
+`peers` extra, FastStream, Taskiq, FastAPI, Celery; scale, which takes about half a minute even with --quick;
+overload, over two minutes at its defaults, and deadlines, which waits out its backlog: run them by name)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from typing import Any, Final, TypeVar
 
 from tqdm import tqdm
 
+from bench.deadlines import DeadlineResult, Expiry, measure_deadlines, show_deadlines
 from bench.drain import DrainResult, measure_drain
 from bench.endtoend import EndToEndResult, measure_end_to_end
 from bench.flood import FloodResult, measure_flood, servers
@@ -75,6 +77,7 @@ class Plan:
     scale_seconds: float
     scale_rounds: int
     overload: Sale
+    deadlines: Expiry
 
 
 FULL = Plan(
@@ -103,6 +106,7 @@ FULL = Plan(
     scale_seconds=10,
     scale_rounds=3,
     overload=Sale(),
+    deadlines=Expiry(),
 )
 QUICK = Plan(
     intake_clients=(1, 32),
@@ -130,6 +134,7 @@ QUICK = Plan(
     scale_seconds=3,
     scale_rounds=1,
     overload=Sale(seconds=10),
+    deadlines=Expiry(backlog_seconds=10),
 )
 
 
@@ -238,6 +243,10 @@ async def overload(plan: Plan, progress: tqdm[Any]) -> list[OverloadResult]:
     return [await measure_overload(plan.overload, progress.update)]
 
 
+async def deadlines(plan: Plan, progress: tqdm[Any]) -> list[DeadlineResult]:
+    return [await measure_deadlines(plan.deadlines, progress.update)]
+
+
 @dataclass(frozen=True, slots=True)
 class Scenario:
     run: Callable[[Plan, tqdm[Any]], Any]
@@ -279,11 +288,13 @@ SCENARIOS = {
         lambda results: "no plot",
     ),
     "overload": Scenario(overload, lambda p: 2, show_overload, plot_overload),
+    "deadlines": Scenario(deadlines, lambda p: 1, show_deadlines, lambda results: "no plot"),
 }
 
-NOT_IN_ALL: Final = ("peers", "intake-peers", "scale", "overload")
+NOT_IN_ALL: Final = ("peers", "intake-peers", "scale", "overload", "deadlines")
 """The peers need the `peers` extra; scale takes about half a minute even with --quick (28-36 s here); overload
-runs its sale twice, with a warm-up each: over two minutes at its defaults."""
+runs its sale twice, with a warm-up each: over two minutes at its defaults; deadlines waits for its backlog to drain
+(30 s at its defaults)."""
 
 
 async def run(names: list[str], plan: Plan, command: str) -> None:

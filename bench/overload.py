@@ -1,9 +1,9 @@
 """Overload (issue 23): a flash sale, with priority-aware admission off and on (ORDERLANE_ADMISSION_MAX_WAIT), side
 by side in one invocation.
 
-Each run serves `python -m api` at the defaults (two lanes, the status store on; admission as the run says) and one
-`python -m consumers` process whose handler takes `handler_ms` (ORDERLANE_SIMULATED_WORK_MS) with `--concurrency`
-fixed, so it drains at most `concurrency / handler_ms` orders a second: modest, and known. Then, in turn:
+Each run serves `python -m api` at the defaults (two lanes, the status store on; admission as the run says) and the
+shop's consumer (bench/shop.py), which drains at most its `ceiling` of orders a second: modest, and known. Then, in
+turn:
 
 1. quiet: QUIET_VIPS VIP orders posted over QUIET_SECONDS and nothing else: how long a VIP waits without the flood;
 2. warm-up: a backlog published straight to the lanes, drained for `warmup_seconds`, the rest purged: the
@@ -26,7 +26,7 @@ import statistics
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
@@ -34,18 +34,17 @@ import httpx
 from prometheus_client import CollectorRegistry
 
 from bench.flashsale import FlashSale, Story
-from bench.intake import serving_api, wait_ready
+from bench.intake import serving_api
 from bench.plot import Line, Panel, write_svg
 from bench.priority import free_port
 from bench.report import RESULTS
-from bench.sharing import running_consumers
+from bench.shop import Shop, api_environment, awaited, consuming, statuses
 from bench.steps import Spread
 from bench.tables import table
 from bench.workload import (
     bench_channel,
     bench_settings,
     delete_queues,
-    environment,
     fill,
     metric_totals,
     orders,
@@ -54,7 +53,6 @@ from broker.connection import Broker, open_broker
 from broker.estimates import RATE_WINDOW_SECONDS
 from broker.queues import queue_stats
 from broker.settings import Settings
-from broker.status import OrderStatus
 from broker.status_store import StatusStore, open_status_store
 from broker.topology import build_topology
 
@@ -67,8 +65,6 @@ WARMUP_ALLOWANCE_SECONDS: Final = 2.0
 """The warm-up's backlog outlasts its window by this much at the ceiling: time for the first deliveries to arrive."""
 VIP_START_SECONDS: Final = 30.0
 """How long the accepted VIPs may take to start once the sale is over; one still waiting then is counted."""
-STATUS_CHUNK: Final = 500
-"""Status lookups sent at once (the store pipelines them)."""
 PROCESSED: Final = "orderlane_orders_processed_total"
 GREY: Final = "#777"
 
@@ -79,19 +75,13 @@ class Sale:
     budget: float = 5.0
     """ORDERLANE_ADMISSION_MAX_WAIT of the run with admission on."""
     overload: float = 3.0
-    """Orders posted a second, as a multiple of the consumer's ceiling."""
-    handler_ms: float = 20.0
-    concurrency: int = 2
+    """Orders posted a second, as a multiple of the shop's ceiling."""
+    shop: Shop = field(default_factory=Shop)
     warmup_seconds: float = RATE_WINDOW_SECONDS
 
     @property
-    def ceiling(self) -> float:
-        """The most orders a second the consumer can take: its handlers at once, each `handler_ms` long."""
-        return self.concurrency / (self.handler_ms / 1000)
-
-    @property
     def per_second(self) -> float:
-        return self.overload * self.ceiling
+        return self.overload * self.shop.ceiling
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,26 +173,11 @@ def tally(stories: Sequence[Story]) -> Tally:
     return Tally(len(stories), first_try, len(accepted) - first_try, len(stories) - len(accepted))
 
 
-async def statuses(store: StatusStore, order_ids: Sequence[str]) -> list[OrderStatus | None]:
-    found: list[OrderStatus | None] = []
-    for start in range(0, len(order_ids), STATUS_CHUNK):
-        found += await asyncio.gather(*(store.get(order_id) for order_id in order_ids[start : start + STATUS_CHUNK]))
-    return found
-
-
 async def vip_starts(store: StatusStore, stories: Sequence[Story]) -> dict[str, float]:
     """Each accepted VIP's handler start (time.time()), once all have started or VIP_START_SECONDS have passed."""
-    waiting = [story.order_id for story in stories if story.vip and story.accepted]
-    started: dict[str, float] = {}
-    give_up = time.monotonic() + VIP_START_SECONDS
-    while True:
-        for order_id, status in zip(waiting, await statuses(store, waiting), strict=True):
-            if status is not None and "processing" in status.at:
-                started[order_id] = status.at["processing"].timestamp()
-        waiting = [order_id for order_id in waiting if order_id not in started]
-        if not waiting or time.monotonic() > give_up:
-            return started
-        await asyncio.sleep(SAMPLE_SECONDS)
+    vips = [story.order_id for story in stories if story.vip and story.accepted]
+    started = await awaited(store, vips, lambda status: "processing" in status.at, VIP_START_SECONDS)
+    return {order_id: status.at["processing"].timestamp() for order_id, status in started.items()}
 
 
 def vip_waits(sale: FlashSale, started: dict[str, float]) -> list[tuple[float, float]]:
@@ -246,7 +221,9 @@ async def selling(sale: FlashSale, port: int, broker: Broker, client: httpx.Asyn
 async def warm_up(settings: Settings, sale: Sale, client: httpx.AsyncClient, metrics_port: int) -> float:
     """A backlog that outlasts `warmup_seconds` at the ceiling, published straight to the lanes: the orders a second
     the consumer processes over that window. What is left then is purged: the sale begins with empty lanes."""
-    await fill(settings, orders(round(sale.ceiling * (sale.warmup_seconds + WARMUP_ALLOWANCE_SECONDS)), prefix="warm"))
+    await fill(
+        settings, orders(round(sale.shop.ceiling * (sale.warmup_seconds + WARMUP_ALLOWANCE_SECONDS)), prefix="warm")
+    )
     first, began = (await metric_totals(client, metrics_port, (PROCESSED,)))[PROCESSED], time.perf_counter()
     await asyncio.sleep(sale.warmup_seconds)
     last, ended = (await metric_totals(client, metrics_port, (PROCESSED,)))[PROCESSED], time.perf_counter()
@@ -271,22 +248,18 @@ async def run_sale(sale: Sale, admission_max_wait: float | None) -> OverloadRun:
     settings = bench_settings()
     if settings.status_url is None:
         raise SystemExit("bench: the overload scenario needs the status store, and ORDERLANE_STATUS_URL is empty")
-    api_port, metrics_port = free_port(), free_port()
-    admission = "" if admission_max_wait is None else str(admission_max_wait)
-    env = {**environment(settings), "ORDERLANE_ADMISSION_MAX_WAIT": admission}
-    options = ("--concurrency", str(sale.concurrency), "--prefetch", str(sale.concurrency))
+    api_port = free_port()
     quiet = flash_sale("quiet", QUIET_VIPS / QUIET_SECONDS, QUIET_SECONDS, vip_every=1)
     flash = flash_sale("sale", sale.per_second, sale.seconds, vip_every=VIP_EVERY)
     try:
         async with (
             open_broker(settings) as broker,
             open_status_store(settings, CollectorRegistry()) as store,
-            serving_api(settings, api_port, env=env),
+            serving_api(settings, api_port, env=api_environment(settings, admission_max_wait)),
             httpx.AsyncClient() as client,
         ):
             assert store is not None
-            async with running_consumers(settings, sale.handler_ms, [metrics_port], options):
-                await wait_ready(metrics_port, "/metrics")
+            async with consuming(settings, sale.shop) as metrics_port:
                 await quiet.run(api_port)
                 quiet_started = await vip_starts(store, quiet.stories)
                 drain = await warm_up(settings, sale, client, metrics_port)
@@ -373,9 +346,9 @@ def show_overload(results: Sequence[OverloadResult]) -> str:
     header = ("flash sale", "admission off", f"admission on ({sale.budget:g} s)")
     budget_orders = sale.budget * result.on.drain_per_second
     notes = (
-        f"({sale.seconds:g} s at {sale.overload:g}x the consumer's ceiling of {sale.ceiling:,.0f}/s: --concurrency "
-        f"{sale.concurrency}, {sale.handler_ms:g} ms handler; 1 in {VIP_EVERY} orders VIP; the budget is about "
-        f"{budget_orders:,.0f} orders ahead at the measured drain)"
+        f"({sale.seconds:g} s at {sale.overload:g}x the consumer's ceiling of {sale.shop.ceiling:,.0f}/s: "
+        f"--concurrency {sale.shop.concurrency}, {sale.shop.handler_ms:g} ms handler; 1 in {VIP_EVERY} orders VIP; "
+        f"the budget is about {budget_orders:,.0f} orders ahead at the measured drain)"
     )
     return table(header, rows) + "\n" + notes
 

@@ -1,7 +1,7 @@
 """The benchmarks' own code runs end to end, on tiny workloads, in the default test run: each scenario that
 tests/test_performance.py times (drain, intake, priority with VIPs published and posted over HTTP) completes and
-gives a whole, well-formed result, and so does the overload scenario's flash sale, admission off and on. Nothing here
-is timed or compared: the speed is test_performance's (`-m perf`)."""
+gives a whole, well-formed result, and so do the overload scenario's flash sale, admission off and on, and the
+deadlines scenario. Nothing here is timed or compared: the speed is test_performance's (`-m perf`)."""
 
 from __future__ import annotations
 
@@ -11,10 +11,12 @@ from xml.etree import ElementTree
 
 import pytest
 
+from bench.deadlines import Expiry, measure_deadlines
 from bench.drain import measure_drain
 from bench.intake import measure_intake
 from bench.overload import OverloadRun, Sale, measure_overload, plot_overload
 from bench.priority import PriorityResult, System, measure_priority, orderlane_consumer
+from bench.shop import Shop
 from tests.processes import free_port
 
 BACKLOG = 300
@@ -76,7 +78,7 @@ def assert_whole(run: OverloadRun) -> None:
 
 
 async def test_the_overload_benchmark_runs_a_sale_without_and_with_admission(tmp_path: Path) -> None:
-    sale = Sale(seconds=2, budget=1, handler_ms=20, concurrency=1, warmup_seconds=1)  # 150 orders/s, 1 in 100 VIP
+    sale = Sale(seconds=2, budget=1, shop=Shop(handler_ms=20, concurrency=1), warmup_seconds=1)  # 150/s, 1 % VIP
     runs: list[None] = []
     result = await measure_overload(sale, lambda: runs.append(None))
     assert len(runs) == 2
@@ -87,3 +89,15 @@ async def test_the_overload_benchmark_runs_a_sale_without_and_with_admission(tmp
     lines = ElementTree.parse(plot_overload([result], tmp_path / "overload.svg")).getroot()
     polylines = lines.findall("{http://www.w3.org/2000/svg}polyline")
     assert len(polylines) == 8, "backlog and estimate, each off, on and the budget; VIP waits off and on"
+
+
+async def test_the_deadlines_benchmark_finds_short_deadlines_expired_and_long_ones_processed() -> None:
+    # 100 orders ahead at a ceiling of 50/s (a 20 ms handler, one at a time) take 2 s at least: 0.5 s cannot be met
+    expiry = Expiry(backlog_seconds=2, short_seconds=0.5, shop=Shop(handler_ms=20, concurrency=1))
+    result = await measure_deadlines(expiry, lambda: None)
+    short, long = result.short, result.long
+    assert short.posted == short.accepted == short.expired > 0 and short.started == 0, "expired, never handled"
+    assert long.posted == long.accepted == long.processed == long.started > 0, "processed within their deadline"
+    assert short.unsettled == long.unsettled == 0
+    assert result.consumer_expired == result.dead_letters == short.expired
+    assert result.consumer_processed == expiry.backlog + long.processed

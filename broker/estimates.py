@@ -76,16 +76,25 @@ def lane_waits(
 
 
 class DrainRate:
-    """Departures per second over the last `window` seconds, from the counter's samples."""
+    """Departures per second over the last `window` seconds, from the counter's samples: what the consumers can
+    drain, measured while orders wait for them. While nothing waits they drain only what arrives, so an idle stretch
+    is not averaged in: the window restarts at the last sample that found the lanes empty."""
 
     def __init__(self, window: float = RATE_WINDOW_SECONDS) -> None:
         self._window = window
         self._samples: deque[tuple[float, int]] = deque()
+        self._idle = False
+        """The last sample found the lanes empty."""
 
-    def add(self, at: float, departed: int) -> None:
+    def add(self, at: float, departed: int, *, waiting: bool = True) -> None:
+        """A sample of the counter; `waiting`: orders were ready in a lane (the consumers had work queued)."""
         samples = self._samples
         if samples and departed < samples[-1][1]:
             samples.clear()  # the counter was reset (a new Redis): start again
+        if self._idle or not waiting:  # from the last idle sample on: idle, the rate over the last interval only
+            while len(samples) > 1:
+                samples.popleft()
+        self._idle = not waiting
         samples.append((at, departed))
         while len(samples) > 2 and at - samples[1][0] >= self._window:
             samples.popleft()
@@ -138,8 +147,8 @@ class WaitEstimates:
         stats = {stat.queue: stat.messages or 0 for stat in await self._depths()}
         departed = await self._store.departed()
         now = time.monotonic()
-        self._rate.add(now, departed)
         self._ready = [stats.get(queue, 0) for queue in self._queues]
+        self._rate.add(now, departed, waiting=any(self._ready))
         self._sampled_at = now
 
     @contextlib.asynccontextmanager

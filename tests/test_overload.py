@@ -94,6 +94,18 @@ def test_the_drain_rate_is_over_its_window_and_restarts_with_a_new_counter() -> 
     assert rate.per_second is None
 
 
+def test_an_idle_stretch_does_not_dilute_the_rate_a_backlog_shows() -> None:
+    """Idle consumers drain what arrives (a trickle); when a flash sale starts, the rate is what they drain from
+    then on, not that averaged with the idle seconds before."""
+    rate = DrainRate(window=10)
+    for second in range(9):
+        rate.add(float(second), second, waiting=False)  # 1/s arrives and is taken at once
+    assert rate.per_second == 1
+    for second in range(9, 12):
+        rate.add(float(second), 8 + (second - 8) * 100)  # the sale: 100/s drained, orders waiting
+    assert rate.per_second == 100
+
+
 def test_retry_after_is_when_the_backlog_ahead_falls_to_the_budget() -> None:
     assert BacklogOverBudget("o", 5, expected_wait=9.2, max_wait=2.0).retry_after_seconds == 8
     assert BacklogOverBudget("o", 5, expected_wait=math.inf, max_wait=2.0).retry_after_seconds == 2

@@ -100,6 +100,9 @@ class Settings(BaseSettings):
     prefetch: Annotated[int, Field(ge=1, le=MAX_PREFETCH)] | Literal["auto"] = "auto"
     concurrency: Annotated[int, Field(ge=1, le=MAX_CONCURRENCY)] | Literal["auto"] = "auto"
     vip_priority: Annotated[int, Field(ge=0, le=9)] = 0
+    vip_slots: Annotated[int, Field(ge=0, le=64)] = 1
+    """Handler slots each consumer keeps for orders at least as urgent as vip_priority (every VIP order), beside
+    ORDERLANE_CONCURRENCY's: however busy the others are with the backlog, a VIP order starts at once."""
     lanes: Annotated[tuple[LaneConfig, ...], NoDecode, AfterValidator(check_lanes)] = DEFAULT_LANES
     order_model: Annotated[Reference, AfterValidator(loadable_order_model)] = DEFAULT_ORDER_MODEL
     """The pydantic model orders are validated with: broker.messages.Order or a subclass of broker.OrderBase."""

@@ -56,7 +56,7 @@ async def consume(
     there either (ORDERLANE_HANDLER), the built-in order processor."""
     reference = handler or settings.handler
     loaded = load_handler(reference) if reference else OrderProcessor(settings.simulated_work_ms / 1000)
-    run, threads = as_handler(loaded, concurrency or settings.concurrency)
+    run, threads = as_handler(loaded, concurrency or settings.concurrency, settings.vip_slots)
     tracing = tracing_for(settings, service=CONSUMER_SERVICE)
     try:
         await consume_until_stopped(

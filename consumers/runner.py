@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Final
 from prometheus_client import start_http_server
 
 from broker.connection import Broker, open_broker
+from broker.priority import broker_priority
 from broker.settings import Concurrency, Prefetch, Settings
 from broker.status_store import StatusStore, open_status_store
 from consumers.delivery import Handler
@@ -66,7 +67,12 @@ class Consumer:
         self._status: StatusRecorder = StoreRecorder(status, self.metrics) if status is not None else NullRecorder()
         lanes = broker.topology.lanes
         self._plan = TuningPlan.of(lanes, prefetch, concurrency)
-        self._dispatcher: Dispatcher[Held] = Dispatcher(self._process, self._plan.slots)
+        self._dispatcher: Dispatcher[Held] = Dispatcher(
+            self._process,
+            self._plan.slots,
+            reserved=settings.vip_slots,
+            reserved_urgency=broker_priority(settings.vip_priority, max_priority=settings.max_priority),
+        )
         self.subscriptions = [
             Subscription(settings, lane, planned.depth, partial(self._hold, index))
             for index, (lane, planned) in enumerate(zip(lanes, self._plan.lanes, strict=True))

@@ -115,15 +115,16 @@ class InThreads:
                 _tell(loop, _settle, done, result, None)
 
 
-def as_handler(loaded: object, concurrency: Concurrency) -> tuple[Handler, Concurrency]:
+def as_handler(loaded: object, concurrency: Concurrency, reserved: int = 0) -> tuple[Handler, Concurrency]:
     """The handler to run and the concurrency to run it at: an async handler as it is; a synchronous one in as many
-    threads as the concurrency (DEFAULT_THREADS for `auto`: threads are not free the way coroutines are)."""
+    threads as the concurrency (DEFAULT_THREADS for `auto`: threads are not free the way coroutines are), and one
+    more for each of the `reserved` slots kept for VIP orders."""
     if is_async(loaded):
         return loaded, concurrency
     assert callable(loaded)
     threads = concurrency if isinstance(concurrency, int) else DEFAULT_THREADS
-    logger.info("the handler is synchronous: it runs in %d threads, one order each", threads)
-    return InThreads(loaded, threads), threads
+    logger.info("the handler is synchronous: it runs in %d threads, one order each (+%d for VIPs)", threads, reserved)
+    return InThreads(loaded, threads + reserved), threads
 
 
 def is_async(handler: object) -> TypeGuard[Handler]:

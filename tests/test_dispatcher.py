@@ -117,3 +117,23 @@ async def test_cancel_stops_running_items_and_a_bug_in_process_does_not_cost_a_s
     dispatcher.cancel()
     await dispatcher.wait_finished()
     assert dispatcher.running == 0
+
+
+async def test_a_reserved_slot_starts_a_vip_while_every_other_slot_is_busy_and_takes_nothing_else() -> None:
+    recorder = Recorder()
+    recorder.gate.clear()
+    dispatcher: Dispatcher[str] = Dispatcher(recorder, concurrency=1, reserved=1, reserved_urgency=10)
+    dispatcher.start()
+    for item in ("r1", "r2", "r3"):
+        dispatcher.hold(item, urgency=4)
+    await settle()
+    assert recorder.started == ["r1"], "the reserved slot takes no regular order, however many wait"
+    dispatcher.hold("vip", urgency=10)
+    dispatcher.hold("urgent but not vip", urgency=8)
+    await settle()
+    assert recorder.started == ["r1", "vip"], "the VIP starts at once, on the reserved slot"
+    recorder.gate.set()
+    await settle()
+    assert recorder.started == ["r1", "vip", "urgent but not vip", "r2", "r3"]
+    dispatcher.release()
+    await dispatcher.wait_finished()

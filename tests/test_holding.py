@@ -30,7 +30,8 @@ async def test_the_most_urgent_held_delivery_starts_next(settings: Settings, bro
         started.append(order.order_id)
         await gate.wait()
 
-    consumer = Consumer(broker, one_at_a_time, settings, prefetch=30, concurrency=1)
+    no_vip_slot = settings.model_copy(update={"vip_slots": 0})  # the local order alone
+    consumer = Consumer(broker, one_at_a_time, no_vip_slot, prefetch=30, concurrency=1)
     await consumer.start()
     try:
         await wait_until(lambda: consumer.held == 19, what="the backlog held behind the one running")
@@ -43,6 +44,33 @@ async def test_the_most_urgent_held_delivery_starts_next(settings: Settings, bro
         await consumer.stop(grace_seconds=5)
     assert started[:2] == ["r-00", "vip"], "the VIP goes before the 19 regular orders held before it came"
     assert started[2:] == [f"r-{n:02d}" for n in range(1, 20)], "first in, first out within a priority"
+
+
+async def test_a_vip_starts_on_its_own_slot_while_the_only_other_one_is_busy(
+    settings: Settings, broker: Broker
+) -> None:
+    """ORDERLANE_VIP_SLOTS (1 by default): the VIP does not wait for the regular order running, and the slot kept
+    for it takes no regular order, however many wait."""
+    await publish_raw(
+        settings.queue, *(order_message(f"r-{n:02d}", priority=REGULAR_BROKER_PRIORITY) for n in range(5))
+    )
+    started: list[str] = []
+    gate = asyncio.Event()
+
+    async def held_open(order: Order) -> None:
+        started.append(order.order_id)
+        await gate.wait()
+
+    consumer = Consumer(broker, held_open, settings, prefetch=30, concurrency=1)
+    await consumer.start()
+    try:
+        await wait_until(lambda: consumer.held == 4, what="the backlog held behind the one running")
+        assert started == ["r-00"], "the VIP slot takes no regular order"
+        await publish_raw(settings.queue, order_message("vip", priority=VIP_BROKER_PRIORITY))
+        await wait_until(lambda: started == ["r-00", "vip"], what="the VIP started while r-00 still runs")
+    finally:
+        gate.set()
+        await consumer.stop(grace_seconds=5)
 
 
 async def test_never_more_handlers_at_once_than_the_concurrency(settings: Settings, broker: Broker) -> None:

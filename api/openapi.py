@@ -93,6 +93,12 @@ def openapi_document(version: str, order_model: type[OrderBase]) -> dict[str, An
     unavailable["headers"] = retry_after
     rate_limited = _error("This API key sends more than ORDERLANE_RATE_LIMIT_PER_KEY allows; see `Retry-After`")
     rate_limited["headers"] = retry_after
+    refused = _error(
+        "This API key sends more than ORDERLANE_RATE_LIMIT_PER_KEY allows (`rate_limited`), or admission refused the "
+        "order: orders of its priority are expected to wait longer than ORDERLANE_ADMISSION_MAX_WAIT "
+        "(`backlog_over_budget`); nothing was published; see `Retry-After`"
+    )
+    refused["headers"] = retry_after
     accepted = _json("Stored by the broker, persistent; `Location` is its status", accepted_ref)
     accepted["headers"] = {"Location": {"schema": {"type": "string"}, "description": "`/orders/{order_id}`"}}
     status_unknown = _error("The status store does not answer: the order's state is unknown for now")
@@ -121,7 +127,7 @@ def openapi_document(version: str, order_model: type[OrderBase]) -> dict[str, An
                             "The JSON is not a valid order (details are pydantic's errors), or its deadline has "
                             "passed (`deadline_passed`); nothing was published"
                         ),
-                        "429": rate_limited,
+                        "429": refused,
                         "503": unavailable,
                     },
                     "security": [{"bearer": []}, {}],

@@ -178,7 +178,7 @@ async def test_openapi_document_validates_and_describes_the_order(settings: Sett
         document = (await client.get("/openapi.json")).json()
     validate(document)
     order_schema = document["components"]["schemas"]["Order"]
-    assert order_schema["properties"].keys() == {"order_id", "priority", "items", "user_type"}
+    assert order_schema["properties"].keys() == {"order_id", "priority", "items", "user_type", "deadline"}
     assert order_schema["required"] == ["order_id", "items"]
     assert order_schema["additionalProperties"] is False
     assert order_schema["properties"]["priority"]["maximum"] == 9

@@ -1,23 +1,9 @@
-"""uvicorn's HTTP protocol with the limits uvicorn lacks: a deadline for a request's head, and bounds on the
-connections still waiting for a head and on the requests still waiting for their body, beyond which the one that
-has waited longest is closed.
-
-A connection *waits for a head* from the moment it opens, or its last response is sent, until its next request's
-head has arrived: new, idle between requests, or sending slowly. It costs the process a socket and a few KB, and
-no request slot: the app's limit (`api.limits`) counts requests from their head on. Each must complete its head
-within `header_timeout` of the connection opening, or of the first byte after a response on a kept-alive
-connection, so a thousand connections that send half a head and then nothing are gone after the timeout (uvicorn
-has no header-read timeout, and would keep them for as long as they like).
-
-A request *waits for its body* from its head until its body is all in; it does hold a request slot, until
-ORDERLANE_HTTP_BODY_TIMEOUT answers 408. Fewer of those than request slots are allowed, so slow senders can never
-take all of the slots from the complete requests. A request whose body arrives with its head never waits at all.
-
-Bounded by closing the oldest, rather than refusing the newest: a flood makes room by losing its own oldest
-members, and a real client, which sends its head as soon as it connects, gets in. That holds while a flood is
-smaller than the bound. A larger one that reconnects at once becomes a churn of connections, which costs the server
-CPU and can close a real client's connection before its head is read, or, for a flood of slow bodies, a request
-whose body follows its head only later (`Expect: 100-continue`); the proxy's per-client limits are for that.
+"""uvicorn's HTTP protocol with the limits uvicorn lacks: a deadline for a request's head (uvicorn has no
+header-read timeout), and bounds on the connections waiting for a head and on the requests waiting for their body.
+Beyond a bound the connection that has waited longest is closed, rather than the newest refused: a flood makes room
+by losing its own oldest members, and a real client, which sends its head as soon as it connects, gets in. Fewer
+incomplete bodies than request slots are allowed, so slow senders never take every slot. What a user sets, and what a
+flood larger than the bounds still costs (the proxy's per-client limits are for that): the README, "HTTP limits".
 """
 
 from __future__ import annotations

@@ -88,15 +88,15 @@ class OrderInProgress(OrderlaneError):
 class BacklogOverBudget(OrderlaneError):
     """Admission refused the order (nothing was published): orders of its priority are expected to wait
     `expected_wait` seconds, more than ORDERLANE_ADMISSION_MAX_WAIT allows. Submit it again after
-    `retry_after_seconds`, when the backlog ahead of it is expected to have drained to the budget."""
+    `retry_after_seconds`: once the orders ahead of it now have been processed, when it would have started had it
+    been taken. Sooner, under a sustained flood, it would most likely be refused again (the orders that came meanwhile
+    keep the backlog at the budget), and a storm of retries costs the API what the urgent orders need."""
 
     def __init__(self, order_id: str, priority: int, expected_wait: float, max_wait: float) -> None:
         self.order_id = order_id
         self.priority = priority
         self.expected_wait = expected_wait
-        self.retry_after_seconds = retry_after_seconds(
-            expected_wait - max_wait if expected_wait < math.inf else max_wait
-        )
+        self.retry_after_seconds = retry_after_seconds(expected_wait if expected_wait < math.inf else max_wait)
         shown = f"{expected_wait:.1f}s" if expected_wait < math.inf else "without end (nothing drains the queues)"
         super().__init__(
             f"order {order_id!r}: orders of priority {priority} are expected to wait {shown}, more than the "

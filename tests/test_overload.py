@@ -106,10 +106,10 @@ def test_an_idle_stretch_does_not_dilute_the_rate_a_backlog_shows() -> None:
     assert rate.per_second == 100
 
 
-def test_retry_after_is_when_the_backlog_ahead_falls_to_the_budget() -> None:
-    assert BacklogOverBudget("o", 5, expected_wait=9.2, max_wait=2.0).retry_after_seconds == 8
+def test_retry_after_is_when_the_orders_ahead_now_are_processed() -> None:
+    assert BacklogOverBudget("o", 5, expected_wait=9.2, max_wait=2.0).retry_after_seconds == 10
     assert BacklogOverBudget("o", 5, expected_wait=math.inf, max_wait=2.0).retry_after_seconds == 2
-    assert BacklogOverBudget("o", 5, expected_wait=2.1, max_wait=2.0).retry_after_seconds == 1
+    assert BacklogOverBudget("o", 5, expected_wait=2.1, max_wait=2.0).retry_after_seconds == 3
 
 
 # --- the store's departure counter ----------------------------------------------------------------------------------

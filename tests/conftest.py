@@ -7,13 +7,18 @@ import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
 
+import httpx
 import pytest
+from prometheus_client import CollectorRegistry
 
+from api.app import create_app
 from bench.workload import status_records
 from broker.connection import Broker, open_broker
 from broker.settings import Settings
+from broker.status_store import StatusStore, open_status_store
 from scripts.ensure_services import answers, docker_works, redis_answers
 from tests.amqp import amqp_url, delete_topology
+from tests.http import app_client
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -76,3 +81,18 @@ async def settings(queue_name: str) -> AsyncIterator[Settings]:
 async def broker(settings: Settings) -> AsyncIterator[Broker]:
     async with open_broker(settings) as opened:
         yield opened
+
+
+@pytest.fixture
+async def store(settings: Settings) -> AsyncIterator[StatusStore]:
+    """The status store the settings name, on this test's namespace."""
+    async with open_status_store(settings, CollectorRegistry()) as opened:
+        assert opened is not None
+        yield opened
+
+
+@pytest.fixture
+async def client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    """The API at these settings, in this process (its lifespan run)."""
+    async with app_client(create_app(settings)) as http:
+        yield http

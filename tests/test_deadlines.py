@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -17,7 +16,6 @@ import pytest
 from prometheus_client import CollectorRegistry
 from pydantic import ValidationError
 
-from api.app import create_app
 from broker.client import AsyncOrderClient
 from broker.connection import Broker
 from broker.errors import DeadlinePassed
@@ -25,7 +23,7 @@ from broker.headers import ATTEMPT_HEADER, ATTEMPTS_HEADER, CHECK_PROCESSED_HEAD
 from broker.messages import Order, encode_order
 from broker.settings import Settings
 from broker.status import Transition, fingerprint
-from broker.status_store import StatusStore, open_status_store
+from broker.status_store import StatusStore
 from consumers.decisions import DeadLettered, Retried, decide, expiry
 from consumers.delivery import current_delivery
 from consumers.dlq import peek_dead_letters, replay_dead_letters
@@ -34,7 +32,6 @@ from consumers.runner import Consumer
 from consumers.testing import OrderlaneHarness, run_handler
 from tests.amqp import drain, lane_queue, publish_raw, queue_depth, wait_until
 from tests.consuming import consuming
-from tests.http import app_client
 
 NOW = 1_800_000_000.0
 """A fixed "now" for the pure decisions, seconds since the epoch."""
@@ -145,19 +142,6 @@ def test_a_retry_that_would_start_after_the_deadline_expires_the_order_now() -> 
 
 
 # --- intake -------------------------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-async def store(settings: Settings) -> AsyncIterator[StatusStore]:
-    async with open_status_store(settings, CollectorRegistry()) as opened:
-        assert opened is not None
-        yield opened
-
-
-@pytest.fixture
-async def client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    async with app_client(create_app(settings)) as http:
-        yield http
 
 
 async def test_an_order_past_its_deadline_is_refused_422_and_nothing_is_published(

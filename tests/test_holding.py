@@ -19,17 +19,28 @@ VIP_BROKER_PRIORITY = 10
 REGULAR_BROKER_PRIORITY = 4
 
 
-async def test_the_most_urgent_held_delivery_starts_next(settings: Settings, broker: Broker) -> None:
+class HeldOpen:
+    """A handler that notes each order it starts and runs until the gate opens."""
+
+    def __init__(self) -> None:
+        self.started: list[str] = []
+        self.gate = asyncio.Event()
+
+    async def __call__(self, order: Order) -> None:
+        self.started.append(order.order_id)
+        await self.gate.wait()
+
+
+async def backlog(settings: Settings, count: int) -> None:
     await publish_raw(
-        settings.queue, *(order_message(f"r-{n:02d}", priority=REGULAR_BROKER_PRIORITY) for n in range(20))
+        settings.queue, *(order_message(f"r-{n:02d}", priority=REGULAR_BROKER_PRIORITY) for n in range(count))
     )
-    started: list[str] = []
-    gate = asyncio.Event()
 
-    async def one_at_a_time(order: Order) -> None:
-        started.append(order.order_id)
-        await gate.wait()
 
+async def test_the_most_urgent_held_delivery_starts_next(settings: Settings, broker: Broker) -> None:
+    await backlog(settings, 20)
+    one_at_a_time = HeldOpen()
+    started, gate = one_at_a_time.started, one_at_a_time.gate
     no_vip_slot = settings.model_copy(update={"vip_slots": 0})  # the local order alone
     consumer = Consumer(broker, one_at_a_time, no_vip_slot, prefetch=30, concurrency=1)
     await consumer.start()
@@ -51,16 +62,9 @@ async def test_a_vip_starts_on_its_own_slot_while_the_only_other_one_is_busy(
 ) -> None:
     """ORDERLANE_VIP_SLOTS (1 by default): the VIP does not wait for the regular order running, and the slot kept
     for it takes no regular order, however many wait."""
-    await publish_raw(
-        settings.queue, *(order_message(f"r-{n:02d}", priority=REGULAR_BROKER_PRIORITY) for n in range(5))
-    )
-    started: list[str] = []
-    gate = asyncio.Event()
-
-    async def held_open(order: Order) -> None:
-        started.append(order.order_id)
-        await gate.wait()
-
+    await backlog(settings, 5)
+    held_open = HeldOpen()
+    started, gate = held_open.started, held_open.gate
     consumer = Consumer(broker, held_open, settings, prefetch=30, concurrency=1)
     await consumer.start()
     try:

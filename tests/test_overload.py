@@ -22,7 +22,7 @@ from broker.messages import Order
 from broker.queues import QueueStats
 from broker.settings import Settings
 from broker.status import Transition
-from broker.status_store import StatusStore, open_status_store
+from broker.status_store import StatusStore
 from broker.topology import build_topology
 from tests.amqp import lane_queue, operator_channel, publish_raw, queue_depth, wait_until
 from tests.consuming import consuming, order_message
@@ -113,13 +113,6 @@ def test_retry_after_is_when_the_orders_ahead_now_are_processed() -> None:
 
 
 # --- the store's departure counter ----------------------------------------------------------------------------------
-
-
-@pytest.fixture
-async def store(settings: Settings) -> AsyncIterator[StatusStore]:
-    async with open_status_store(settings, CollectorRegistry()) as opened:
-        assert opened is not None
-        yield opened
 
 
 async def test_the_store_counts_attempts_that_left_a_work_queue(store: StatusStore) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import AsyncIterator
 
 import httpx
 import pytest
@@ -28,19 +27,6 @@ from tests.consuming import consuming, order_message
 from tests.http import app_client
 
 ORDER = {"order_id": "A-1", "priority": 3, "items": ["book"], "user_type": "regular"}
-
-
-@pytest.fixture
-async def store(settings: Settings) -> AsyncIterator[StatusStore]:
-    async with open_status_store(settings, CollectorRegistry()) as opened:
-        assert opened is not None
-        yield opened
-
-
-@pytest.fixture
-async def client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    async with app_client(create_app(settings)) as http:
-        yield http
 
 
 def transition(order_id: str, state: str, attempt: int) -> Transition:

@@ -15,7 +15,7 @@ from pydantic import ValidationError
 
 from broker.errors import ConfigurationError, OrderlaneError
 from broker.logs import configure_logging
-from broker.settings import Settings
+from broker.settings import Settings, check_variables
 
 if TYPE_CHECKING:
     from broker.tracing import Tracing
@@ -43,12 +43,17 @@ def run_main(
 
 
 def run_program(program: str, main: Callable[[Settings], None]) -> int:
-    """Load the settings, set up logging and run `main`; a bad setting or a known failure is one line on stderr."""
+    """Load the settings, set up logging and run `main`; a bad or misspelt setting or a known failure is one line on
+    stderr."""
     try:
+        check_variables(os.environ)
         settings = Settings()
     except ValidationError as exc:
         problems = "; ".join(f"ORDERLANE_{'_'.join(map(str, e['loc'])).upper()}: {e['msg']}" for e in exc.errors())
         print(f"{program}: error: invalid configuration: {problems}", file=sys.stderr)
+        return EXIT_FAILURE
+    except ConfigurationError as exc:
+        print(f"{program}: error: {exc}", file=sys.stderr)
         return EXIT_FAILURE
     configure_logging(settings)
     # Until the process installs its own graceful handlers (once it is connected), SIGTERM stops it as Ctrl-C

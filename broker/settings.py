@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import difflib
 import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Annotated, Literal
 
@@ -89,7 +91,7 @@ Reference = Annotated[str, Field(pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")]
 
 
 class Settings(BaseSettings):
-    """Every knob of orderlane; the README's configuration table lists the same fields."""
+    """Every knob of orderlane; docs/configuration.md lists the same fields (tests/test_docs.py checks it)."""
 
     model_config = SettingsConfigDict(env_prefix="ORDERLANE_", frozen=True, extra="ignore")
 
@@ -246,6 +248,51 @@ class Settings(BaseSettings):
     def redacted_amqp_url(self) -> str:
         """The main broker URL with its password masked: the only form of it that may be logged."""
         return redacted(self.amqp_url)
+
+
+PREFIX = "ORDERLANE_"
+NOT_SETTINGS = frozenset(
+    {
+        # compose.yaml's: the image, examples/shop's base image, and the single broker's scale (0 with the cluster)
+        "ORDERLANE_IMAGE",
+        "ORDERLANE_BASE_IMAGE",
+        "ORDERLANE_RABBITMQ_SCALE",
+        # deploy/nginx.conf's placeholders
+        "ORDERLANE_PROXY_LISTEN",
+        "ORDERLANE_PROXY_UPSTREAM",
+        "ORDERLANE_TLS_CERT",
+        "ORDERLANE_TLS_KEY",
+        # the test suite's: set by .ci/run, and for the handlers of tests/recording.py and tests/dying.py
+        "ORDERLANE_REQUIRE_FAULT_TESTS",
+        "ORDERLANE_REQUIRE_CLUSTER_TESTS",
+        "ORDERLANE_REQUIRE_PARTITION_TESTS",
+        "ORDERLANE_TEST_RECORD_FILE",
+        "ORDERLANE_TEST_DIE_AFTER",
+    }
+)
+"""ORDERLANE_ variables that are not settings, which an environment shared with the containers or the tests holds."""
+
+
+def setting_variables() -> frozenset[str]:
+    """`ORDERLANE_<FIELD>` for every field of Settings."""
+    return frozenset(PREFIX + name.upper() for name in Settings.model_fields)
+
+
+def check_variables(environ: Mapping[str, str]) -> None:
+    """Refuse an ORDERLANE_ variable that is neither a setting nor one of NOT_SETTINGS, naming the closest one:
+    Settings ignores what it does not know, so a misspelt setting would silently keep its default."""
+    known = setting_variables() | NOT_SETTINGS
+    unknown = sorted(name for name in environ if name.upper().startswith(PREFIX) and name.upper() not in known)
+    if unknown:
+        raise ConfigurationError(" ".join(_not_a_setting(name, known) for name in unknown))
+
+
+def _not_a_setting(name: str, known: frozenset[str]) -> str:
+    """One sentence on `name`: the closest known variable is found without the prefix, which every one shares and
+    would make them all look close."""
+    suffixes = {variable.removeprefix(PREFIX): variable for variable in known}
+    closest = difflib.get_close_matches(name.upper().removeprefix(PREFIX), suffixes, n=1)
+    return f"{name} is not a setting; did you mean {suffixes[closest[0]]}?" if closest else f"{name} is not a setting."
 
 
 def redacted(url: AmqpDsn | RedisDsn | HttpUrl) -> str:

@@ -1,13 +1,16 @@
 from __future__ import annotations
 
+import asyncio
 import logging
-from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
 
+from broker.errors import ConfigurationError
 from broker.logs import ConsoleFormatter
-from broker.settings import LaneConfig, Settings, redacted
+from broker.settings import NOT_SETTINGS, LaneConfig, Settings, check_variables, redacted, setting_variables
+from tests.orderlane import start_orderlane
+from tests.processes import environment, start
 
 
 def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -49,12 +52,6 @@ def test_redacted_url_hides_the_password() -> None:
     settings = Settings(amqp_url="amqps://shop:s3cret@rabbit.example:5671/prod")
     assert "s3cret" not in settings.redacted_amqp_url
     assert settings.redacted_amqp_url == "amqps://shop:***@rabbit.example:5671/prod"
-
-
-def test_readme_documents_every_setting() -> None:
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
-    for name in Settings.model_fields:
-        assert f"`ORDERLANE_{name.upper()}`" in readme, name
 
 
 @pytest.mark.parametrize(
@@ -108,3 +105,51 @@ def test_the_status_store_password_is_masked_like_the_brokers() -> None:
     assert settings.status_url is not None
     assert redacted(settings.status_url) == "redis://:***@redis.example:6379/0"
     assert Settings(status_url="").status_url is None, "empty turns the status store off"
+
+
+def test_a_misspelt_variable_is_refused_with_the_closest_setting() -> None:
+    with pytest.raises(ConfigurationError) as refused:
+        check_variables({"ORDERLANE_PREFECH": "3", "orderlane_queue_types": "quorum", "ORDERLANE_ZZZ": "1"})
+    assert str(refused.value) == (
+        "ORDERLANE_PREFECH is not a setting; did you mean ORDERLANE_PREFETCH? ORDERLANE_ZZZ is not a setting. "
+        "orderlane_queue_types is not a setting; did you mean ORDERLANE_QUEUE_TYPE?"
+    )
+
+
+def test_every_setting_and_the_known_other_variables_are_accepted() -> None:
+    assert not NOT_SETTINGS & setting_variables(), "a variable is a setting or not, never both"
+    known = dict.fromkeys(setting_variables() | NOT_SETTINGS, "1")
+    check_variables({"PATH": "/bin", "orderlane_queue": "shop", **known})
+
+
+def misspelt(**variable: str) -> dict[str, str]:
+    """An environment with `variable` and a broker that is not there: a process that did not refuse to start stops
+    at once on the broker instead, with another line."""
+    unreachable = Settings(amqp_url="amqp://guest:guest@127.0.0.1:1/", startup_timeout=0)
+    return environment(unreachable, **variable)
+
+
+async def stderr_of(process: asyncio.subprocess.Process) -> str:
+    try:
+        async with asyncio.timeout(30):
+            _, stderr = await process.communicate()
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    assert process.returncode == 1, stderr.decode()
+    return stderr.decode()
+
+
+@pytest.mark.parametrize("command", ["consume", "api", "queues"])
+async def test_orderlane_refuses_to_start_with_a_misspelt_variable(command: str) -> None:
+    process = await start_orderlane(command, env=misspelt(ORDERLANE_PREFECH="8"))
+    line = f"orderlane {command}: error: ORDERLANE_PREFECH is not a setting; did you mean ORDERLANE_PREFETCH?\n"
+    assert await stderr_of(process) == line
+
+
+@pytest.mark.parametrize("module", ["api", "consumers"])
+async def test_python_m_refuses_to_start_with_a_misspelt_variable(module: str) -> None:
+    process = await start(module, env=misspelt(ORDERLANE_HANDLR="shop.handler:handle"))
+    line = f"{module}: error: ORDERLANE_HANDLR is not a setting; did you mean ORDERLANE_HANDLER?\n"
+    assert await stderr_of(process) == line

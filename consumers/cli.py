@@ -57,7 +57,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 def add_consumer(parser: argparse.ArgumentParser) -> None:
     """The consumer's options on `parser`, which then runs a consumer process."""
     parser.add_argument(
-        "--handler", help="handler as module:callable (default: ORDERLANE_HANDLER, else the built-in processor)"
+        "--handler",
+        metavar="MODULE:CALLABLE",
+        help="the handler: a coroutine function, or a plain function run in threads "
+        "(default: ORDERLANE_HANDLER, else the built-in processor)",
     )
     parser.add_argument(
         "--prefetch",

@@ -18,7 +18,6 @@ from tests.http import app_client
 from tests.processes import PROJECT_ROOT, environment
 
 GUIDE = PROJECT_ROOT / "docs" / "client.md"
-README = PROJECT_ROOT / "README.md"
 EXAMPLE = PROJECT_ROOT / "examples" / "fastapi_client.py"
 
 
@@ -56,7 +55,7 @@ async def test_the_example_submits_a_checkout_once_and_refuses_a_conflict(
         assert refused.headers["retry-after"] == "1"
 
 
-@pytest.mark.parametrize(("document", "heading"), [(GUIDE, "## FastAPI"), (README, "## From Python")])
+@pytest.mark.parametrize(("document", "heading"), [(GUIDE, "## FastAPI")])
 def test_the_docs_show_the_example_as_it_is(document: Path, heading: str) -> None:
     """Every line of the FastAPI block is in examples/fastapi_client.py, in the same order."""
     example = iter(EXAMPLE.read_text().splitlines())

@@ -3,7 +3,7 @@ header-read timeout), and bounds on the connections waiting for a head and on th
 Beyond a bound the connection that has waited longest is closed, rather than the newest refused: a flood makes room
 by losing its own oldest members, and a real client, which sends its head as soon as it connects, gets in. Fewer
 incomplete bodies than request slots are allowed, so slow senders never take every slot. What a user sets, and what a
-flood larger than the bounds still costs (the proxy's per-client limits are for that): the README, "HTTP limits".
+flood larger than the bounds still costs (the proxy's per-client limits are for that): docs/http-limits.md.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 On RabbitMQ 3.x a classic queue lives on one node, and a policy, not a queue argument, mirrors it to others
 (`ha-mode`); without one, the node that dies takes its queues' messages with it, confirmed or not. orderlane does
 not set that policy itself: a policy is the operator's (it needs the `policymaker` tag, and its pattern may cover
-other applications' queues too), and the command is one line in the README. It checks instead, through the
+other applications' queues too), and the command is one line (docs/scaling.md). It checks instead, through the
 management API (ORDERLANE_MANAGEMENT_URL): with more than one node running, each queue of the topology without a
 mirroring policy is a warning. RabbitMQ 4 has no mirroring: there a classic queue in a cluster is a warning to use
 ORDERLANE_QUEUE_TYPE=quorum. Without the management API nothing can be checked, which a process with failover URLs

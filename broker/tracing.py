@@ -8,11 +8,8 @@ its cost per order, docs/benchmarks.md), and a consumer's callback, which here o
 slot, so its span would end before the handler starts. The W3C trace context travels in the message's AMQP headers
 (`traceparent`); a retry and a dead letter are copies with the same headers, so they stay in the order's trace.
 
-Off unless asked for: ORDERLANE_TRACING=true, or an OTLP endpoint in the standard variables
-(OTEL_EXPORTER_OTLP_ENDPOINT, OTEL_EXPORTER_OTLP_TRACES_ENDPOINT). Then spans go to that endpoint over OTLP/HTTP,
-and OTEL_SERVICE_NAME, OTEL_RESOURCE_ATTRIBUTES and the exporter's own variables apply as OpenTelemetry defines them.
-This module imports OpenTelemetry; the rest of orderlane imports it only where tracing is on
-(`broker.cli.tracing_for`).
+Off unless asked for (`broker.cli.tracing_for` decides; docs/operations.md says how): this module imports
+OpenTelemetry, the rest of orderlane imports it only where tracing is on.
 """
 
 from __future__ import annotations

@@ -5,9 +5,9 @@ A thread cannot be cancelled. When a synchronous handler runs past ORDERLANE_HAN
 failed at its deadline, as an async one's does (the order goes to the retry path, or is dead-lettered after its
 last attempt), and the thread is abandoned, not stopped: it runs on until the function returns, its result ignored,
 and it keeps its place in the pool meanwhile. So the process never runs more functions at once than it has
-threads, whatever overran; a new order waits for a free thread within its own timeout. The function may thus still
-be running when its order is retried, here or in another process: at least once, as for any handler (README,
-"Handlers").
+threads, whatever overran; a new order waits for a free thread before its own timeout starts. The function may still
+be running when its order is retried, here or in another process: at least once, as for any handler
+(docs/consumers.md).
 
 The threads are daemons, unlike concurrent.futures' (which the interpreter joins at exit): a function stuck for good
 must not keep a stopped consumer from exiting.

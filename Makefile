@@ -87,7 +87,7 @@ test: services tools check
 	$(BIN)/coverage combine --quiet
 	$(BIN)/coverage report
 
-# A quick run of every scenario (under 2 minutes); bench-full is the sweep behind docs/benchmarks.md.
+# A quick run of every scenario (how long: docs/benchmarks.md, "Running them"); bench-full is the sweep behind it.
 bench: services tools
 	$(BIN)/python -m bench all --quick
 

@@ -18,7 +18,7 @@ class JSONResponse(Response):
     media_type = "application/json"
 
     def render(self, content: Any) -> bytes:
-        return orjson.dumps(content, default=str)
+        return orjson.dumps(content, default=str, option=orjson.OPT_UTC_Z)
 
 
 def error_response(status_code: int, details: list[Any], headers: Mapping[str, str] | None = None) -> JSONResponse:

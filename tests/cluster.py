@@ -16,7 +16,7 @@ from tests.processes import PROJECT_ROOT
 SCRIPT = PROJECT_ROOT / "scripts" / "cluster"
 REQUIRE_CLUSTER_TESTS = "ORDERLANE_REQUIRE_CLUSTER_TESTS"
 MIRROR_POLICY = '{"ha-mode": "all", "ha-sync-mode": "automatic"}'
-"""What the operator sets on 3.x (README, "A RabbitMQ cluster"): every queue on every node, synchronised at once."""
+"""What the operator sets on 3.x (docs/scaling.md, "A RabbitMQ cluster"): every queue on every node, in sync."""
 MIRRORED = "^test-"
 """The queues the tests' policy mirrors: every test's own (tests/conftest.py names them test-...)."""
 

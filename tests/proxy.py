@@ -101,7 +101,7 @@ async def proxied_api(settings: Settings, directory: Path) -> AsyncIterator[Prox
 
 
 async def self_signed_certificate(directory: Path) -> tuple[Path, Path]:
-    """A certificate and its key for 127.0.0.1, made with the openssl CLI as the README's try-out does."""
+    """A certificate and its key for 127.0.0.1, made with the openssl CLI as docs/http-limits.md's try-out does."""
     cert, key = directory / "tls.crt", directory / "tls.key"
     openssl = await asyncio.create_subprocess_exec(
         *("openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"),

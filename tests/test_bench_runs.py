@@ -32,7 +32,7 @@ async def test_the_drain_benchmark_drains_every_order_through_both_consumers() -
 
 async def test_the_intake_benchmark_posts_through_wrk_and_publishes_raw() -> None:
     if shutil.which("wrk") is None:
-        pytest.fail("wrk is not installed: `make test` installs it (apt-get install wrk)")
+        pytest.fail("wrk is not installed: `make test` installs it as root, else `sudo apt-get install wrk`")
     result = await measure_intake(concurrency=4, seconds=1, port=free_port())
     assert result.concurrency == 4
     assert result.api.requests > 0 and result.api.errors == 0, "every POST wrk made was accepted"

@@ -37,7 +37,7 @@ async def test_intake_keeps_up_with_raw_confirmed_publishing(monkeypatch: pytest
     variable): traced, it measures the tracer, at a third of its speed; the other tests cover its code."""
     monkeypatch.delenv("COVERAGE_PROCESS_CONFIG", raising=False)
     if shutil.which("wrk") is None:
-        pytest.fail("wrk is not installed: `make test` installs it (apt-get install wrk)")
+        pytest.fail("wrk is not installed: `make test` installs it as root, else `sudo apt-get install wrk`")
     result = await measure_intake(concurrency=32, seconds=2, port=free_port())
     print(f"\nintake: API {result.api.per_second:,.0f}/s, raw {result.raw.per_second:,.0f}/s")
     assert result.api.errors == 0

@@ -13,7 +13,7 @@ def order(priority: int, user_type: str = "regular") -> Order:
     return Order.model_validate({"order_id": "o-1", "priority": priority, "items": ["x"], "user_type": user_type})
 
 
-# The README's table, for the default ORDERLANE_MAX_PRIORITY=10: 0 is the most urgent and gets the top level.
+# docs/priorities.md's table, for the default ORDERLANE_MAX_PRIORITY=10: 0 is the most urgent and gets the top level.
 DEFAULT_TABLE = {0: 10, 1: 8, 2: 7, 3: 6, 4: 5, 5: 4, 6: 3, 7: 2, 8: 1, 9: 0}
 
 

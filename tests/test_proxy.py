@@ -21,7 +21,7 @@ RATE_TEST_CONNECTIONS = 8
 @pytest.fixture
 async def proxy(settings: Settings, tmp_path: Path) -> AsyncIterator[Proxy]:
     if not NGINX.exists():
-        pytest.fail("nginx is not installed: `make test` installs it (apt-get install nginx)")
+        pytest.fail("nginx is not installed: `make test` installs it as root, else `sudo apt-get install nginx`")
     async with proxied_api(settings, tmp_path) as running:
         yield running
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
@@ -78,7 +79,9 @@ def create_app(
                     return
                 async with open_broker(settings) as broker, estimating(broker, opened) as estimates:
                     stats = partial(queue_stats, broker.connection, broker.topology)
-                    yield services(OrderPublisher(broker, settings, tracing), stats, opened, estimates)
+                    started = services(OrderPublisher(broker, settings, tracing), stats, opened, estimates)
+                    gc.freeze()  # what start-up made lives as long as the app: no full collection walks it again
+                    yield started
             finally:
                 if tracing is not None:
                     tracing.flush()

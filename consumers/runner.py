@@ -12,6 +12,7 @@ urgent held delivery next, the ack policy (consumers/policy.py), and a graceful 
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 from collections.abc import Awaitable
@@ -240,6 +241,7 @@ async def consume_until_stopped(
             cleanup.callback(loop.remove_signal_handler, signum)
         await enter_handler(handler, cleanup)  # exited when `cleanup` is, after the stop below
         await consumer.start()
+        gc.freeze()  # what start-up made lives as long as the process: no full collection walks it again
         logger.info("consumer ready")
         await stop.wait()
         await consumer.stop(settings.shutdown_timeout)

@@ -67,9 +67,10 @@ class Cluster:
             "--no-table-headers",
             "--quiet",
         )
-        [(kind, pid, mirrors, leader, online)] = [
-            line.split("\t")[1:] for line in listed.splitlines() if line.split("\t")[0] == queue
-        ]
+        found = [line.split("\t")[1:] for line in listed.splitlines() if line.split("\t")[0] == queue]
+        if not found:  # a quorum queue whose leader just died is left out until a new one is elected
+            raise LookupError(f"node {ask} does not list queue {queue!r}")
+        [(kind, pid, mirrors, leader, online)] = found
         if kind == "quorum":
             return leader, {member for member in online.strip("[]").split(", ") if member} - {leader}
         return erlang_node(pid), {erlang_node(mirror) for mirror in mirrors.strip("[]").split(", ") if mirror}

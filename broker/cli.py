@@ -42,6 +42,16 @@ def run_main(
     return run_program(program, run_on_a_loop)
 
 
+def configuration_problems(error: ValidationError) -> str:
+    """One clause per variable: `ORDERLANE_PREFETCH: Input should be greater than or equal to 1 or Input should be
+    'auto'`, not one per member of a union setting; a rule across settings as its own message."""
+    by_variable: dict[str, list[str]] = {}
+    for problem in error.errors():
+        variable = f"ORDERLANE_{str(problem['loc'][0]).upper()}: " if problem["loc"] else ""
+        by_variable.setdefault(variable, []).append(problem["msg"])
+    return "; ".join(variable + " or ".join(messages) for variable, messages in by_variable.items())
+
+
 def run_program(program: str, main: Callable[[Settings], None]) -> int:
     """Load the settings, set up logging and run `main`; a bad or misspelt setting or a known failure is one line on
     stderr."""
@@ -49,8 +59,7 @@ def run_program(program: str, main: Callable[[Settings], None]) -> int:
         check_variables(os.environ)
         settings = Settings()
     except ValidationError as exc:
-        problems = "; ".join(f"ORDERLANE_{'_'.join(map(str, e['loc'])).upper()}: {e['msg']}" for e in exc.errors())
-        print(f"{program}: error: invalid configuration: {problems}", file=sys.stderr)
+        print(f"{program}: error: invalid configuration: {configuration_problems(exc)}", file=sys.stderr)
         return EXIT_FAILURE
     except ConfigurationError as exc:
         print(f"{program}: error: {exc}", file=sys.stderr)

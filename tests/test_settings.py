@@ -6,6 +6,7 @@ import logging
 import pytest
 from pydantic import ValidationError
 
+from broker.cli import configuration_problems
 from broker.errors import ConfigurationError
 from broker.logs import ConsoleFormatter
 from broker.settings import NOT_SETTINGS, LaneConfig, Settings, check_variables, redacted, setting_variables
@@ -153,3 +154,26 @@ async def test_python_m_refuses_to_start_with_a_misspelt_variable(module: str) -
     process = await start(module, env=misspelt(ORDERLANE_HANDLR="shop.handler:handle"))
     line = f"{module}: error: ORDERLANE_HANDLR is not a setting; did you mean ORDERLANE_HANDLER?\n"
     assert await stderr_of(process) == line
+
+
+@pytest.mark.parametrize(
+    ("environment", "line"),
+    [
+        (
+            {"ORDERLANE_PREFETCH": "0"},
+            "ORDERLANE_PREFETCH: Input should be greater than or equal to 1 or Input should be 'auto'",
+        ),
+        (
+            {"ORDERLANE_RETRY_BASE_SECONDS": "9", "ORDERLANE_RETRY_MAX_SECONDS": "1"},
+            "Value error, ORDERLANE_RETRY_BASE_SECONDS must not exceed ORDERLANE_RETRY_MAX_SECONDS",
+        ),
+    ],
+)
+def test_an_invalid_setting_is_one_clause_per_variable(
+    environment: dict[str, str], line: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(ValidationError) as refused:
+        Settings()
+    assert configuration_problems(refused.value) == line

@@ -248,6 +248,7 @@ async def test_after_a_failover_a_vip_order_still_overtakes_the_backlog(cluster:
     # Classic: behind the backlog in its queue, the broker priority alone puts it first. Quorum queues on 3.x have
     # no priorities: there it goes, as the API publishes it, to the urgent lane's queue, beside the backlog's.
     vip_queue = replicated.queue if replicated.queue_type == "classic" else lane_queue(replicated, 0)
+    await wait_until(lambda: _master_moved(cluster, vip_queue), within=60, what="the VIP's queue led elsewhere too")
     await publish_backlog(cluster.url(2), vip_queue, ["vip"], priority=VIP_BROKER_PRIORITY)
     async with consumer_on(cluster, replicated, 2, concurrency=1, work_ms=0) as log:
         await wait_until(lambda: len(log.processed()) >= 5, what="the first orders processed")

@@ -139,10 +139,7 @@ class AckPolicy:
         check = delivery.redelivered or message.headers.get(CHECK_PROCESSED_HEADER) is True
         attempt = await self._status.begin(delivery, queue, message.body, check=check)
         if attempt is None:
-            logger.info("already processed: acked without running the handler again", extra=_fields(delivery))
-            self._metrics.already_processed.inc()
-            message.ack()
-            return ACKED
+            return self._processed_before(message, delivery)
         metrics = self._metrics.of(delivery.priority)
         try:
             metrics.held_seconds.observe(held_seconds)
@@ -203,10 +200,7 @@ class AckPolicy:
         copy of an order processed in time (a redelivery whose ack was lost) is acked as done."""
         previous = await self._status.expired(delivery, queue, outcome.error, attempt)
         if previous == "processed":
-            logger.info("already processed: acked without running the handler again", extra=_fields(delivery))
-            self._metrics.already_processed.inc()
-            message.ack()
-            return ACKED
+            return self._processed_before(message, delivery)
         logger.warning("expired, dead-lettered: %s", outcome.error, extra=_fields(delivery))
         metrics = self._metrics.of(delivery.priority)
         metrics.expired.inc()
@@ -214,6 +208,14 @@ class AckPolicy:
         attempts = delivery.attempt if attempt is not None else delivery.attempt - 1  # this one never started
         await self._dead_letter(message, outcome.error, attempts)
         return outcome
+
+    def _processed_before(self, message: Settleable, delivery: Delivery) -> Outcome:
+        """The store says the order was processed already (this is a redelivery whose ack was lost): ack it, and
+        never run the handler again."""
+        logger.info("already processed: acked without running the handler again", extra=_fields(delivery))
+        self._metrics.already_processed.inc()
+        message.ack()
+        return ACKED
 
     async def _give_up(self, message: Settleable, delivery: Delivery, attempt: Attempt, failure: Exception) -> None:
         await self._status.dead_lettered(attempt, failure)

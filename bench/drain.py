@@ -9,10 +9,12 @@ best prefetch of the run. Without the status store: what it costs is bench/statu
 from __future__ import annotations
 
 import asyncio
+import os
 from dataclasses import dataclass
 
 from aio_pika.abc import AbstractIncomingMessage
 
+from bench.cpu import CpuMeter
 from bench.workload import bench_settings, delete_queues, fill, orders, raw_queue, timed
 from broker.connection import open_broker
 from broker.messages import Order
@@ -35,7 +37,15 @@ class DrainResult:
         return self.orderlane_per_second / self.raw_per_second if self.raw_per_second else None
 
 
-async def orderlane_drain(settings: Settings, count: int) -> float:
+@dataclass(frozen=True, slots=True)
+class Drained:
+    per_second: float
+    cpu_us: dict[str, float]
+    """Microseconds of CPU per order while it drained (bench/cpu.py): this process's (the consumer's), Redis's, the
+    broker's."""
+
+
+async def orderlane_drain(settings: Settings, count: int) -> Drained:
     """orderlane's Consumer on a backlog of `count`, with the status store the settings name (as
     `python -m consumers` opens it) or none."""
     metrics = ConsumerMetrics()
@@ -56,9 +66,11 @@ async def orderlane_drain(settings: Settings, count: int) -> float:
             await consumer.start()
             await all_handled.wait()
 
+        meter = CpuMeter(os.getpid())
         elapsed = await timed(drain)
+        cpu_us = meter.per_order(count)
         await consumer.stop(grace_seconds=10)
-    return count / elapsed
+    return Drained(count / elapsed, cpu_us)
 
 
 async def raw_drain(settings: Settings, count: int) -> float:
@@ -89,7 +101,11 @@ async def measure_drain(prefetch: Prefetch, count: int, rounds: int) -> DrainRes
     """Alternate the two, `rounds` times each, and keep the best of each (the least disturbed by the machine)."""
     ours: list[float] = []
     raw: list[float] = []
-    runs = ((orderlane_drain, ours), (raw_drain, raw)) if prefetch != "auto" else ((orderlane_drain, ours),)
+
+    async def orderlane(settings: Settings, count: int) -> float:
+        return (await orderlane_drain(settings, count)).per_second
+
+    runs = ((orderlane, ours), (raw_drain, raw)) if prefetch != "auto" else ((orderlane, ours),)
     for _ in range(rounds):
         for run, results in runs:
             settings = bench_settings(prefetch=prefetch, concurrency=prefetch, status_url=None)

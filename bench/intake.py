@@ -8,7 +8,6 @@ cost as little CPU as possible, or it measures itself. wrk is one C process, fro
 from __future__ import annotations
 
 import asyncio
-import os
 import re
 import shutil
 import signal
@@ -128,18 +127,6 @@ async def run_wrk(concurrency: int, seconds: float, port: int) -> Throughput:
     )
     output, _ = await wrk.communicate()
     return parse_wrk(output.decode())
-
-
-def cpu_seconds(pid: int) -> float:
-    """The CPU time (user and system) a process and its descendants alive now (an API's workers) have used so far,
-    from /proc (Linux)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    except FileNotFoundError:  # a child that ended meanwhile
-        return 0.0
-    own = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    return own + sum(cpu_seconds(int(child)) for child in children)
 
 
 async def wait_ready(port: int, path: str = "/readyz", status: int = 200) -> None:

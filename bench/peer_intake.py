@@ -16,7 +16,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Final
 
-from bench.intake import ORDERLANE_SERVER, Throughput, cpu_seconds, raw_publish, run_wrk, serving_api
+from bench.cpu import cpu_seconds
+from bench.intake import ORDERLANE_SERVER, Throughput, raw_publish, run_wrk, serving_api
 from bench.workload import bench_channel, bench_settings, delete_queues
 from broker.connection import open_broker
 from broker.settings import Settings

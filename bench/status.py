@@ -15,6 +15,9 @@ written afresh. What would make a run unfair is counted as `unexpected`, 0 in a 
 wrk's timeouts, and with the store on, posts answered from the store (a repeated order_id), orders published
 without asking it (it was away), orders the consumer left without a record.
 
+Intake and drain also say what each order cost in CPU (bench/cpu.py): the process under test (the API; the
+benchmark's own process, where the consumer runs), Redis, and the broker, each in microseconds per order.
+
 The rounds alternate off and on, which of the two goes first swapping from one round to the next; per path and
 setting, the median of the rounds.
 """
@@ -23,11 +26,12 @@ from __future__ import annotations
 
 import statistics
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Final
 
 import httpx
 
+from bench.cpu import CpuMeter
 from bench.drain import orderlane_drain
 from bench.intake import run_wrk, serving_api
 from bench.priority import System, measure_priority, orderlane_consumer
@@ -46,6 +50,9 @@ class Run:
     latency_ms: tuple[float, float] | None
     """p50 and p99, intake only."""
     unexpected: int
+    cpu_us: dict[str, float] = field(default_factory=dict)
+    """Microseconds of CPU per order (bench/cpu.py): the process under test's (`process`: the API, or the
+    consumer), Redis's and the broker's; intake and drain only."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +64,8 @@ class Side:
     p99_ms: float | None
     rounds: tuple[float, ...]
     unexpected: int
+    cpu_us: dict[str, float]
+    """The median of each over the rounds."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,20 +95,22 @@ def store_settings(store: bool) -> Settings:
 
 def intake_measure(seconds: float) -> Measure:
     async def measure(settings: Settings) -> Run:
-        async with serving_api(settings, PORT):
+        async with serving_api(settings, PORT) as api:
+            meter = CpuMeter(api.pid)
             wrk = await run_wrk(CLIENTS, seconds, PORT)
+            cpu_us = meter.per_order(wrk.requests)
             async with httpx.AsyncClient() as client:
                 answered = await metric_totals(client, PORT, ANSWERED_BY_THE_STORE)
-        return Run(wrk.per_second, (wrk.p50_ms, wrk.p99_ms), wrk.errors + int(sum(answered.values())))
+        return Run(wrk.per_second, (wrk.p50_ms, wrk.p99_ms), wrk.errors + int(sum(answered.values())), cpu_us)
 
     return measure
 
 
 def drain_measure(count: int) -> Measure:
     async def measure(settings: Settings) -> Run:
-        per_second = await orderlane_drain(settings, count)
+        drained = await orderlane_drain(settings, count)
         missing = count - await status_records(settings) if settings.status_url else 0
-        return Run(per_second, None, abs(missing))
+        return Run(drained.per_second, None, abs(missing), drained.cpu_us)
 
     return measure
 
@@ -139,4 +150,5 @@ def side(runs: Sequence[Run]) -> Side:
         p99_ms=statistics.median(p99 for _, p99 in latencies) if latencies else None,
         rounds=tuple(run.per_second for run in runs),
         unexpected=sum(run.unexpected for run in runs),
+        cpu_us={what: statistics.median(run.cpu_us[what] for run in runs) for what in runs[0].cpu_us},
     )

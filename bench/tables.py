@@ -70,6 +70,21 @@ def show_status(results: list[StatusResult]) -> str:
         for r in results
     ]
     notes = "(medians of the rounds; latencies in ms, tail: p99 of a request or the longest VIP wait; unexpected: 0)"
+    return table(header, rows) + "\n" + notes + "\n\n" + show_status_cpu(results)
+
+
+def show_status_cpu(results: list[StatusResult]) -> str:
+    """Each path's CPU per order, off and on: the process under test (the API or the consumer), Redis, the broker."""
+    services = ("process", "redis", "broker")
+    header = ("path", *(f"off {what}" for what in services), *(f"on {what}" for what in services), "added")
+    rows = []
+    for r in results:
+        if r.off.cpu_us and r.on.cpu_us:
+            off = [r.off.cpu_us.get(what) for what in services]
+            on = [r.on.cpu_us.get(what) for what in services]
+            added = sum(r.on.cpu_us.values()) - sum(r.off.cpu_us.values())
+            rows.append((r.path, *(cell if cell is not None else "-" for cell in (*off, *on)), added))
+    notes = "(microseconds of CPU per order, medians of the rounds; added: on less off, all three together)"
     return table(header, rows) + "\n" + notes
 
 

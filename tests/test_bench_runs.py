@@ -1,7 +1,8 @@
 """The benchmarks' own code runs end to end, on tiny workloads, in the default test run: each scenario that
 tests/test_performance.py times (drain, intake, priority with VIPs published and posted over HTTP) completes and
-gives a whole, well-formed result, and so do the overload scenario's flash sale, admission off and on, and the
-deadlines scenario. Nothing here is timed or compared: the speed is test_performance's (`-m perf`)."""
+gives a whole, well-formed result, and so do the status scenario's drain (with what each order cost in CPU), the
+overload scenario's flash sale, admission off and on, and the deadlines scenario. Nothing here is timed or
+compared: the speed is test_performance's (`-m perf`)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from bench.intake import measure_intake
 from bench.overload import OverloadRun, Sale, measure_overload, plot_overload
 from bench.priority import PriorityResult, System, measure_priority, orderlane_consumer
 from bench.shop import Shop
+from bench.status import drain_measure, measure_status
 from tests.processes import free_port
 
 BACKLOG = 300
@@ -47,6 +49,17 @@ def assert_every_vip_found(result: PriorityResult, *, posted: bool) -> None:
     assert result.steps.posted is posted
     assert (result.steps.post_to_publish is not None) is posted, "the POST step exists only for posted VIPs"
     assert result.steps.publish_to_received is not None and result.steps.total is not None
+
+
+async def test_the_status_benchmark_drains_with_the_store_off_and_on_and_says_what_each_order_cost() -> None:
+    ran: list[None] = []
+    result = await measure_status("drain", drain_measure(5_000), rounds=1, ran=lambda: ran.append(None))
+    assert len(ran) == 2
+    for side in (result.off, result.on):
+        assert side.per_second > 0 and side.unexpected == 0, "every order drained, and with the store, recorded"
+        assert set(side.cpu_us) == {"process", "redis", "broker"}, "the consumer, and the services on this host"
+        assert side.cpu_us["process"] > 0 and side.cpu_us["broker"] > 0
+    assert result.on.cpu_us["redis"] > result.off.cpu_us["redis"], "only the store on writes to Redis"
 
 
 async def test_the_priority_benchmark_finds_every_vip_published_to_the_broker() -> None:

@@ -6,7 +6,7 @@ on, in the same run.
 - drain: a backlog of persistent orders drained by orderlane's Consumer at its defaults (bench/drain.py). With the
   store on, each order is recorded `processed` (and `processing`, if its handler runs long enough to show it)
   before its ack.
-- priority: the priority scenario's one-queue orderlane at its defaults (bench/priority.py): regular orders/s and
+- priority: orderlane at its defaults (two lanes) in the priority scenario (bench/priority.py): regular orders/s and
   how long the VIP orders waited.
 
 Each run has a queue of its own, hence a status namespace (`orderlane:<queue>:`) of its own: every order_id is new
@@ -116,7 +116,7 @@ def drain_measure(count: int) -> Measure:
 
 
 def priority_measure(handler_ms: float, backlog: int, vips: int, vip_interval: float, warmup: float) -> Measure:
-    """The priority scenario's one-queue orderlane at its defaults, with the store as the settings say: regular
+    """orderlane at its defaults (two lanes) in the priority scenario, with the store as the settings say: regular
     orders/s, and the VIP wait (p50, max) in the latency columns."""
 
     async def measure(settings: Settings) -> Run:

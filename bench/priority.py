@@ -10,7 +10,8 @@ ran dry before the last VIP started is inconclusive: it says nothing about prior
 The same workload runs through orderlane's Consumer, through raw aio-pika consumers, and (bench/peers.py) through
 the libraries users would pick instead. One row runs orderlane as a user does, with the VIP orders posted over
 HTTP to `python -m api` (one kept-alive connection, from a client process: bench/poster.py), each timed from just
-before its POST. For orderlane's rows the VIPs' path is also timed step by step (bench/steps.py).
+before its POST; another does the same with the status store off, which shows what the store's reservation adds
+to the VIP's wait. For orderlane's rows the VIPs' path is also timed step by step (bench/steps.py).
 """
 
 from __future__ import annotations
@@ -85,7 +86,8 @@ class System:
     address: Address = addressed
     over_http: bool = False
     """False: the VIPs are published straight to the broker. True: `python -m api` serves on a free port (at the
-    settings' defaults, its status store on) and each VIP is POSTed to it over one kept-alive connection."""
+    settings' defaults, its status store as the settings say) and each VIP is POSTed to it over one kept-alive
+    connection."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -279,6 +281,8 @@ async def raw_consumer(settings: Settings, timeline: Timeline, handler_seconds: 
 SYSTEMS = (
     System("orderlane", orderlane_consumer),  # its defaults: two lanes, high:0-2 and default:3-9
     System("orderlane, VIPs over HTTP", orderlane_consumer, over_http=True),  # as a user runs it
+    # The same without the status store: the share of the VIP's wait its reservation (and record) take
+    System("orderlane, VIPs over HTTP, status store off", orderlane_consumer, {"status_url": None}, over_http=True),
     System("orderlane one queue", orderlane_consumer, {"lanes": ""}),
     System("raw p10", raw_consumer, {"prefetch": 10}),
     System("raw p50", raw_consumer, {"prefetch": 50}),

@@ -15,6 +15,8 @@ from broker.headers import ERROR_HEADER, ERROR_TYPE_HEADER
 from broker.messages import Order
 from broker.settings import Settings
 from consumers.delivery import Delivery, current_delivery
+from consumers.received import Received
+from consumers.subscription import Subscription
 from tests.amqp import (
     consumers_are,
     delete_queues,
@@ -186,6 +188,34 @@ async def test_a_subscription_the_broker_cancels_comes_back(settings: Settings, 
             return processed == ["after-delete"]
 
         await wait_until(handled, what="the order published after the delete processed")
+
+
+async def test_a_delivery_that_cannot_be_taken_is_logged_and_the_subscription_takes_the_next(
+    settings: Settings, broker: Broker, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The subscription takes each delivery inside aiormq's channel reader: an error there (a bug) must not close the
+    channel, which would stop every delivery after it."""
+    taken: list[str] = []
+    failed: list[Received] = []
+
+    def deliver(received: Received) -> None:
+        if not failed:
+            failed.append(received)
+            raise RuntimeError("a bug while taking the first delivery")
+        taken.append(Order.model_validate_json(received.body).order_id)
+        received.ack()
+
+    lane = broker.topology.lane_for(5)
+    subscription = Subscription(settings, lane, depth=10, deliver=deliver)
+    await subscription.start()
+    try:
+        await publish_raw(lane.work.name, order_message("first"), order_message("second"))
+        await wait_until(lambda: taken == ["second"], what="the delivery after the failed one taken")
+    finally:
+        await subscription.stop()
+        await subscription.close()
+    assert logged(caplog, f"could not take a delivery from {lane.work.name!r}")
+    assert await queue_depth(lane.work.name) == 1, "the first, never settled, is back in the queue"
 
 
 def logged(caplog: pytest.LogCaptureFixture, text: str) -> bool:

@@ -3,9 +3,11 @@ and PNG to bench/results/. SCENARIO is intake, drain, priority, peers, endtoend,
 store off against on), flood (intake beside 1,100 half-open connections), intake-peers (the API beside the HTTP
 intakes users would pick instead), scale (1, 2 and 4 consumer processes, 1 and 2 API processes, against one),
 overload (a flash sale at 3x the drain rate, admission off and on; --seconds, --budget), deadlines (orders with a
-2 s deadline and a long one behind a 30 s backlog) or all (every one but five: peers and intake-peers, which need the
-`peers` extra, FastStream, Taskiq, FastAPI, Celery; scale, which takes about half a minute even with --quick;
-overload, over two minutes at its defaults, and deadlines, which waits out its backlog: run them by name)."""
+2 s deadline and a long one behind a 30 s backlog), alarm (a memory alarm on the broker: how soon orders get 503, and
+202 again once it clears) or all (every one but six: peers and intake-peers, which need the `peers` extra,
+FastStream, Taskiq, FastAPI, Celery; scale, which takes about half a minute even with --quick; overload, over two
+minutes at its defaults; deadlines, which waits out its backlog; and alarm, which blocks every publisher on the
+broker for a while: run them by name)."""
 
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ from typing import Any, Final, TypeVar
 
 from tqdm import tqdm
 
+from bench.alarm import AlarmResult, measure_alarm, show_alarm
 from bench.deadlines import DeadlineResult, Expiry, measure_deadlines, show_deadlines
 from bench.drain import DrainResult, measure_drain
 from bench.endtoend import EndToEndResult, measure_end_to_end
@@ -78,6 +81,7 @@ class Plan:
     scale_rounds: int
     overload: Sale
     deadlines: Expiry
+    alarm_rounds: int
 
 
 FULL = Plan(
@@ -107,6 +111,7 @@ FULL = Plan(
     scale_rounds=3,
     overload=Sale(),
     deadlines=Expiry(),
+    alarm_rounds=3,
 )
 QUICK = Plan(
     intake_clients=(1, 32),
@@ -135,6 +140,7 @@ QUICK = Plan(
     scale_rounds=1,
     overload=Sale(seconds=10),
     deadlines=Expiry(backlog_seconds=10),
+    alarm_rounds=1,
 )
 
 
@@ -247,6 +253,10 @@ async def deadlines(plan: Plan, progress: tqdm[Any]) -> list[DeadlineResult]:
     return [await measure_deadlines(plan.deadlines, progress.update)]
 
 
+async def alarm(plan: Plan, progress: tqdm[Any]) -> list[AlarmResult]:
+    return [await measure_alarm(plan.alarm_rounds, progress.update)]
+
+
 @dataclass(frozen=True, slots=True)
 class Scenario:
     run: Callable[[Plan, tqdm[Any]], Any]
@@ -289,12 +299,13 @@ SCENARIOS = {
     ),
     "overload": Scenario(overload, lambda p: 2, show_overload, plot_overload),
     "deadlines": Scenario(deadlines, lambda p: 1, show_deadlines, lambda results: "no plot"),
+    "alarm": Scenario(alarm, lambda p: p.alarm_rounds, show_alarm, lambda results: "no plot"),
 }
 
-NOT_IN_ALL: Final = ("peers", "intake-peers", "scale", "overload", "deadlines")
+NOT_IN_ALL: Final = ("peers", "intake-peers", "scale", "overload", "deadlines", "alarm")
 """The peers need the `peers` extra; scale takes about half a minute even with --quick (28-36 s here); overload
 runs its sale twice, with a warm-up each: over two minutes at its defaults; deadlines waits for its backlog to drain
-(30 s at its defaults)."""
+(30 s at its defaults); alarm blocks every publisher on the broker, the machine's own, for a few seconds a round."""
 
 
 async def run(names: list[str], plan: Plan, command: str) -> None:

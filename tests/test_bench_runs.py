@@ -1,8 +1,8 @@
 """The benchmarks' own code runs end to end, on tiny workloads, in the default test run: each scenario that
 tests/test_performance.py times (drain, intake, priority with VIPs published and posted over HTTP) completes and
 gives a whole, well-formed result, and so do the status scenario's drain (with what each order cost in CPU), the
-overload scenario's flash sale, admission off and on, and the deadlines scenario. Nothing here is timed or
-compared: the speed is test_performance's (`-m perf`)."""
+overload scenario's flash sale, admission off and on, the deadlines scenario and the alarm scenario. Nothing here is
+timed or compared: the speed is test_performance's (`-m perf`)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from xml.etree import ElementTree
 
 import pytest
 
+from bench.alarm import measure_alarm
 from bench.deadlines import Expiry, measure_deadlines
 from bench.drain import measure_drain
 from bench.intake import measure_intake
@@ -19,6 +20,8 @@ from bench.overload import OverloadRun, Sale, measure_overload, plot_overload
 from bench.priority import PriorityResult, System, measure_priority, orderlane_consumer
 from bench.shop import Shop
 from bench.status import drain_measure, measure_status
+from broker.settings import Settings
+from tests.faults import require_rabbitmqctl
 from tests.processes import free_port
 
 BACKLOG = 300
@@ -102,6 +105,18 @@ async def test_the_overload_benchmark_runs_a_sale_without_and_with_admission(tmp
     lines = ElementTree.parse(plot_overload([result], tmp_path / "overload.svg")).getroot()
     polylines = lines.findall("{http://www.w3.org/2000/svg}polyline")
     assert len(polylines) == 8, "backlog and estimate, each off, on and the budget; VIP waits off and on"
+
+
+async def test_the_alarm_benchmark_finds_orders_refused_under_a_memory_alarm_and_taken_after_it() -> None:
+    require_rabbitmqctl()
+    rounds: list[None] = []
+    result = await measure_alarm(rounds=1, ran=lambda: rounds.append(None))
+    assert len(rounds) == len(result.rounds) == 1
+    found = result.rounds[0]
+    assert found.first_state == "unconfirmed", "the blocked order may still be stored when the alarm clears"
+    assert found.taken_after_raised >= 0 and min(found.first_refused_ms, found.not_ready_ms) > 0
+    assert found.refused_again_ms > 0 and found.taken_again_ms > 0, "refused again, then taken once it cleared"
+    assert result.publish_timeout_s == Settings().publish_timeout
 
 
 async def test_the_deadlines_benchmark_finds_short_deadlines_expired_and_long_ones_processed() -> None:

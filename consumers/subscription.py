@@ -80,12 +80,12 @@ class Subscription:
     def _on_delivered(self, delivered: DeliveredMessage) -> Coroutine[None, None, None]:
         """Called by aiormq's channel reader as it reads the delivery: taken at once, and the coroutine aiormq runs
         as a task of its own (for every delivery) has nothing left to do. Were the work in that task, each delivery
-        would wait a turn of the event loop first, which on a busy consumer is a VIP order's longest wait."""
+        would first wait for a turn of the event loop, a long one on a busy consumer."""
         acks = self._acks
         if acks is None or acks.channel is not delivered.channel:
             return _taken()  # sent on a channel lost since: its tag is void, and the broker delivers the order again
-        received = Received(delivered, acks)
         try:
+            received = Received(delivered, acks)
             if self._stopping:
                 received.requeue()
             else:

@@ -15,6 +15,7 @@ The broker is the machine's own: a run blocks every publisher on it for a few se
 from __future__ import annotations
 
 import asyncio
+import itertools
 import shutil
 import statistics
 import time
@@ -30,7 +31,7 @@ from bench.priority import free_port
 from bench.tables import table
 from bench.workload import bench_settings, delete_queues, order
 from broker.connection import open_broker
-from broker.messages import encode_order
+from broker.messages import Order, encode_order
 
 RETRY_SECONDS: Final = 0.05
 MOST_POSTS: Final = 100
@@ -90,9 +91,9 @@ async def memory_alarm(rabbitmqctl: str, restored: Callable[[], None]) -> AsyncI
         restored()
 
 
-async def timed_post(client: httpx.AsyncClient, number: int) -> tuple[httpx.Response, float]:
-    """POST a new order; its answer and how long it took, in milliseconds."""
-    body = encode_order(order(number, prefix="alarm"))
+async def timed_post(client: httpx.AsyncClient, posted: Order) -> tuple[httpx.Response, float]:
+    """POST an order; its answer and how long it took, in milliseconds."""
+    body = encode_order(posted)
     started = time.perf_counter()
     response = await client.post("/orders", content=body, headers=JSON_CONTENT)
     return response, (time.perf_counter() - started) * 1000
@@ -101,8 +102,11 @@ async def timed_post(client: httpx.AsyncClient, number: int) -> tuple[httpx.Resp
 async def alarm_round(rabbitmqctl: str) -> AlarmRound:
     settings = bench_settings()
     port = free_port()
-    numbers = iter(range(1_000_000))
+    numbers = itertools.count()
     restored_at = 0.0
+
+    def new_order() -> Order:
+        return order(next(numbers), prefix="alarm")
 
     def restored() -> None:
         nonlocal restored_at
@@ -112,11 +116,11 @@ async def alarm_round(rabbitmqctl: str) -> AlarmRound:
         async with open_broker(settings):
             pass
         async with serving_api(settings, port), httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
-            response, _ = await timed_post(client, next(numbers))
+            response, _ = await timed_post(client, new_order())
             assert response.status_code == 202, response.text
             async with memory_alarm(rabbitmqctl, restored):
                 for posted in range(MOST_POSTS):
-                    response, first_ms = await timed_post(client, number := next(numbers))
+                    response, first_ms = await timed_post(client, refused := new_order())
                     if response.status_code != 202:
                         taken = posted
                         break
@@ -127,10 +131,10 @@ async def alarm_round(rabbitmqctl: str) -> AlarmRound:
                 while (await client.get("/readyz")).status_code != 503:  # noqa: ASYNC110 - a poll, as a probe polls
                     await asyncio.sleep(RETRY_SECONDS)
                 not_ready_ms = (time.perf_counter() - refused_at) * 1000
-                state = (await client.get(f"/orders/{order(number, prefix='alarm').order_id}")).json()["state"]
-                again, again_ms = await timed_post(client, next(numbers))
+                state = (await client.get(f"/orders/{refused.order_id}")).json()["state"]
+                again, again_ms = await timed_post(client, new_order())
                 assert again.status_code == 503, again.text
-            while (await timed_post(client, next(numbers)))[0].status_code != 202:  # noqa: ASYNC110 - a client's retries
+            while (await timed_post(client, new_order()))[0].status_code != 202:  # noqa: ASYNC110 - a client's retries
                 await asyncio.sleep(RETRY_SECONDS)
             taken_again_ms = (time.perf_counter() - restored_at) * 1000
     finally:

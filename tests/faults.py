@@ -6,8 +6,7 @@ import asyncio
 import os
 import shutil
 import subprocess
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable
 
 import pytest
 
@@ -54,14 +53,3 @@ async def restart_broker_app(
 async def ensure_broker_app_running(path: str) -> None:
     await rabbitmqctl(path, "start_app")
     await rabbitmqctl(path, "await_startup")
-
-
-@asynccontextmanager
-async def memory_alarm(path: str) -> AsyncIterator[None]:
-    """A memory alarm on the broker (a high watermark of 1 MB, far below what it uses): it blocks every publishing
-    connection. The machine's broker is shared: the watermark goes back to its default (0.4) on the way out."""
-    await rabbitmqctl(path, "set_vm_memory_high_watermark", "absolute", "1MB")
-    try:
-        yield
-    finally:
-        await rabbitmqctl(path, "set_vm_memory_high_watermark", "0.4")

@@ -11,11 +11,12 @@ from pathlib import Path
 import httpx
 
 from api.app import create_app
+from bench.alarm import memory_alarm
 from broker.connection import Broker
 from broker.settings import Settings
 from tests.amqp import drain, drained, publish_raw, queue_depth, wait_until
 from tests.consuming import order_message
-from tests.faults import ensure_broker_app_running, memory_alarm, require_rabbitmqctl, restart_broker_app
+from tests.faults import ensure_broker_app_running, require_rabbitmqctl, restart_broker_app
 from tests.http import app_client
 from tests.processes import collect_output, environment, free_port, read_until, start
 from tests.recording import RECORD_FILE, recorded, redelivered

@@ -17,7 +17,7 @@ from yarl import URL
 from broker.errors import BrokerRefused, BrokerUnavailable
 from broker.mirroring import check_replication
 from broker.settings import Settings, redacted
-from broker.topology import Topology, build_topology, check_queue_type, declare_topology
+from broker.topology import Topology, build_topology, check_queue_type, declare_topology, keep_existing_levels
 
 logger = logging.getLogger(__name__)
 
@@ -270,7 +270,7 @@ async def open_broker(settings: Settings) -> AsyncIterator[Broker]:
         check_queue_type(settings, version)
         try:
             channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
-            topology = build_topology(settings, version)
+            topology = await keep_existing_levels(connection, build_topology(settings, version))
             await declare_topology(channel, topology)
         except BROKER_ERRORS as exc:
             raise BrokerRefused(f"the broker refused to set up the queues: {exc}") from exc

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import logging
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Final
 
 import aiormq.exceptions
-from aio_pika.abc import AbstractQueue, AbstractRobustChannel
+from aio_pika.abc import AbstractQueue, AbstractRobustChannel, AbstractRobustConnection
 from pamqp.common import FieldTable
 
 from broker.errors import ConfigurationError, TopologyConflict
-from broker.priority import PRIORITIES
+from broker.priority import PRIORITIES, broker_priority
 from broker.settings import LaneConfig, Settings
 
 logger = logging.getLogger(__name__)
@@ -81,6 +81,17 @@ def parse_version(server_version: str) -> tuple[int, int]:
     return (parts[0], parts[1]) if len(parts) == 2 else NEWEST
 
 
+def lane_levels(priorities: range, settings: Settings) -> FieldTable:
+    """A classic work queue's `x-max-priority`: the broker priority of its lane's most urgent orders, no more. The
+    broker keeps a sub-queue per level and walks them on every publish and delivery, so the least urgent lane
+    (priorities 3-9 by default: levels 0-6) costs it less CPU per order than ORDERLANE_MAX_PRIORITY's 0-10 would
+    (docs/priorities.md#why-few-levels-are-cheaper). Broker priorities stay the same in every lane, so a consumer
+    compares deliveries of different lanes by them. None for a quorum queue, which refuses the argument, and for a
+    lane whose orders all map to level 0."""
+    levels = broker_priority(priorities.start, max_priority=settings.max_priority)
+    return {"x-max-priority": levels} if settings.queue_type == "classic" and levels > 0 else {}
+
+
 def queue_type_arguments(settings: Settings) -> FieldTable:
     """A classic queue is a priority queue by `x-max-priority`; a quorum queue refuses that argument (before 4.0 it
     has no priorities, from 4.0 on priorities of its own)."""
@@ -144,7 +155,6 @@ def build_topology(settings: Settings, server_version: str = "") -> Topology:
     """
     version = parse_version(server_version)
     typed = queue_type_arguments(settings)
-    priorities: FieldTable = {} if settings.queue_type == "quorum" else {"x-max-priority": settings.max_priority}
     limit: FieldTable = {"x-delivery-limit": settings.delivery_limit} if settings.queue_type == "quorum" else {}
     kept = dead_letters_kept(settings, version)
     dead_letter = QueueSpec(name=settings.dead_letter_queue, arguments={**typed, **kept})
@@ -154,12 +164,14 @@ def build_topology(settings: Settings, server_version: str = "") -> Topology:
     for config in configs:
         queue = settings.queue if config is configs[-1] else f"{settings.queue}.{config.name}"
         back_to_work: FieldTable = {**typed, **dead_letter_arguments(settings, queue, version)}
+        priorities = range(config.first, config.last + 1)
+        levels = lane_levels(priorities, settings)
         lanes.append(
             Lane(
                 name=config.name,
-                priorities=range(config.first, config.last + 1),
+                priorities=priorities,
                 prefetch=config.prefetch,
-                work=QueueSpec(name=queue, arguments={**typed, **priorities, **limit, **to_dead_letters}),
+                work=QueueSpec(name=queue, arguments={**typed, **levels, **limit, **to_dead_letters}),
                 retries=tuple(
                     QueueSpec(name=retry_queue_name(queue, attempt), arguments=back_to_work)
                     for attempt in range(1, settings.max_attempts)
@@ -180,6 +192,39 @@ async def declare_queue(channel: AbstractRobustChannel, spec: QueueSpec) -> Abst
         reason = str(exc.args[0] if exc.args else exc)
         match = _INEQUIVALENT_ARG.search(reason)
         raise TopologyConflict(spec.name, reason[match.start() :] if match else reason) from exc
+
+
+_CURRENT_LEVELS = re.compile(r"inequivalent arg 'x-max-priority' .* but current is (?:the value )?'(\d+)'")
+"""RabbitMQ's refusal, naming the levels the queue has: "... but current is '10'" (3.10), or "... but current is the
+value '10' of type 'signedint'" (later versions)."""
+
+
+async def keep_existing_levels(connection: AbstractRobustConnection, topology: Topology) -> Topology:
+    """The topology, with each work queue that was declared before with more priority levels than its lane needs
+    keeping them. An earlier orderlane declared every work queue with ORDERLANE_MAX_PRIORITY levels, and a queue's
+    `x-max-priority` cannot change; more levels order the same broker priorities the same way, so the queue and
+    its backlog are kept as they are. Fewer levels than needed stay a TopologyConflict: they would merge some.
+
+    Each work queue is declared first on an AMQP channel of its own, which the broker closes if it refuses."""
+    transport = connection.transport
+    assert transport is not None
+    lanes = []
+    for lane in topology.lanes:
+        channel = await transport.connection.channel()
+        try:
+            await channel.queue_declare(lane.work.name, durable=True, arguments=dict(lane.work.arguments))
+        except aiormq.exceptions.ChannelPreconditionFailed as exc:
+            current = _CURRENT_LEVELS.search(str(exc))
+            needed = lane.work.arguments.get("x-max-priority", 0)
+            assert isinstance(needed, int)
+            if current is not None and int(current[1]) > needed:
+                levels = int(current[1])
+                logger.info("queue %r keeps the x-max-priority %d it was declared with", lane.work.name, levels)
+                lane = replace(lane, work=replace(lane.work, arguments={**lane.work.arguments, "x-max-priority": levels}))
+        else:
+            await channel.close()
+        lanes.append(lane)
+    return replace(topology, lanes=tuple(lanes))
 
 
 async def declare_topology(channel: AbstractRobustChannel, topology: Topology) -> None:

@@ -85,3 +85,22 @@ def test_without_lanes_the_queue_is_the_single_lane(monkeypatch: pytest.MonkeyPa
     monkeypatch.setenv("ORDERLANE_LANES", "")
     [lane] = build_topology(Settings(queue="shop")).lanes
     assert (lane.work.name, lane.priorities, lane.prefetch) == ("shop", range(10), None)
+
+
+@pytest.mark.parametrize(
+    ("lanes", "max_priority", "levels"),
+    [
+        ("high:0-2,default:3-9", 10, [10, 6]),  # the default lanes
+        ("", 10, [10]),  # one queue: ORDERLANE_MAX_PRIORITY's levels, as before lanes
+        ("high:0-2,default:3-9", 5, [5, 3]),
+        ("urgent:0-8,bulk:9-9", 10, [10, None]),  # every bulk order is level 0: a queue without priorities
+    ],
+)
+def test_each_work_queue_has_the_levels_of_its_most_urgent_orders(
+    lanes: str, max_priority: int, levels: list[int | None]
+) -> None:
+    topology = build_topology(Settings(queue="shop", lanes=lanes, max_priority=max_priority))
+    assert [lane.work.arguments.get("x-max-priority") for lane in topology.lanes] == levels
+    for lane in topology.lanes:  # no order of the lane gets a broker priority its queue would cap
+        top = lane.work.arguments.get("x-max-priority", 0)
+        assert all(broker_priority(p, max_priority=max_priority) <= top for p in lane.priorities)

@@ -4,10 +4,11 @@ store off against on), flood (intake beside 1,100 half-open connections), intake
 intakes users would pick instead), scale (1, 2 and 4 consumer processes, 1 and 2 API processes, against one),
 overload (a flash sale at 3x the drain rate, admission off and on; --seconds, --budget), deadlines (orders with a
 2 s deadline and a long one behind a 30 s backlog), alarm (a memory alarm on the broker: how soon orders get 503, and
-202 again once it clears) or all (every one but six: peers and intake-peers, which need the `peers` extra,
-FastStream, Taskiq, FastAPI, Celery; scale, which takes about half a minute even with --quick; overload, over two
-minutes at its defaults; deadlines, which waits out its backlog; and alarm, which blocks every publisher on the
-broker for a while: run them by name)."""
+202 again once it clears), levels (what a priority queue's x-max-priority costs the broker per message) or all
+(every one but seven: peers and intake-peers, which need the `peers` extra, FastStream, Taskiq, FastAPI, Celery;
+scale, which takes about half a minute even with --quick; overload, over two minutes at its defaults; deadlines,
+which waits out its backlog; alarm, which blocks every publisher on the broker for a while; and levels, which runs
+on the broker's machine: run them by name)."""
 
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ from bench.drain import DrainResult, measure_drain
 from bench.endtoend import EndToEndResult, measure_end_to_end
 from bench.flood import FloodResult, measure_flood, servers
 from bench.intake import IntakeResult, measure_intake
+from bench.levels import LEVELS, LevelsResult, measure_levels, show_levels
 from bench.memory import MemoryResult, measure_memory
 from bench.overload import OverloadResult, Sale, measure_overload, plot_overload, show_overload
 from bench.peer_intake import INTAKES, PeerIntakeResult, measure_peer_intake
@@ -82,6 +84,8 @@ class Plan:
     overload: Sale
     deadlines: Expiry
     alarm_rounds: int
+    levels_messages: int
+    levels_rounds: int
 
 
 FULL = Plan(
@@ -112,6 +116,8 @@ FULL = Plan(
     overload=Sale(),
     deadlines=Expiry(),
     alarm_rounds=3,
+    levels_messages=20_000,
+    levels_rounds=3,
 )
 QUICK = Plan(
     intake_clients=(1, 32),
@@ -141,6 +147,8 @@ QUICK = Plan(
     overload=Sale(seconds=10),
     deadlines=Expiry(backlog_seconds=10),
     alarm_rounds=1,
+    levels_messages=3_000,
+    levels_rounds=1,
 )
 
 
@@ -257,6 +265,10 @@ async def alarm(plan: Plan, progress: tqdm[Any]) -> list[AlarmResult]:
     return [await measure_alarm(plan.alarm_rounds, progress.update)]
 
 
+async def levels(plan: Plan, progress: tqdm[Any]) -> list[LevelsResult]:
+    return await measure_levels(plan.levels_messages, plan.levels_rounds, progress.update)
+
+
 @dataclass(frozen=True, slots=True)
 class Scenario:
     run: Callable[[Plan, tqdm[Any]], Any]
@@ -300,12 +312,14 @@ SCENARIOS = {
     "overload": Scenario(overload, lambda p: 2, show_overload, plot_overload),
     "deadlines": Scenario(deadlines, lambda p: 1, show_deadlines, lambda results: "no plot"),
     "alarm": Scenario(alarm, lambda p: p.alarm_rounds, show_alarm, lambda results: "no plot"),
+    "levels": Scenario(levels, lambda p: len(LEVELS) * p.levels_rounds, show_levels, lambda results: "no plot"),
 }
 
-NOT_IN_ALL: Final = ("peers", "intake-peers", "scale", "overload", "deadlines", "alarm")
+NOT_IN_ALL: Final = ("peers", "intake-peers", "scale", "overload", "deadlines", "alarm", "levels")
 """The peers need the `peers` extra; scale takes about half a minute even with --quick (28-36 s here); overload
 runs its sale twice, with a warm-up each: over two minutes at its defaults; deadlines waits for its backlog to drain
-(30 s at its defaults); alarm blocks every publisher on the broker, the machine's own, for a few seconds a round."""
+(30 s at its defaults); alarm blocks every publisher on the broker, the machine's own, for a few seconds a round;
+levels reads the broker's CPU time, so it runs on the broker's machine only."""
 
 
 async def run(names: list[str], plan: Plan, command: str) -> None:

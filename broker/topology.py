@@ -203,28 +203,32 @@ async def keep_existing_levels(connection: AbstractRobustConnection, topology: T
     """The topology, with each work queue that was declared before with more priority levels than its lane needs
     keeping them. An earlier orderlane declared every work queue with ORDERLANE_MAX_PRIORITY levels, and a queue's
     `x-max-priority` cannot change; more levels order the same broker priorities the same way, so the queue and
-    its backlog are kept as they are. Fewer levels than needed stay a TopologyConflict: they would merge some.
-
-    Each work queue is declared first on an AMQP channel of its own, which the broker closes if it refuses."""
-    transport = connection.transport
-    assert transport is not None
+    its backlog are kept as they are. Fewer levels than needed stay a TopologyConflict: they would merge some."""
     lanes = []
     for lane in topology.lanes:
-        channel = await transport.connection.channel()
-        try:
-            await channel.queue_declare(lane.work.name, durable=True, arguments=dict(lane.work.arguments))
-        except aiormq.exceptions.ChannelPreconditionFailed as exc:
-            current = _CURRENT_LEVELS.search(str(exc))
-            needed = lane.work.arguments.get("x-max-priority", 0)
-            assert isinstance(needed, int)
-            if current is not None and int(current[1]) > needed:
-                levels = int(current[1])
-                logger.info("queue %r keeps the x-max-priority %d it was declared with", lane.work.name, levels)
-                lane = replace(lane, work=replace(lane.work, arguments={**lane.work.arguments, "x-max-priority": levels}))
-        else:
-            await channel.close()
+        levels = await more_levels(connection, lane.work)
+        if levels is not None:
+            logger.info("queue %r keeps the x-max-priority %d it was declared with", lane.work.name, levels)
+            lane = replace(lane, work=replace(lane.work, arguments={**lane.work.arguments, "x-max-priority": levels}))
         lanes.append(lane)
     return replace(topology, lanes=tuple(lanes))
+
+
+async def more_levels(connection: AbstractRobustConnection, spec: QueueSpec) -> int | None:
+    """The `x-max-priority` of queue `spec` if it exists with more levels than `spec` asks for, else None: found by
+    declaring it on an AMQP channel of its own, which the broker closes if it refuses."""
+    transport = connection.transport
+    assert transport is not None
+    channel = await transport.connection.channel()
+    try:
+        await channel.queue_declare(spec.name, durable=True, arguments=dict(spec.arguments))
+    except aiormq.exceptions.ChannelPreconditionFailed as exc:
+        current = _CURRENT_LEVELS.search(str(exc))
+        needed = spec.arguments.get("x-max-priority", 0)
+        assert isinstance(needed, int)
+        return int(current[1]) if current is not None and int(current[1]) > needed else None
+    await channel.close()
+    return None
 
 
 async def declare_topology(channel: AbstractRobustChannel, topology: Topology) -> None:

@@ -1,7 +1,8 @@
 """The benchmarks' own code runs end to end, on tiny workloads, in the default test run: each scenario that
 tests/test_performance.py times (drain, intake, priority with VIPs published and posted over HTTP) completes and
 gives a whole, well-formed result, and so do the status scenario's drain (with what each order cost in CPU), the
-overload scenario's flash sale, admission off and on, the deadlines scenario and the alarm scenario. Nothing here is
+overload scenario's flash sale, admission off and on, the deadlines scenario, the alarm scenario and the levels
+scenario. Nothing here is
 timed or compared: the speed is test_performance's (`-m perf`)."""
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from bench.alarm import measure_alarm
 from bench.deadlines import Expiry, measure_deadlines
 from bench.drain import measure_drain
 from bench.intake import measure_intake
+from bench.levels import LEVELS, measure_levels, show_levels
 from bench.overload import OverloadRun, Sale, measure_overload, plot_overload
 from bench.priority import PriorityResult, System, measure_priority, orderlane_consumer
 from bench.shop import Shop
@@ -117,6 +119,17 @@ async def test_the_alarm_benchmark_finds_orders_refused_under_a_memory_alarm_and
     assert found.taken_after_raised >= 0 and min(found.first_refused_ms, found.not_ready_ms) > 0
     assert found.refused_again_ms > 0 and found.taken_again_ms > 0, "refused again, then taken once it cleared"
     assert result.publish_timeout_s == Settings().publish_timeout
+
+
+async def test_the_levels_benchmark_measures_each_queue_the_broker_took() -> None:
+    rounds: list[None] = []
+    results = await measure_levels(messages=200, rounds=1, progress=lambda: rounds.append(None))
+    assert [result.levels for result in results] == list(LEVELS) and len(rounds) == len(LEVELS)
+    for result in results:
+        [run] = result.runs
+        assert min(run.publish_per_second, run.consume_per_second) > 0, "every message published, then consumed"
+        assert min(run.publish_broker_us, run.consume_broker_us) >= 0
+    assert "none" in show_levels(results)
 
 
 async def test_the_deadlines_benchmark_finds_short_deadlines_expired_and_long_ones_processed() -> None:

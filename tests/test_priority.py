@@ -103,4 +103,5 @@ def test_each_work_queue_has_the_levels_of_its_most_urgent_orders(
     assert [lane.work.arguments.get("x-max-priority") for lane in topology.lanes] == levels
     for lane in topology.lanes:  # no order of the lane gets a broker priority its queue would cap
         top = lane.work.arguments.get("x-max-priority", 0)
+        assert isinstance(top, int)
         assert all(broker_priority(p, max_priority=max_priority) <= top for p in lane.priorities)

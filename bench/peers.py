@@ -5,8 +5,8 @@ filled, and the AMQP message its consumer understands, so that the backlog and t
 peer's own wire format. Each handler decodes the order into `broker.messages.Order` the peer's way (FastStream's
 and Taskiq's pydantic validation of the handler's argument), reports its start, then sleeps `handler_seconds`.
 
-The queue (a classic queue) must have been declared as orderlane declares a work queue: durable, `x-max-priority`
-10, dead-lettering to the default exchange with routing key `<queue>.dlq`; `<queue>.dlq` must exist too.
+The queue (a classic queue) must have been declared as orderlane declares its one work queue without lanes
+(`ORDERLANE_LANES=`): durable, `x-max-priority` 10, dead-lettering to the default exchange with routing key `<queue>.dlq`; `<queue>.dlq` must exist too.
 FastStream only checks that the queue exists (a passive declaration). Taskiq declares both itself, durable: the
 queue with `x-dead-letter-exchange` "", `x-dead-letter-routing-key` "<queue>.dlq", `x-max-priority` 10 and
 `x-queue-type` "classic"; `<queue>.dlq` with `x-queue-type` "classic" only. RabbitMQ (3.10 included) takes these
@@ -195,7 +195,8 @@ PEERS: tuple[Peer, ...] = (
 
 
 def as_system(peer: Peer) -> System:
-    """The peer as one more system of the priority benchmark: its own wire format, on the lane's work queue."""
+    """The peer as one more system of the priority benchmark: its own wire format, on one work queue with
+    `x-max-priority` 10, as a user of the library would declare it (and Taskiq declares it itself)."""
 
     async def consume(settings: Settings, timeline: Timeline, handler_seconds: float) -> None:
         run = PeerRun(
@@ -207,7 +208,7 @@ def as_system(peer: Peer) -> System:
         priority = prioritize(order, vip_priority=settings.vip_priority, max_priority=settings.max_priority)
         return peer.message(order.order_id, encode_order(order), priority.broker), settings.queue
 
-    return System(peer.name, consume, address=address)
+    return System(peer.name, consume, {"lanes": ""}, address=address)
 
 
 PEER_SYSTEMS = tuple(as_system(peer) for peer in PEERS)

@@ -6,11 +6,12 @@ peer's own wire format. Each handler decodes the order into `broker.messages.Ord
 and Taskiq's pydantic validation of the handler's argument), reports its start, then sleeps `handler_seconds`.
 
 The queue (a classic queue) must have been declared as orderlane declares its one work queue without lanes
-(`ORDERLANE_LANES=`): durable, `x-max-priority` 10, dead-lettering to the default exchange with routing key `<queue>.dlq`; `<queue>.dlq` must exist too.
-FastStream only checks that the queue exists (a passive declaration). Taskiq declares both itself, durable: the
-queue with `x-dead-letter-exchange` "", `x-dead-letter-routing-key` "<queue>.dlq", `x-max-priority` 10 and
-`x-queue-type` "classic"; `<queue>.dlq` with `x-queue-type` "classic" only. RabbitMQ (3.10 included) takes these
-as equivalent to orderlane's arguments: `x-queue-type` "classic" is what a queue declared without it already is.
+(`ORDERLANE_LANES=`): durable, `x-max-priority` 10, dead-lettering to the default exchange with routing key
+`<queue>.dlq`; `<queue>.dlq` must exist too. FastStream only checks that the queue exists (a passive declaration).
+Taskiq declares both itself, durable: the queue with `x-dead-letter-exchange` "", `x-dead-letter-routing-key`
+"<queue>.dlq", `x-max-priority` 10 and `x-queue-type` "classic"; `<queue>.dlq` with `x-queue-type` "classic" only.
+RabbitMQ (3.10 included) takes these as equivalent to orderlane's arguments: `x-queue-type` "classic" is what a
+queue declared without it already is.
 Taskiq also binds the queue to `amq.direct` (routing key: the queue's name), a binding deleted with the queue.
 
 Defaults, read from the installed packages (FastStream 0.7.8, Taskiq 0.13.0, taskiq-aio-pika 0.6.1):

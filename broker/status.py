@@ -110,14 +110,18 @@ class Transition:
     def rank(self) -> int:
         return rank_of(self.state, self.attempt)
 
-    def fields_to_write(self) -> list[str | int | float]:
+    def fields_to_write(self) -> list[str]:
         """The record's fields this transition writes, as names and values one after the other (HSET's arguments).
-        Waiting in a queue (accepted, replayed) has no attempt."""
+        Waiting in a queue (accepted, replayed) has no attempt.
+
+        Every value is a string, as the record keeps it: a number would reach the store's script as a Lua number,
+        which Redis turns back into a string for HSET, and that conversion (with the JSON number's parsing) was half
+        the store's own CPU for a `processed` write (docs/benchmarks.md)."""
         state, attempt = self.state, self.attempt
-        shown: int | str = attempt if attempt > 0 else ""
-        written = ["state", state, "rank", rank_of(state, attempt), "attempt", shown, "at:" + state, self.at]
-        for item in self.fields.items():
-            written += item
+        shown = str(attempt) if attempt > 0 else ""
+        written = ["state", state, "rank", str(rank_of(state, attempt)), "attempt", shown, "at:" + state, str(self.at)]
+        for name, value in self.fields.items():
+            written += (name, value if isinstance(value, str) else str(value))
         return written
 
 

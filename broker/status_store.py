@@ -66,6 +66,9 @@ class StoreMetrics:
         )
 
 
+PENDING: Final = ("state", "pending", "rank", str(rank_of("pending", 0)))
+"""What a reservation writes first: its state and rank, strings as every value written (Transition.fields_to_write
+says why)."""
 RETAKEN: Final = ["retaken"]
 """The script's answer to a reservation of an order_id whose earlier publish may have stored a copy."""
 
@@ -163,8 +166,7 @@ class StatusStore:
     async def reserve(self, order_id: str, fingerprint: str, token: str) -> Reserved | Taken:
         """Hold `order_id` for this request while it publishes (for the pending TTL at most: then another request
         for the same order may take it over), or say what holds it already."""
-        fields: list[str | int | float] = ["state", "pending", "rank", rank_of("pending", 0)]
-        fields += ("fingerprint", fingerprint, "token", token)
+        fields = [*PENDING, "fingerprint", fingerprint, "token", token]
         record = await self._run("reserve", order_id, fields=fields, token=token, fingerprint=fingerprint)
         assert isinstance(record, list)
         if not record or record == RETAKEN:
@@ -225,7 +227,7 @@ class StatusStore:
         rank: int = 0,
         token: str = "",
         fingerprint: str = "",
-        fields: Sequence[str | int | float] = (),
+        fields: Sequence[str] = (),
         key: str = "",
     ) -> Answer:
         """Ask, and wait for the answer."""
@@ -242,7 +244,7 @@ class StatusStore:
         rank: int = 0,
         token: str = "",
         fingerprint: str = "",
-        fields: Sequence[str | int | float] = (),
+        fields: Sequence[str] = (),
         key: str = "",
     ) -> None:
         """Queue an operation for the next call: at once if somebody waits for its answer (a future). Its key is the

@@ -115,8 +115,8 @@ class Transition:
         Waiting in a queue (accepted, replayed) has no attempt.
 
         Every value is a string, as the record keeps it: a number would reach the store's script as a Lua number,
-        which Redis turns back into a string for HSET, and that conversion (with the JSON number's parsing) was half
-        the store's own CPU for a `processed` write (docs/benchmarks.md)."""
+        which Redis turns back into a string for HSET; that conversion and the JSON number's parsing were a fifth to
+        two fifths of Redis's CPU for a `processed` write (docs/benchmarks.md)."""
         state, attempt = self.state, self.attempt
         shown = str(attempt) if attempt > 0 else ""
         written = ["state", state, "rank", str(rank_of(state, attempt)), "attempt", shown, "at:" + state, str(self.at)]

@@ -86,7 +86,7 @@ def lane_levels(priorities: range, settings: Settings) -> FieldTable:
     broker keeps a sub-queue per level and walks them on every publish and delivery, so the least urgent lane
     (priorities 3-9 by default: levels 0-6) costs it less CPU per order than ORDERLANE_MAX_PRIORITY's 0-10 would
     (docs/priorities.md#why-few-levels-are-cheaper). Broker priorities stay the same in every lane, so a consumer
-    compares deliveries of different lanes by them. None for a quorum queue, which refuses the argument, and for a
+    compares deliveries of different lanes by them. No argument for a quorum queue, which refuses it, nor for a
     lane whose orders all map to level 0."""
     levels = broker_priority(priorities.start, max_priority=settings.max_priority)
     return {"x-max-priority": levels} if settings.queue_type == "classic" and levels > 0 else {}

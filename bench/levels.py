@@ -33,6 +33,8 @@ LEVELS: Final = (10, 6, 2, None)
 """ORDERLANE_MAX_PRIORITY's levels (the one queue's), the default regular lane's, three levels, and none."""
 PUBLISH_WINDOW: Final = 64
 PREFETCH: Final = 200
+CONSUME_WITHIN: Final = 300.0
+"""Seconds for the consumer to take every message back: a message missing fails the run instead of hanging it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,7 +126,8 @@ async def consume(channel: aiormq.Channel, queue: str, messages: int) -> None:
 
     await channel.basic_qos(prefetch_count=PREFETCH)
     consumed = await channel.basic_consume(queue, on_message)
-    await done
+    async with asyncio.timeout(CONSUME_WITHIN):
+        await done
     assert consumed.consumer_tag is not None
     await channel.basic_cancel(consumed.consumer_tag)
 

@@ -209,7 +209,7 @@ def as_system(peer: Peer) -> System:
         priority = prioritize(order, vip_priority=settings.vip_priority, max_priority=settings.max_priority)
         return peer.message(order.order_id, encode_order(order), priority.broker), settings.queue
 
-    return System(peer.name, consume, {"lanes": ""}, address=address)
+    return System(peer.name, consume, {"lanes": "", "max_priority": MAX_PRIORITY}, address=address)
 
 
 PEER_SYSTEMS = tuple(as_system(peer) for peer in PEERS)

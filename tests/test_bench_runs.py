@@ -19,7 +19,6 @@ from bench.drain import measure_drain
 from bench.intake import measure_intake
 from bench.levels import LEVELS, measure_levels, show_levels
 from bench.overload import OverloadRun, Sale, measure_overload, plot_overload
-from bench.peers import PEER_SYSTEMS
 from bench.priority import PriorityResult, System, measure_priority, orderlane_consumer
 from bench.shop import Shop
 from bench.status import drain_measure, measure_status
@@ -84,6 +83,8 @@ async def test_the_priority_benchmark_finds_every_vip_posted_over_http() -> None
 @pytest.mark.parametrize("peer", ["faststream p50", "taskiq"])
 async def test_the_peers_benchmark_finds_every_vip_a_peer_took(peer: str) -> None:
     """Each peer consumes the queue as it would declare it (Taskiq declares it itself: equal arguments or a 406)."""
+    from bench.peers import PEER_SYSTEMS  # the `peers` extra (make install has it), as bench/__main__.py imports it
+
     [system] = [system for system in PEER_SYSTEMS if system.name == peer]
     result = await measure_priority(system, handler_ms=1, backlog=BACKLOG, vips=VIPS, vip_interval=0.01, warmup=0)
     assert (result.system, result.backlog, result.vips) == (peer, BACKLOG, VIPS)

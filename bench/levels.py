@@ -13,9 +13,9 @@ so the default lanes' regular queue has levels 0-6, not the 0-10 of ORDERLANE_MA
 from __future__ import annotations
 
 import asyncio
+import os
 import statistics
-import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Final
 
@@ -24,9 +24,9 @@ from aiormq import spec
 from aiormq.abc import DeliveredMessage
 from pamqp.common import FieldValue
 
-from bench.cpu import SERVICES, cpu_seconds, local_pid
+from bench.cpu import SERVICES, CpuMeter, local_pid
 from bench.tables import table
-from bench.workload import bench_channel, bench_settings, order
+from bench.workload import bench_channel, bench_settings, order, timed
 from broker.messages import CONTENT_TYPE, encode_order
 
 LEVELS: Final = (10, 6, 2, None)
@@ -56,18 +56,17 @@ class LevelsResult:
 
 
 async def measure_levels(messages: int, rounds: int, progress: Callable[[], object]) -> list[LevelsResult]:
-    broker = local_pid(SERVICES["broker"])
-    if broker is None:
+    if local_pid(SERVICES["broker"]) is None:
         raise RuntimeError("the levels benchmark reads the broker's CPU time: run it on the broker's machine")
     runs: dict[int | None, list[LevelsRun]] = {levels: [] for levels in LEVELS}
     for _ in range(rounds):
         for levels in LEVELS:
-            runs[levels].append(await levels_run(levels, messages, broker))
+            runs[levels].append(await levels_run(levels, messages))
             progress()
     return [LevelsResult(levels, messages, tuple(found)) for levels, found in runs.items()]
 
 
-async def levels_run(levels: int | None, messages: int, broker: int) -> LevelsRun:
+async def levels_run(levels: int | None, messages: int) -> LevelsRun:
     settings = bench_settings()
     queue = settings.queue
     arguments: dict[str, FieldValue] = {} if levels is None else {"x-max-priority": levels}
@@ -76,23 +75,20 @@ async def levels_run(levels: int | None, messages: int, broker: int) -> LevelsRu
         assert isinstance(underlay, aiormq.Channel)  # the abstract one does not declare basic_publish's `wait`
         await underlay.queue_declare(queue, durable=True, arguments=arguments)
         try:
-            published, publish_cpu = await timed(broker, publish(underlay, queue, messages, levels or 0))
-            consumed, consume_cpu = await timed(broker, consume(underlay, queue, messages))
+            meter = CpuMeter(os.getpid())
+            published = await timed(lambda: publish(underlay, queue, messages, levels or 0))
+            publish_cpu = meter.per_order(messages)
+            meter = CpuMeter(os.getpid())
+            consumed = await timed(lambda: consume(underlay, queue, messages))
+            consume_cpu = meter.per_order(messages)
         finally:
             await underlay.queue_delete(queue)
     return LevelsRun(
         publish_per_second=messages / published,
-        publish_broker_us=publish_cpu / messages * 1e6,
+        publish_broker_us=publish_cpu["broker"],
         consume_per_second=messages / consumed,
-        consume_broker_us=consume_cpu / messages * 1e6,
+        consume_broker_us=consume_cpu["broker"],
     )
-
-
-async def timed(broker: int, work: Awaitable[None]) -> tuple[float, float]:
-    """The seconds `work` took, and the broker's CPU seconds meanwhile."""
-    cpu, began = cpu_seconds(broker), time.perf_counter()
-    await work
-    return time.perf_counter() - began, cpu_seconds(broker) - cpu
 
 
 async def publish(channel: aiormq.Channel, queue: str, messages: int, top: int) -> None:

@@ -126,8 +126,12 @@ def _answer(answered: asyncio.Future[Answer] | Written, outcome: Answer | Status
 class StatusStore:
     """Order records under `orderlane:<queue>:order:<order_id>`, so deployments sharing a Redis stay apart."""
 
-    def __init__(self, client: Redis, *, namespace: str, ttl: int, pending_ttl: int, metrics: StoreMetrics) -> None:
+    def __init__(
+        self, client: Redis, *, namespace: str, ttl: int, pending_ttl: int, timeout: float, metrics: StoreMetrics
+    ) -> None:
         self._client = client
+        self._timeout = timeout
+        """For one call, its command written and its answer read (ORDERLANE_STATUS_TIMEOUT)."""
         self._sha = hashlib.sha1(SCRIPT.encode()).hexdigest()
         self._prefix = f"orderlane:{namespace}:order:"
         self._departed_key = f"orderlane:{namespace}:departed"
@@ -305,7 +309,8 @@ class StatusStore:
             try:
                 results: list[Answer] = await self._evalsha(keys, operations)
             except NoScriptError:  # a Redis restarted since, or one that never saw the script
-                await self._client.script_load(SCRIPT)
+                async with asyncio.timeout(self._timeout):
+                    await self._client.script_load(SCRIPT)
                 results = await self._evalsha(keys, operations)
         except (RedisError, OSError) as exc:
             if self._is_up:
@@ -343,9 +348,10 @@ class StatusStore:
             arguments = (operations, self._ttl, self._pending_ttl, self._departed_key)
             command = ("EVALSHA", self._sha, len(keys), *keys, *arguments)
             packed = pack_command(command)  # type: ignore[arg-type]  # its stub allows one argument only
-            await self._connection.send_packed_command(packed, check_health=False)
-            response: list[Answer] = await self._connection.read_response()
-        except (RedisError, OSError):
+            async with asyncio.timeout(self._timeout):
+                await self._connection.send_packed_command(packed, check_health=False)
+                response: list[Answer] = await self._connection.read_response()
+        except (RedisError, OSError):  # TimeoutError is an OSError
             await self._connection.disconnect()
             self._connection = None
             raise
@@ -368,7 +374,8 @@ async def open_status_store(settings: Settings, registry: CollectorRegistry) -> 
     client = Redis.from_url(
         str(settings.status_url),
         decode_responses=True,
-        socket_timeout=timeout,
+        # No socket_timeout: redis-py would wrap each write in asyncio.wait_for, a task per call on Python 3.11; the
+        # store bounds each call itself (StatusStore._evalsha_once).
         socket_connect_timeout=timeout,
         retry=Retry(NoBackoff(), retries=1),  # once, on a fresh connection: a pooled one may predate a restart
     )
@@ -377,6 +384,7 @@ async def open_status_store(settings: Settings, registry: CollectorRegistry) -> 
         namespace=settings.queue,
         ttl=settings.status_ttl,
         pending_ttl=settings.status_pending_ttl,
+        timeout=timeout,
         metrics=StoreMetrics(registry),
     )
     logger.info("order status in %s (kept %ds)", redacted(settings.status_url), settings.status_ttl)

@@ -235,6 +235,7 @@ class OrderlaneHarness:
             namespace=settings.queue,
             ttl=settings.status_ttl,
             pending_ttl=settings.status_pending_ttl,
+            timeout=settings.status_timeout,
             metrics=StoreMetrics(registry),
         )
         stack.push_async_callback(store.close)

@@ -4,7 +4,8 @@ store off against on), flood (intake beside 1,100 half-open connections), intake
 intakes users would pick instead), scale (1, 2 and 4 consumer processes, 1 and 2 API processes, against one),
 overload (a flash sale at 3x the drain rate, admission off and on; --seconds, --budget), deadlines (orders with a
 2 s deadline and a long one behind a 30 s backlog), alarm (a memory alarm on the broker: how soon orders get 503, and
-202 again once it clears), levels (what a priority queue's x-max-priority costs the broker per message) or all
+202 again once it clears), levels (what a priority queue's x-max-priority costs the broker per message), idle (the
+priority scenario's VIPs with nothing ahead of them: the floor under their wait) or all
 (every one but seven: peers and intake-peers, which need the `peers` extra, FastStream, Taskiq, FastAPI, Celery;
 scale, which takes about half a minute even with --quick; overload, over two minutes at its defaults; deadlines,
 which waits out its backlog; alarm, which blocks every publisher on the broker for a while; and levels, which runs
@@ -27,6 +28,7 @@ from bench.deadlines import DeadlineResult, Expiry, measure_deadlines, show_dead
 from bench.drain import DrainResult, measure_drain
 from bench.endtoend import EndToEndResult, measure_end_to_end
 from bench.flood import FloodResult, measure_flood, servers
+from bench.idle import IDLE_SYSTEMS, IdleResult, measure_idle, show_idle
 from bench.intake import IntakeResult, measure_intake
 from bench.levels import LEVELS, LevelsResult, measure_levels, show_levels
 from bench.memory import MemoryResult, measure_memory
@@ -269,6 +271,15 @@ async def levels(plan: Plan, progress: tqdm[Any]) -> list[LevelsResult]:
     return await measure_levels(plan.levels_messages, plan.levels_rounds, progress.update)
 
 
+async def idle(plan: Plan, progress: tqdm[Any]) -> list[IdleResult]:
+    """The priority scenario's VIPs, as many, as often, as many rounds, with no backlog."""
+    return [
+        await measure_idle(
+            plan.priority_vips, plan.vip_interval, plan.vip_warmup, plan.priority_rounds, progress.update
+        )
+    ]
+
+
 @dataclass(frozen=True, slots=True)
 class Scenario:
     run: Callable[[Plan, tqdm[Any]], Any]
@@ -313,6 +324,7 @@ SCENARIOS = {
     "deadlines": Scenario(deadlines, lambda p: 1, show_deadlines, lambda results: "no plot"),
     "alarm": Scenario(alarm, lambda p: p.alarm_rounds, show_alarm, lambda results: "no plot"),
     "levels": Scenario(levels, lambda p: len(LEVELS) * p.levels_rounds, show_levels, lambda results: "no plot"),
+    "idle": Scenario(idle, lambda p: len(IDLE_SYSTEMS) * p.priority_rounds + 1, show_idle, lambda results: "no plot"),
 }
 
 NOT_IN_ALL: Final = ("peers", "intake-peers", "scale", "overload", "deadlines", "alarm", "levels")

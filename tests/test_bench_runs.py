@@ -1,9 +1,8 @@
 """The benchmarks' own code runs end to end, on tiny workloads, in the default test run: each scenario that
 tests/test_performance.py times (drain, intake, priority with VIPs published and posted over HTTP) completes and
 gives a whole, well-formed result, and so do the status scenario's drain (with what each order cost in CPU), the
-overload scenario's flash sale, admission off and on, the deadlines scenario, the alarm scenario and the levels
-scenario. Nothing here is
-timed or compared: the speed is test_performance's (`-m perf`)."""
+overload scenario's flash sale, admission off and on, the deadlines scenario, the alarm scenario, the levels
+scenario and the idle scenario. Nothing here is timed or compared: the speed is test_performance's (`-m perf`)."""
 
 from __future__ import annotations
 
@@ -16,6 +15,7 @@ import pytest
 from bench.alarm import measure_alarm
 from bench.deadlines import Expiry, measure_deadlines
 from bench.drain import measure_drain
+from bench.idle import IDLE_SYSTEMS, measure_idle, show_idle
 from bench.intake import measure_intake
 from bench.levels import LEVELS, measure_levels, show_levels
 from bench.overload import OverloadRun, Sale, measure_overload, plot_overload
@@ -78,6 +78,21 @@ async def test_the_priority_benchmark_finds_every_vip_posted_over_http() -> None
     system = System("orderlane, VIPs over HTTP", orderlane_consumer, over_http=True)
     result = await measure_priority(system, handler_ms=1, backlog=BACKLOG, vips=VIPS, vip_interval=0.01, warmup=0)
     assert_every_vip_found(result, posted=True)
+
+
+async def test_the_idle_benchmark_finds_every_vip_with_nothing_ahead_and_times_the_store() -> None:
+    ran: list[None] = []
+    result = await measure_idle(VIPS, interval=0.01, warmup=0, rounds=1, ran=lambda: ran.append(None))
+    assert len(ran) == len(IDLE_SYSTEMS) + 1
+    assert [r.system for r in result.vips] == list(IDLE_SYSTEMS)
+    for row in result.vips:
+        assert (row.backlog, row.vips) == (0, VIPS), "every VIP started, none behind a backlog"
+    posted = [r for r in result.vips if r.steps is not None and r.steps.posted]
+    assert len(posted) == 2 and all(r.steps and r.steps.post_to_publish for r in posted), (
+        "the POST step, store on and off"
+    )
+    assert result.store.after_quiet_ms > 0 and result.store.back_to_back_ms > 0
+    assert "after 5 ms quiet" in show_idle([result])
 
 
 @pytest.mark.parametrize("peer", ["faststream p50", "taskiq"])

@@ -1,0 +1,94 @@
+"""Idle: the floor under the priority scenario's VIP wait. The same VIPs, the same handler, with no backlog ahead of
+them, so what they wait is the trip alone: the HTTP request, the status store's reservation, the broker, the
+consumer's dispatch.
+
+Beside it, the status store's round trip (a `get` of an order nobody has) as the API makes it for a lone request: after
+QUIET_SECONDS in which nothing was asked, and back to back. On a virtual machine whose cores idle between requests,
+the first includes waking Redis and this process; the reservation a VIP waits for is the first kind when the API is not
+busy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Final
+
+from prometheus_client import CollectorRegistry
+
+from bench.priority import SYSTEMS, PriorityResult, measure_priority, median_result
+from bench.tables import show_steps, table
+from bench.workload import bench_settings
+from broker.status_store import READINESS_KEY, open_status_store
+
+IDLE_SYSTEMS: Final = (
+    "orderlane",
+    "orderlane, VIPs over HTTP",
+    "orderlane, VIPs over HTTP, status store off",
+    "raw p10",
+)
+HANDLER_MS: Final = 5
+QUIET_SECONDS: Final = 0.005
+ROUND_TRIPS: Final = 300
+
+
+@dataclass(frozen=True, slots=True)
+class RoundTrips:
+    """The status store's round trip, p50 in ms."""
+
+    after_quiet_ms: float
+    back_to_back_ms: float
+
+
+@dataclass(frozen=True, slots=True)
+class IdleResult:
+    vips: tuple[PriorityResult, ...]
+    store: RoundTrips
+
+
+async def store_round_trips(count: int) -> RoundTrips:
+    async with open_status_store(bench_settings(), CollectorRegistry()) as store:
+        if store is None:
+            raise SystemExit("bench: the idle scenario needs a status store, and ORDERLANE_STATUS_URL is empty")
+        await store.answers()
+
+        async def round_trip_ms(quiet: float) -> float:
+            await asyncio.sleep(quiet)
+            started = time.perf_counter()
+            await store.get(READINESS_KEY)
+            return (time.perf_counter() - started) * 1000
+
+        after_quiet = [await round_trip_ms(QUIET_SECONDS) for _ in range(count)]
+        back_to_back = [await round_trip_ms(0) for _ in range(count)]
+    return RoundTrips(statistics.median(after_quiet), statistics.median(back_to_back))
+
+
+async def measure_idle(vips: int, interval: float, warmup: float, rounds: int, ran: Callable[[], object]) -> IdleResult:
+    systems = [system for system in SYSTEMS if system.name in IDLE_SYSTEMS]
+    runs: dict[str, list[PriorityResult]] = {system.name: [] for system in systems}
+    for _ in range(rounds):
+        for system in systems:
+            runs[system.name].append(await measure_priority(system, HANDLER_MS, 0, vips, interval, warmup))
+            ran()
+    store = await store_round_trips(ROUND_TRIPS)
+    ran()
+    return IdleResult(tuple(median_result(found) for found in runs.values()), store)
+
+
+def show_idle(results: Sequence[IdleResult]) -> str:
+    (result,) = results
+    header = ("system", "handler ms", "VIP p50 ms", "max ms")
+    rows = [(r.system, f"{r.handler_ms:g}", r.wait_p50_ms, r.wait_max_ms) for r in result.vips]
+    stepped = [r for r in result.vips if r.steps is not None]
+    store = result.store
+    trips = table(
+        ("status store round trip", "p50 ms"),
+        [
+            (f"after {QUIET_SECONDS * 1000:g} ms quiet", f"{store.after_quiet_ms:.2f}"),
+            ("back to back", f"{store.back_to_back_ms:.2f}"),
+        ],
+    )
+    return f"{table(header, rows)}\n\n{show_steps(stepped)}\n\n{trips}"

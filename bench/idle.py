@@ -54,8 +54,8 @@ async def store_round_trips(count: int, quiet: float) -> RoundTrips:
             raise SystemExit("bench: the idle scenario needs a status store, and ORDERLANE_STATUS_URL is empty")
         await store.answers()
 
-        async def round_trip_ms(quiet: float) -> float:
-            await asyncio.sleep(quiet)
+        async def round_trip_ms(after: float) -> float:
+            await asyncio.sleep(after)
             started = time.perf_counter()
             await store.get(READINESS_KEY)
             return (time.perf_counter() - started) * 1000

@@ -34,7 +34,7 @@ from bench.levels import LEVELS, LevelsResult, measure_levels, show_levels
 from bench.memory import MemoryResult, measure_memory
 from bench.overload import OverloadResult, Sale, measure_overload, plot_overload, show_overload
 from bench.peer_intake import INTAKES, PeerIntakeResult, measure_peer_intake
-from bench.priority import SYSTEMS, PriorityResult, System, measure_priority, median_result
+from bench.priority import SYSTEMS, PriorityResult, System, measure_rounds
 from bench.report import plot_drain, plot_end_to_end, plot_intake, plot_priority, plot_status, save_json
 from bench.scale import API_INTAKES, ScaleResult, measure_scale
 from bench.sharing import SharingResult, measure_sharing
@@ -194,15 +194,16 @@ def peer_count() -> int:
 async def compare(systems: Sequence[System], plan: Plan, progress: tqdm[Any]) -> list[PriorityResult]:
     results = []
     for handler_ms in plan.priority_handler_ms:
-        runs: dict[str, list[PriorityResult]] = {system.name: [] for system in systems}
-        for _ in range(plan.priority_rounds):
-            for system in systems:
-                result = await measure_priority(
-                    system, handler_ms, plan.priority_backlog, plan.priority_vips, plan.vip_interval, plan.vip_warmup
-                )
-                runs[system.name].append(result)
-                progress.update()
-        results += [median_result(rounds) for rounds in runs.values()]
+        results += await measure_rounds(
+            systems,
+            handler_ms,
+            plan.priority_backlog,
+            plan.priority_vips,
+            plan.vip_interval,
+            plan.vip_warmup,
+            plan.priority_rounds,
+            progress.update,
+        )
     return results
 
 

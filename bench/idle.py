@@ -18,7 +18,7 @@ from typing import Final
 
 from prometheus_client import CollectorRegistry
 
-from bench.priority import SYSTEMS, PriorityResult, measure_priority, median_result
+from bench.priority import SYSTEMS, PriorityResult, measure_rounds
 from bench.tables import show_steps, table
 from bench.workload import bench_settings
 from broker.status_store import READINESS_KEY, open_status_store
@@ -67,14 +67,10 @@ async def store_round_trips(count: int, quiet: float) -> RoundTrips:
 
 async def measure_idle(vips: int, interval: float, warmup: float, rounds: int, ran: Callable[[], object]) -> IdleResult:
     systems = [system for system in SYSTEMS if system.name in IDLE_SYSTEMS]
-    runs: dict[str, list[PriorityResult]] = {system.name: [] for system in systems}
-    for _ in range(rounds):
-        for system in systems:
-            runs[system.name].append(await measure_priority(system, HANDLER_MS, 0, vips, interval, warmup))
-            ran()
+    found = await measure_rounds(systems, HANDLER_MS, 0, vips, interval, warmup, rounds, ran)
     store = await store_round_trips(ROUND_TRIPS, interval)
     ran()
-    return IdleResult(tuple(median_result(found) for found in runs.values()), store)
+    return IdleResult(tuple(found), store)
 
 
 def show_idle(results: Sequence[IdleResult]) -> str:

@@ -291,6 +291,25 @@ SYSTEMS = (
 )
 
 
+async def measure_rounds(
+    systems: Sequence[System],
+    handler_ms: float,
+    backlog: int,
+    vips: int,
+    vip_interval: float,
+    warmup: float,
+    rounds: int,
+    ran: Callable[[], object],
+) -> list[PriorityResult]:
+    """Every system on the same workload, the rounds interleaved; per system the median of each measure."""
+    runs: dict[str, list[PriorityResult]] = {system.name: [] for system in systems}
+    for _ in range(rounds):
+        for system in systems:
+            runs[system.name].append(await measure_priority(system, handler_ms, backlog, vips, vip_interval, warmup))
+            ran()
+    return [median_result(found) for found in runs.values()]
+
+
 async def measure_priority(
     system: System, handler_ms: float, backlog: int, vips: int, vip_interval: float, warmup: float
 ) -> PriorityResult:

@@ -227,10 +227,13 @@ async def memory(plan: Plan, progress: tqdm[Any]) -> list[MemoryResult]:
 
 
 async def status(plan: Plan, progress: tqdm[Any]) -> list[StatusResult]:
-    """The status store off against on, for intake, drain and priority, the same loads as those scenarios'."""
+    """The status store off against on, for intake, drain (a no-op handler; and a 5 ms one, settled) and priority,
+    the same loads as those scenarios'."""
     intake_path = f"intake, {CLIENTS} clients, {plan.intake_seconds:g} s"
     drain_path = f"drain, {plan.drain_messages:,} orders"
     handler_ms = 5 if 5 in plan.priority_handler_ms else plan.priority_handler_ms[0]
+    settled_path = f"drain, {plan.priority_backlog:,} orders, {handler_ms:g} ms handler (the middle half)"
+    settled_drain = drain_measure(plan.priority_backlog, handler_ms, settled=True)
     priority_path = f"priority, {plan.priority_backlog:,} backlog, {handler_ms:g} ms handler (VIP wait p50, max)"
     priority = priority_measure(
         handler_ms, plan.priority_backlog, plan.priority_vips, plan.vip_interval, plan.vip_warmup
@@ -238,6 +241,7 @@ async def status(plan: Plan, progress: tqdm[Any]) -> list[StatusResult]:
     return [
         await measure_status(intake_path, intake_measure(plan.intake_seconds), plan.status_rounds, progress.update),
         await measure_status(drain_path, drain_measure(plan.drain_messages), plan.status_rounds, progress.update),
+        await measure_status(settled_path, settled_drain, plan.status_rounds, progress.update),
         await measure_status(priority_path, priority, plan.status_rounds, progress.update),
     ]
 
@@ -307,7 +311,7 @@ SCENARIOS = {
     "endtoend": Scenario(end_to_end, lambda p: 1, show_end_to_end, plot_end_to_end),
     "memory": Scenario(memory, lambda p: 1, show_memory, lambda results: "no plot"),
     "sharing": Scenario(sharing, lambda p: len(p.sharing_processes), show_sharing, lambda results: "no plot"),
-    "status": Scenario(status, lambda p: 3 * 2 * p.status_rounds, show_status, plot_status),
+    "status": Scenario(status, lambda p: 4 * 2 * p.status_rounds, show_status, plot_status),
     "intake-peers": Scenario(
         intake_peers,
         lambda p: (len(INTAKES) + 1) * p.peer_intake_rounds,

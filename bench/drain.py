@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from dataclasses import dataclass
 
 from aio_pika.abc import AbstractIncomingMessage
@@ -45,10 +46,39 @@ class Drained:
     broker's."""
 
 
-async def orderlane_drain(settings: Settings, count: int) -> Drained:
+class Stretch:
+    """The part of a drain that is measured: from the `first`-th order handled (0: from the consumer's start) to the
+    `last`-th."""
+
+    def __init__(self, first: int, last: int) -> None:
+        self._first = first
+        self._last = last
+        self._started = 0.0
+        self._meter: CpuMeter | None = None
+        self.measured: Drained | None = None
+
+    def begin(self) -> None:
+        self._started, self._meter = time.perf_counter(), CpuMeter(os.getpid())
+
+    def handled(self, count: int) -> None:
+        """The `count`-th order's handler starts."""
+        if count == self._first:
+            self.begin()
+        elif count == self._last:
+            assert self._meter is not None
+            orders = self._last - self._first
+            self.measured = Drained(orders / (time.perf_counter() - self._started), self._meter.per_order(orders))
+
+
+async def orderlane_drain(
+    settings: Settings, count: int, handler_seconds: float = 0.0, *, settled: bool = False
+) -> Drained:
     """orderlane's Consumer on a backlog of `count`, with the status store the settings name (as
-    `python -m consumers` opens it) or none."""
+    `python -m consumers` opens it) or none, each handler taking `handler_seconds`. `settled`: measured over the
+    middle half of the backlog only (from a quarter handled to three quarters), once whatever tunes itself has
+    ramped up and before the backlog runs low; otherwise over the whole drain. It drains to the end either way."""
     metrics = ConsumerMetrics()
+    stretch = Stretch(count // 4, count * 3 // 4) if settled else Stretch(0, count)
     async with open_status_store(settings, metrics.registry) as status, open_broker(settings) as broker:
         await fill(settings, orders(count))
         handled = 0
@@ -57,20 +87,19 @@ async def orderlane_drain(settings: Settings, count: int) -> Drained:
         async def handler(order: Order) -> None:
             nonlocal handled
             handled += 1
+            stretch.handled(handled)
             if handled == count:
                 all_handled.set()
+            if handler_seconds:
+                await asyncio.sleep(handler_seconds)
 
         consumer = Consumer(broker, handler, settings, metrics=metrics, status=status)
-
-        async def drain() -> None:
-            await consumer.start()
-            await all_handled.wait()
-
-        meter = CpuMeter(os.getpid())
-        elapsed = await timed(drain)
-        cpu_us = meter.per_order(count)
+        stretch.begin()
+        await consumer.start()
+        await all_handled.wait()
         await consumer.stop(grace_seconds=10)
-    return Drained(count / elapsed, cpu_us)
+    assert stretch.measured is not None, "the stretch ends at the latest with the last order"
+    return stretch.measured
 
 
 async def raw_drain(settings: Settings, count: int) -> float:

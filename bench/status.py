@@ -5,7 +5,9 @@ on, in the same run.
   its order_id before the publish and marks it accepted after the broker's confirm.
 - drain: a backlog of persistent orders drained by orderlane's Consumer at its defaults (bench/drain.py). With the
   store on, each order is recorded `processed` (and `processing`, if its handler runs long enough to show it)
-  before its ack.
+  before its ack. Twice: with a handler that does nothing, over the whole drain (the consumer's own cost); and as
+  issue #21's target has it, 40,000 orders behind a 5 ms handler, over the middle half of the backlog (after the
+  automatic tuning's ramp, before the backlog runs low).
 - priority: orderlane at its defaults (two lanes) in the priority scenario (bench/priority.py): regular orders/s and
   how long the VIP orders waited.
 
@@ -106,9 +108,12 @@ def intake_measure(seconds: float) -> Measure:
     return measure
 
 
-def drain_measure(count: int) -> Measure:
+def drain_measure(count: int, handler_ms: float = 0, *, settled: bool = False) -> Measure:
+    """orderlane's Consumer at its defaults on a backlog of `count`, each handler taking `handler_ms`; `settled`:
+    measured over the middle half of the backlog (bench.drain.orderlane_drain)."""
+
     async def measure(settings: Settings) -> Run:
-        drained = await orderlane_drain(settings, count)
+        drained = await orderlane_drain(settings, count, handler_ms / 1000, settled=settled)
         missing = count - await status_records(settings) if settings.status_url else 0
         return Run(drained.per_second, None, abs(missing), drained.cpu_us)
 

@@ -326,26 +326,33 @@ class AutoTuner:
             await asyncio.gather(self._tuning, return_exceptions=True)
 
     async def _run(self) -> None:
+        """Windows one after the other, each from the end of the one before: the time its decisions took (broker
+        calls, for the depths) is in the next one, with the handlers that completed meanwhile, so a window's
+        throughput is what the process did in it."""
         loop = asyncio.get_running_loop()
+        started = loop.time()
+        self._handler_times = []
         while True:
-            started = loop.time()
-            busy, lags, held, settling = [], [], [], []
-            while (elapsed := loop.time() - started) < WINDOW_SECONDS:
+            lags: list[float] = []
+            busy, held, settling = [], [], []
+            while not lags or loop.time() - started < WINDOW_SECONDS:
                 before_sleep = loop.time()
                 await asyncio.sleep(LAG_SAMPLE_SECONDS)
                 lags.append(loop.time() - before_sleep - LAG_SAMPLE_SECONDS)
                 busy.append(self._process.in_flight / self.slots)
                 held.append(self._process.held)
                 settling.append(self._process.settling)
+            ended = loop.time()
             times, self._handler_times = self._handler_times, []
             window = Window(
-                elapsed,
+                ended - started,
                 len(times),
                 tuple(times),
                 statistics.fmean(busy),
                 statistics.fmean(lags),
                 statistics.fmean(held),
             )
+            started = ended
             self._tuning = asyncio.create_task(self._tune(window, max(settling)))
             try:
                 await asyncio.shield(self._tuning)

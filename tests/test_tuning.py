@@ -14,9 +14,12 @@ from consumers.tuning import (
     AUTO_MIN_CONCURRENCY,
     AUTO_START_CONCURRENCY,
     MARGIN,
+    WINDOW_SECONDS,
+    AutoTuner,
     ConcurrencyController,
     DepthController,
     LaneCounters,
+    LanePlan,
     LaneWindow,
     TuningPlan,
     Window,
@@ -114,6 +117,61 @@ def test_lane_counters_keep_the_fewest_held_when_a_slot_took_one() -> None:
     counters.dropped()
     assert counters.take_low_water() == 2, "a delivery dropped unstarted is no slot taking one"
     assert counters.take_low_water() == 1
+
+
+class WindowsSeen(ConcurrencyController):
+    def __init__(self) -> None:
+        super().__init__()
+        self.windows: list[Window] = []
+
+    def decide(self, window: Window) -> int:
+        self.windows.append(window)
+        return super().decide(window)
+
+
+class IdleProcess:
+    in_flight = 1
+    held = 0
+    settling = 0
+
+
+class SlowToAnswerLane:
+    """A lane whose broker takes DECISION_WINDOWS windows to say what it holds, which each window asks."""
+
+    async def ready_at_broker(self) -> int:
+        await asyncio.sleep(DECISION_WINDOWS * WINDOW_SECONDS)
+        return 0
+
+    async def set_depth(self, depth: int) -> None:
+        pass
+
+
+class Slots:
+    def set_concurrency(self, concurrency: int) -> None:
+        pass
+
+
+DECISION_WINDOWS = 3
+
+
+async def test_a_windows_throughput_counts_the_time_its_decisions_took() -> None:
+    """Handlers complete at a steady pace while each window's decisions wait on a slow broker: every completion
+    counts in the window whose time it fell in, so no window sees more than the pace (it was DECISION_WINDOWS + 1
+    times the pace when a window's time left out the decisions' and its count did not)."""
+    controller = WindowsSeen()
+    lane = LanePlan(16, DepthController(16), LaneCounters())
+    tuner = AutoTuner(TuningPlan(16, controller, (lane,)), IdleProcess(), Slots(), [SlowToAnswerLane()])
+    pace = 200  # completions per second, at most (a busy machine runs the loop late, so fewer)
+    tuner.start()
+    try:
+        while len(controller.windows) < 3:
+            tuner.handler_time(0.001)
+            await asyncio.sleep(1 / pace)
+    finally:
+        await tuner.stop()
+    later = controller.windows[1:]  # each after a slow decision
+    assert all(window.seconds > DECISION_WINDOWS * WINDOW_SECONDS for window in later)
+    assert all(window.throughput < 1.5 * pace for window in later), [window.throughput for window in later]
 
 
 async def test_auto_moves_both_knobs_and_the_broker_sends_up_to_the_new_depth(

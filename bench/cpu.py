@@ -45,6 +45,10 @@ class CpuMeter:
     def __init__(self, pid: int) -> None:
         pids = {"process": pid} | {service: local_pid(name) for service, name in SERVICES.items()}
         self._pids = {what: found for what, found in pids.items() if found is not None}
+        self.restart()
+
+    def restart(self) -> None:
+        """Count from now on (the processes were found once, when the meter was made)."""
         self._started = {what: cpu_seconds(found) for what, found in self._pids.items()}
 
     def per_order(self, orders: int) -> dict[str, float]:

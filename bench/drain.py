@@ -3,7 +3,8 @@
 Both validate each body with the same pydantic model and ack after the handler; the handler itself does nothing,
 so what is measured is the consumer's own cost per message at a given prefetch. orderlane runs with the concurrency
 equal to the prefetch, as raw aio-pika does, and at its defaults (`auto` for both), beside raw aio-pika at its
-best prefetch of the run. Without the status store: what it costs is bench/status.py's to measure.
+best prefetch of the run. Without the status store: what it costs is bench/status.py's to measure, which also drains
+behind a handler that takes a while (`orderlane_drain`'s `handler_seconds`).
 """
 
 from __future__ import annotations
@@ -47,25 +48,25 @@ class Drained:
 
 
 class Stretch:
-    """The part of a drain that is measured: from the `first`-th order handled (0: from the consumer's start) to the
-    `last`-th."""
+    """The part of a drain that is measured: from the `first`-th order handled (0: from the consumer's start, which
+    the drain marks with `begin`) to the `last`-th."""
 
     def __init__(self, first: int, last: int) -> None:
         self._first = first
         self._last = last
-        self._started = 0.0
-        self._meter: CpuMeter | None = None
+        self._meter = CpuMeter(os.getpid())  # finds the processes now: /proc is walked outside the stretch
+        self._started = time.perf_counter()
         self.measured: Drained | None = None
 
     def begin(self) -> None:
-        self._started, self._meter = time.perf_counter(), CpuMeter(os.getpid())
+        self._meter.restart()
+        self._started = time.perf_counter()
 
-    def handled(self, count: int) -> None:
-        """The `count`-th order's handler starts."""
-        if count == self._first:
+    def handled(self, nth: int) -> None:
+        """The `nth` order's handler starts."""
+        if nth == self._first:
             self.begin()
-        elif count == self._last:
-            assert self._meter is not None
+        elif nth == self._last:
             orders = self._last - self._first
             self.measured = Drained(orders / (time.perf_counter() - self._started), self._meter.per_order(orders))
 
@@ -76,9 +77,10 @@ async def orderlane_drain(
     """orderlane's Consumer on a backlog of `count`, with the status store the settings name (as
     `python -m consumers` opens it) or none, each handler taking `handler_seconds`. `settled`: measured over the
     middle half of the backlog only (from a quarter handled to three quarters), once whatever tunes itself has
-    ramped up and before the backlog runs low; otherwise over the whole drain. It drains to the end either way."""
+    ramped up and before the backlog runs low; otherwise (and for fewer than 4 orders) over the whole drain. It
+    drains to the end either way."""
     metrics = ConsumerMetrics()
-    stretch = Stretch(count // 4, count * 3 // 4) if settled else Stretch(0, count)
+    stretch = Stretch(count // 4, count * 3 // 4) if settled and count >= 4 else Stretch(0, count)
     async with open_status_store(settings, metrics.registry) as status, open_broker(settings) as broker:
         await fill(settings, orders(count))
         handled = 0

@@ -6,8 +6,8 @@ on, in the same run.
 - drain: a backlog of persistent orders drained by orderlane's Consumer at its defaults (bench/drain.py). With the
   store on, each order is recorded `processed` (and `processing`, if its handler runs long enough to show it)
   before its ack. Twice: with a handler that does nothing, over the whole drain (the consumer's own cost); and as
-  issue #21's target has it, 40,000 orders behind a 5 ms handler, over the middle half of the backlog (after the
-  automatic tuning's ramp, before the backlog runs low).
+  issue #21's target has it, the priority scenario's backlog (40,000 orders) behind its 5 ms handler, over the
+  middle half of the backlog (after the automatic tuning's ramp, before the backlog runs low).
 - priority: orderlane at its defaults (two lanes) in the priority scenario (bench/priority.py): regular orders/s and
   how long the VIP orders waited.
 

@@ -328,14 +328,15 @@ class AutoTuner:
     async def _run(self) -> None:
         """Windows one after the other, each from the end of the one before: the time its decisions took (broker
         calls, for the depths) is in the next one, with the handlers that completed meanwhile, so a window's
-        throughput is what the process did in it."""
+        throughput is what the process did in it. Its other figures are sampled for WINDOW_SECONDS after the
+        decisions."""
         loop = asyncio.get_running_loop()
         started = loop.time()
         self._handler_times = []
         while True:
-            lags: list[float] = []
-            busy, held, settling = [], [], []
-            while not lags or loop.time() - started < WINDOW_SECONDS:
+            busy, lags, held, settling = [], [], [], []
+            sampling_since = loop.time()
+            while loop.time() - sampling_since < WINDOW_SECONDS:
                 before_sleep = loop.time()
                 await asyncio.sleep(LAG_SAMPLE_SECONDS)
                 lags.append(loop.time() - before_sleep - LAG_SAMPLE_SECONDS)

@@ -147,6 +147,19 @@ class StatusStore:
         self._connection: Connection | None = None
         self._away_until = 0.0
 
+    @classmethod
+    def for_settings(cls, client: Redis, settings: Settings, registry: CollectorRegistry) -> StatusStore:
+        """The store `settings` describe (its namespace, times to live and call timeout), on `client`, its metrics on
+        `registry`: one place that reads them, for the service's Redis and the test kit's in-memory one alike."""
+        return cls(
+            client,
+            namespace=settings.queue,
+            ttl=settings.status_ttl,
+            pending_ttl=settings.status_pending_ttl,
+            timeout=settings.status_timeout,
+            metrics=StoreMetrics(registry),
+        )
+
     async def get(self, order_id: str) -> OrderStatus | None:
         record = await self._run("get", order_id)
         assert isinstance(record, list)
@@ -370,23 +383,15 @@ async def open_status_store(settings: Settings, registry: CollectorRegistry) -> 
     if settings.status_url is None:
         yield None
         return
-    timeout = settings.status_timeout
     client = Redis.from_url(
         str(settings.status_url),
         decode_responses=True,
         # No socket_timeout: redis-py would wrap each write in asyncio.wait_for, a task per call on Python 3.11; the
         # store bounds each call itself (StatusStore._evalsha_once).
-        socket_connect_timeout=timeout,
+        socket_connect_timeout=settings.status_timeout,
         retry=Retry(NoBackoff(), retries=1),  # once, on a fresh connection: a pooled one may predate a restart
     )
-    store = StatusStore(
-        client,
-        namespace=settings.queue,
-        ttl=settings.status_ttl,
-        pending_ttl=settings.status_pending_ttl,
-        timeout=timeout,
-        metrics=StoreMetrics(registry),
-    )
+    store = StatusStore.for_settings(client, settings, registry)
     logger.info("order status in %s (kept %ds)", redacted(settings.status_url), settings.status_ttl)
     try:
         yield store

@@ -34,7 +34,7 @@ from broker.memory import MemoryBroker, MemoryMessage
 from broker.messages import CONTENT_TYPE, OrderBase, decode_order, encode_order
 from broker.priority import prioritize
 from broker.settings import Settings
-from broker.status_store import StatusStore, StoreMetrics
+from broker.status_store import StatusStore
 from broker.topology import Lane
 from consumers.deadlines import Deadlines
 from consumers.decisions import Acked, DeadLettered, DeadLetterReason, Outcome, Retried, decide, expiry
@@ -229,15 +229,7 @@ class OrderlaneHarness:
         self._client = await stack.enter_async_context(httpx.AsyncClient(transport=transport, base_url=BASE_URL))
 
     async def _store(self, stack: AsyncExitStack, server: FakeServer, registry: CollectorRegistry) -> StatusStore:
-        settings = self.settings
-        store = StatusStore(
-            FakeRedis(server=server, decode_responses=True),
-            namespace=settings.queue,
-            ttl=settings.status_ttl,
-            pending_ttl=settings.status_pending_ttl,
-            timeout=settings.status_timeout,
-            metrics=StoreMetrics(registry),
-        )
+        store = StatusStore.for_settings(FakeRedis(server=server, decode_responses=True), self.settings, registry)
         stack.push_async_callback(store.close)
         self._stores.append(store)
         return store

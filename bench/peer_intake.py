@@ -1,7 +1,8 @@
 """Intake beside the peers: orderlane's `python -m api` and the HTTP intakes users would write or pick instead
-(bench/intake_peers: a minimal Starlette + aio-pika app, FastAPI + Taskiq, FastAPI + FastStream, FastAPI + Celery),
-each served by uvicorn with httptools and no access log, under the same wrk load (bench/post.lua: a new order per
-request); and raw aio-pika publishing with confirms at the same concurrency, no HTTP, as the ceiling.
+(bench/intake_peers: a minimal Starlette + aio-pika app, the same with orderlane's status store put in, FastAPI +
+Taskiq, FastAPI + FastStream, FastAPI + Celery), each served by uvicorn with httptools and no access log, under the
+same wrk load (bench/post.lua: a new order per request); and raw aio-pika publishing with confirms at the same
+concurrency, no HTTP, as the ceiling.
 
 Each run starts one intake alone on a queue of its own; afterwards every 2xx it answered must be in that queue
 (`missing`, 0 in a fair run: Celery publishes without confirms). Rounds interleave the intakes, which one goes
@@ -39,7 +40,8 @@ class Intake:
     orderlane: bool = False
     """orderlane's own API, ready once /readyz answers 200; a peer is ready once it answers at all."""
     status_store: bool = True
-    """orderlane only: whether it keeps order statuses (and catches reposts), its default; the peers never do."""
+    """Whether it keeps order statuses (and catches reposts) in the run's status store: orderlane's default, and
+    the minimal app with the store put in; the other peers never do (the setting goes unread)."""
 
 
 INTAKES: Final = {
@@ -47,6 +49,7 @@ INTAKES: Final = {
     "orderlane, status store off": Intake(ORDERLANE_SERVER, orderlane=True, status_store=False),
     "orderlane --workers 2": Intake((*ORDERLANE_SERVER, "--workers", "2"), orderlane=True),
     "minimal Starlette + aio-pika": Intake(uvicorn_serving("bench.intake_peers.minimal:app")),
+    "minimal + orderlane's status store": Intake(uvicorn_serving("bench.intake_peers.minimal_store:app")),
     "FastAPI + Taskiq": Intake(uvicorn_serving("bench.intake_peers.taskiq_app:app")),
     "FastAPI + FastStream": Intake(uvicorn_serving("bench.intake_peers.faststream_app:app")),
     "FastAPI + Celery (no confirms)": Intake(uvicorn_serving("bench.intake_peers.celery_app:app")),

@@ -11,19 +11,24 @@ from pathlib import Path
 from xml.etree import ElementTree
 
 import pytest
+from prometheus_client import CollectorRegistry
 
 from bench.alarm import measure_alarm
 from bench.deadlines import Expiry, measure_deadlines
 from bench.drain import measure_drain
 from bench.idle import IDLE_SYSTEMS, measure_idle, show_idle
 from bench.intake import measure_intake
+from bench.intake_peers import minimal, minimal_store
 from bench.levels import LEVELS, measure_levels, show_levels
 from bench.overload import OverloadRun, Sale, measure_overload, plot_overload
 from bench.priority import PriorityResult, System, measure_priority, orderlane_consumer
 from bench.shop import Shop
 from bench.status import drain_measure, measure_status
 from broker.settings import Settings
+from broker.status_store import open_status_store
+from tests.amqp import queue_depth
 from tests.faults import require_rabbitmqctl
+from tests.http import app_client
 from tests.processes import free_port
 
 BACKLOG = 300
@@ -44,6 +49,27 @@ async def test_the_intake_benchmark_posts_through_wrk_and_publishes_raw() -> Non
     assert result.concurrency == 4
     assert result.api.requests > 0 and result.api.errors == 0, "every POST wrk made was accepted"
     assert result.api.per_second > 0 and result.raw.per_second > 0
+
+
+async def test_the_minimal_app_with_the_store_reserves_each_order_and_publishes_a_repost_never(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The intake-peers row that prices orderlane's status store on the minimal app: an order is published once and
+    recorded `accepted`; posted again, it is answered from the store and nothing more is published."""
+    monkeypatch.setenv("ORDERLANE_QUEUE", settings.queue)  # the store's namespace, read by the app's lifespan
+    monkeypatch.setattr(minimal, "QUEUE", settings.queue)
+    monkeypatch.setattr(minimal_store, "QUEUE", settings.queue)
+    order = {"order_id": "minimal-1", "priority": 1, "items": ["widget"]}
+    async with app_client(minimal_store.app) as http:
+        first = await http.post("/orders", json=order)
+        again = await http.post("/orders", json=order)
+    assert (first.status_code, again.status_code) == (202, 200)
+    assert again.json()["state"] == "accepted"
+    assert await queue_depth(settings.queue) == 1
+    async with open_status_store(settings, CollectorRegistry()) as store:
+        assert store is not None
+        status = await store.get("minimal-1")
+    assert status is not None and (status.state, status.priority) == ("accepted", 1)
 
 
 def assert_every_vip_found(result: PriorityResult, *, posted: bool) -> None:

@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import aio_pika
+from aio_pika.abc import AbstractChannel
 from pydantic import ValidationError
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -25,11 +26,15 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
         yield
 
 
-async def post_order(request: Request) -> JSONResponse:
+async def read_order(request: Request) -> OrderRequest | JSONResponse:
+    """The order, or the 422 that answers a body that is not one."""
     try:
-        order = OrderRequest.model_validate_json(await request.body())
+        return OrderRequest.model_validate_json(await request.body())
     except ValidationError as exc:
         return JSONResponse({"errors": exc.errors(include_url=False, include_context=False)}, status_code=422)
+
+
+async def publish(channel: AbstractChannel, order: OrderRequest) -> None:
     message = aio_pika.Message(
         order.model_dump_json().encode(),
         content_type="application/json",
@@ -37,8 +42,19 @@ async def post_order(request: Request) -> JSONResponse:
         message_id=order.order_id,
         priority=order.broker_priority,
     )
-    await request.app.state.channel.default_exchange.publish(message, routing_key=QUEUE, mandatory=True)
+    await channel.default_exchange.publish(message, routing_key=QUEUE, mandatory=True)
+
+
+def accepted(order: OrderRequest) -> JSONResponse:
     return JSONResponse({"status": "accepted", "order_id": order.order_id}, status_code=202)
+
+
+async def post_order(request: Request) -> JSONResponse:
+    order = await read_order(request)
+    if isinstance(order, JSONResponse):
+        return order
+    await publish(request.app.state.channel, order)
+    return accepted(order)
 
 
 app = Starlette(routes=[Route("/orders", post_order, methods=["POST"])], lifespan=lifespan)

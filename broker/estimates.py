@@ -19,6 +19,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
+from itertools import accumulate
 from typing import Final
 
 from broker.connection import BROKER_ERRORS, Broker
@@ -67,12 +68,14 @@ def lane_waits(
 ) -> list[LaneWait]:
     """One LaneWait per lane, most urgent first: each counts what waits in its lane and in every lane before it, less
     the `drained` orders taken since `ready` was counted (the consumers take the most urgent first)."""
-    ahead = 0
-    waits = []
-    for queue, depth in zip(queues, ready, strict=True):
-        ahead += depth
-        waits.append(LaneWait(queue, max(0, math.ceil(ahead - drained)), per_second))
-    return waits
+    return [
+        lane_wait(queue, ahead, per_second, drained) for queue, ahead in zip(queues, accumulate(ready), strict=True)
+    ]
+
+
+def lane_wait(queue: str, ahead: int, per_second: float | None, drained: float) -> LaneWait:
+    """The wait in `queue` with `ahead` ready in it and the lanes before it, `drained` of them taken since."""
+    return LaneWait(queue, max(0, math.ceil(ahead - drained)), per_second)
 
 
 class DrainRate:
@@ -127,15 +130,22 @@ class WaitEstimates:
         """Every lane's wait now: the last sample, what this process added since, what the consumers drained since
         at the measured rate."""
         per_second = self._rate.per_second
-        elapsed = 0.0 if self._sampled_at is None else time.monotonic() - self._sampled_at
-        return lane_waits(self._queues, self._ready, per_second, (per_second or 0.0) * elapsed)
+        return lane_waits(self._queues, self._ready, per_second, self._drained_since_sample(per_second))
 
     def current(self, effective_priority: int) -> float | None:
         """The expected wait in seconds of an order of this priority entering now; None when it is not known (no
-        rate yet, or no sample for STALE_SECONDS)."""
+        rate yet, or no sample for STALE_SECONDS). Its lane's alone: intake asks for every order."""
         if self._sampled_at is None or time.monotonic() - self._sampled_at > STALE_SECONDS:
             return None
-        return self.lanes[self._lane_of[effective_priority]].seconds
+        lane = self._lane_of[effective_priority]
+        per_second = self._rate.per_second
+        ahead = sum(self._ready[: lane + 1])
+        return lane_wait(self._queues[lane], ahead, per_second, self._drained_since_sample(per_second)).seconds
+
+    def _drained_since_sample(self, per_second: float | None) -> float:
+        """The orders the consumers took since the last sample, at the measured rate."""
+        elapsed = 0.0 if self._sampled_at is None else time.monotonic() - self._sampled_at
+        return (per_second or 0.0) * elapsed
 
     def published(self, effective_priority: int) -> None:
         """This process published an order: it waits in its lane until the next sample counts it there. Between two

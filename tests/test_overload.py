@@ -7,6 +7,7 @@ import asyncio
 import math
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
+from types import SimpleNamespace
 from typing import Any
 
 import httpx
@@ -73,6 +74,35 @@ async def test_orders_published_since_the_last_sample_count_in_their_lane(settin
     assert after == {urgent: before[urgent] + 1, regular: before[regular] + 4}
     await estimates.sample()
     assert {wait.queue: wait.ahead for wait in estimates.lanes} == before, "a new sample counts them at the broker"
+
+
+async def test_an_orders_expected_wait_is_its_lanes_with_the_orders_ahead_of_it(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What intake reads for each order (its own lane's wait) is what /queues shows for that lane."""
+    departures = iter([0, 40])
+    now = [100.0]
+    monkeypatch.setattr("broker.estimates.time", SimpleNamespace(monotonic=lambda: now[0]))  # its clock alone
+
+    class Counter:
+        async def departed(self) -> int:
+            return next(departures)  # 40 drained between the two samples
+
+    async def depths() -> list[QueueStats]:
+        return [QueueStats(queue=queue, messages=messages, consumers=1) for queue, messages in ready.items()]
+
+    topology = build_topology(settings)
+    ready = {lane_queue(settings, 0): 30, lane_queue(settings, 5): 50}
+    estimates = WaitEstimates(topology, depths, Counter())  # type: ignore[arg-type]
+    assert estimates.current(5) is None, "no sample yet"
+    await estimates.sample()
+    now[0] += 1.0
+    await estimates.sample()  # 40 drained in a second
+    now[0] += 0.25  # 10 more taken since, from the urgent lane first
+    shown = {wait.queue: wait.seconds for wait in estimates.lanes}
+    for priority in (0, 5):
+        assert estimates.current(priority) == shown[lane_queue(settings, priority)]
+    assert (estimates.current(0), estimates.current(5)) == (20 / 40, 70 / 40)
 
 
 def test_an_estimate_is_unknown_without_a_rate_and_endless_without_a_drain() -> None:

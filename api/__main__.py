@@ -7,13 +7,7 @@ import argparse
 from collections.abc import Sequence
 
 from api.server import serve, serve_workers
-from broker.cli import LoopFactory, port_number, run_main, run_program
-
-fast_event_loop: LoopFactory | None
-try:
-    from uvloop import new_event_loop as fast_event_loop
-except ImportError:  # no uvloop for Windows: asyncio's own loop
-    fast_event_loop = None
+from broker.cli import fast_event_loop, port_number, run_main, run_program
 
 
 def worker_count(text: str) -> int:

@@ -29,6 +29,14 @@ logger = logging.getLogger(__name__)
 
 LoopFactory = Callable[[], asyncio.AbstractEventLoop]
 
+fast_event_loop: LoopFactory | None
+"""uvloop's loop, for the API and the consumers: less CPU per order (docs/benchmarks.md); None where uvloop is not
+installed (Windows), and asyncio's own loop is used."""
+try:
+    from uvloop import new_event_loop as fast_event_loop
+except ImportError:
+    fast_event_loop = None
+
 
 def run_main(
     program: str, main: Callable[[Settings], Coroutine[Any, Any, None]], loop_factory: LoopFactory | None = None

@@ -20,7 +20,7 @@ import sys
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, TypeAlias
 
-from broker.cli import port_number, run_main, run_program
+from broker.cli import fast_event_loop, port_number, run_main, run_program
 from broker.settings import MAX_CONCURRENCY, MAX_PREFETCH, Concurrency, Prefetch, Settings
 from consumers import commands
 
@@ -145,6 +145,7 @@ def _consume(args: argparse.Namespace) -> int:
             concurrency=args.concurrency,
             metrics_port=args.metrics_port,
         ),
+        fast_event_loop,  # the consumer is the process that is busy per order: docs/benchmarks.md measures the loop
     )
 
 

@@ -8,11 +8,14 @@ import signal
 from pathlib import Path
 
 import pytest
+import uvloop
 
+from api.__main__ import main as api_main
 from api.app import create_app
 from bench.intake import wait_ready
 from broker.connection import Broker
 from broker.settings import Settings
+from consumers.__main__ import main as consumers_main
 from tests.amqp import publish_raw, wait_until
 from tests.consuming import order_message
 from tests.http import app_client
@@ -24,6 +27,21 @@ from tests.recording import RECORD_FILE, recorded
 def fields(table: str) -> dict[str, str]:
     """A two-column listing as {name: value}."""
     return dict(re.split(r"\s{2,}", line, maxsplit=1) for line in table.splitlines())
+
+
+def test_the_consumer_and_the_api_run_on_uvloop(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Both processes that are busy per order get uvloop's event loop (docs/benchmarks.md measures the difference)."""
+    loops = []
+
+    def run_main(program: str, main: object, loop_factory: object = None) -> int:
+        loops.append(loop_factory)
+        return 0
+
+    monkeypatch.setattr("consumers.cli.run_main", run_main)
+    monkeypatch.setattr("api.__main__.run_main", run_main)
+    assert consumers_main([]) == 0
+    assert api_main([]) == 0
+    assert loops == [uvloop.new_event_loop, uvloop.new_event_loop]
 
 
 async def test_status_prints_a_known_orders_record(settings: Settings) -> None:

@@ -248,7 +248,8 @@ def recording_handler(timeline: Timeline, handler_seconds: float) -> Callable[[O
 
 async def orderlane_consumer(settings: Settings, timeline: Timeline, handler_seconds: float) -> None:
     """orderlane's Consumer as `python -m consumers` runs it: with the status store the settings name (the
-    default), which records each order's transitions."""
+    default), which records each order's transitions. It runs on the benchmark's loop, asyncio's, beside raw aio-pika
+    and the peers; `python -m consumers` runs on uvloop."""
     async with open_status_store(settings, CollectorRegistry()) as status, open_broker(settings) as broker:
         consumer = Consumer(broker, recording_handler(timeline, handler_seconds), settings, status=status)
         await consumer.start()

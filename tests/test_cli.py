@@ -31,7 +31,7 @@ def fields(table: str) -> dict[str, str]:
 
 def test_the_consumer_and_the_api_run_on_uvloop(monkeypatch: pytest.MonkeyPatch) -> None:
     """Both processes that are busy per order get uvloop's event loop (docs/benchmarks.md measures the difference)."""
-    loops = []
+    loops: list[object] = []
 
     def run_main(program: str, main: object, loop_factory: object = None) -> int:
         loops.append(loop_factory)
